@@ -1,1 +1,47 @@
-//! tmp
+//! `engine-factory`: the sole constructor of [`UserExecutionEngine`]s.
+//!
+//! [`ExecutionEngineFactory`] validates contexts, admits engines under per-user limits, hands
+//! each engine an event sink bound to its own user, routes events to per-user
+//! [`Subscription`]s through its [`EventHub`], reaps idle and expired engines, and shuts down
+//! gracefully.
+//!
+//! ```
+//! use engine_core::{async_trait, Agent, AgentRegistry, BoxError, RunContext, UserExecutionContext};
+//! use engine_factory::{ExecutionEngineFactory, FactoryConfig};
+//!
+//! struct Echo;
+//! #[async_trait]
+//! impl Agent for Echo {
+//!     async fn run(&mut self, _ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+//!         Ok(input.to_owned())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let factory = ExecutionEngineFactory::new(
+//!     FactoryConfig::builder().max_engines_per_user(2).build()?,
+//!     AgentRegistry::builder().agent("echo", || Echo).build()?,
+//! );
+//! let ctx = UserExecutionContext::new("alice", "thread-1", "run-1")?;
+//! let run = ctx.clone();
+//! let answer = factory
+//!     .scope(&ctx, |engine| async move { engine.execute(&run, "echo", "hi").await })
+//!     .await??;
+//! assert_eq!(answer.result.as_deref(), Some("hi"));
+//! assert_eq!(factory.metrics().active_engines, 0, "scope closed the engine");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`UserExecutionEngine`]: engine_core::UserExecutionEngine
+
+mod config;
+mod factory;
+mod hub;
+
+pub use config::{FactoryConfig, FactoryConfigBuilder};
+pub use factory::{
+    EngineHandle, ExecutionEngineFactory, FactoryError, FactoryMetrics, ShutdownReport,
+};
+pub use hub::{EventHub, HubStats, Subscription};

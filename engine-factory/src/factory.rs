@@ -1,0 +1,592 @@
+//! [`ExecutionEngineFactory`]: admission, tracking, reaping and shutdown of engines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use engine_core::factory_only::assemble_engine;
+use engine_core::{
+    AgentRegistry, EngineError, RunId, UserExecutionContext, UserExecutionEngine, UserId,
+};
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FactoryConfig;
+use crate::hub::{EventHub, Subscription};
+
+/// Why the factory refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactoryError {
+    /// The user already holds `limit` live engines.
+    #[error("user {user} has reached the engine limit ({limit}/{limit} engines, max_engines_per_user = {limit}); close an engine or let the reaper remove idle ones")]
+    UserLimitReached {
+        /// The user.
+        user: UserId,
+        /// The per-user limit.
+        limit: usize,
+    },
+    /// An engine for this (user, run) pair is already live.
+    #[error("an engine for user {user} and run {run_id} already exists; use a new run id or the existing engine")]
+    DuplicateRun {
+        /// The user.
+        user: UserId,
+        /// The run.
+        run_id: RunId,
+    },
+    /// The factory was shut down; it creates no more engines.
+    #[error("the engine factory has shut down and creates no more engines")]
+    ShutDown,
+    /// The engine could not be assembled.
+    #[error("engine creation failed: {0}")]
+    Engine(#[from] EngineError),
+}
+
+/// A snapshot of the factory's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FactoryMetrics {
+    /// Engines created since start.
+    pub engines_created: u64,
+    /// Engines live now.
+    pub active_engines: usize,
+    /// Engines removed (closed, dropped, cleaned up, reaped or shut down).
+    pub engines_cleaned: u64,
+    /// Creations refused by the per-user limit.
+    pub limit_rejections: u64,
+    /// Creations that failed for any other reason (duplicate run, assembly error, shut down).
+    pub creation_errors: u64,
+    /// Engines whose shutdown did not finish within the shutdown deadline.
+    pub cleanup_errors: u64,
+    /// Engines removed by the reaper for exceeding the TTL.
+    pub timeout_cleanups: u64,
+    /// Live engines per user (users with none are absent).
+    pub active_engines_per_user: BTreeMap<UserId, usize>,
+    /// Event copies delivered to subscribers.
+    pub events_delivered: u64,
+    /// Event copies dropped (no subscriber, or a subscriber full past the deadline).
+    pub events_dropped: u64,
+    /// Live subscriptions.
+    pub subscribers: usize,
+    /// Users with a live hub channel.
+    pub hub_users: usize,
+}
+
+/// What [`ExecutionEngineFactory::shutdown`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Engines shut down.
+    pub engines_closed: usize,
+    /// Whether some runs were still ending when the deadline passed.
+    pub deadline_exceeded: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    created: AtomicU64,
+    cleaned: AtomicU64,
+    limit_rejections: AtomicU64,
+    creation_errors: AtomicU64,
+    cleanup_errors: AtomicU64,
+    timeout_cleanups: AtomicU64,
+}
+
+struct Slot {
+    engine: UserExecutionEngine,
+    run_id: RunId,
+}
+
+#[derive(Default)]
+struct State {
+    shut_down: bool,
+    next_slot: u64,
+    /// Live engines, keyed by user, then by slot id. A user's entry is removed with its last
+    /// engine, so the map never holds users without engines.
+    users: HashMap<UserId, HashMap<u64, Slot>>,
+}
+
+struct FactoryInner {
+    config: FactoryConfig,
+    registry: AgentRegistry,
+    hub: EventHub,
+    state: Mutex<State>,
+    counters: Counters,
+    reaper_started: AtomicBool,
+    reaper_stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FactoryInner {
+    /// Removes one slot; `None` if it was already removed (closed, reaped, cleaned up).
+    fn release(&self, user: &UserId, slot: u64) -> Option<UserExecutionEngine> {
+        let mut state = lock(&self.state);
+        let slots = state.users.get_mut(user)?;
+        let removed = slots.remove(&slot)?;
+        if slots.is_empty() {
+            state.users.remove(user);
+        }
+        Some(removed.engine)
+    }
+}
+
+/// The only way to obtain a [`UserExecutionEngine`].
+///
+/// It validates and admits contexts under per-user limits, hands each engine a sink bound to its
+/// own user, routes events to per-user subscribers, reaps idle and expired engines, and shuts
+/// everything down gracefully. Cheap to clone: clones share one factory.
+///
+/// ```
+/// use engine_core::{async_trait, Agent, AgentRegistry, BoxError, RunContext, UserExecutionContext};
+/// use engine_factory::{ExecutionEngineFactory, FactoryConfig};
+///
+/// struct Hello;
+/// #[async_trait]
+/// impl Agent for Hello {
+///     async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+///         ctx.think("greeting").await;
+///         Ok(format!("hello, {input}"))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = AgentRegistry::builder().agent("hello", || Hello).build()?;
+/// let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry);
+/// let ctx = UserExecutionContext::new("alice", "thread-1", "run-1")?;
+/// let mut events = factory.subscribe(ctx.user_id());
+/// let engine = factory.create_for_user(&ctx)?;
+/// let outcome = engine.execute(&ctx, "hello", "world").await?;
+/// assert_eq!(outcome.result.as_deref(), Some("hello, world"));
+/// let first = events.recv().await.unwrap();
+/// assert_eq!(first.event.kind(), "agent_started");
+/// engine.close().await;
+/// factory.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ExecutionEngineFactory {
+    inner: Arc<FactoryInner>,
+}
+
+impl std::fmt::Debug for ExecutionEngineFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionEngineFactory")
+            .field("config", &self.inner.config)
+            .field("registry", &self.inner.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecutionEngineFactory {
+    /// A factory with `config` (validated by its builder) and the agents of `registry`. The
+    /// background reaper starts with the first engine.
+    pub fn new(config: FactoryConfig, registry: AgentRegistry) -> Self {
+        let hub = EventHub::new(config.subscriber_buffer(), config.backpressure_deadline());
+        Self {
+            inner: Arc::new(FactoryInner {
+                config,
+                registry,
+                hub,
+                state: Mutex::new(State::default()),
+                counters: Counters::default(),
+                reaper_started: AtomicBool::new(false),
+                reaper_stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The factory's configuration.
+    pub fn config(&self) -> &FactoryConfig {
+        &self.inner.config
+    }
+    /// The agent registry shared by all engines.
+    pub fn registry(&self) -> &AgentRegistry {
+        &self.inner.registry
+    }
+
+    /// Creates an engine for `context`'s user.
+    ///
+    /// Admission is atomic per factory: with `max_engines_per_user = 2`, 100 concurrent calls
+    /// for one user yield exactly 2 engines. Limits are per user: one user at its limit never
+    /// blocks another. Must be called inside a tokio runtime (it starts the reaper).
+    ///
+    /// # Errors
+    /// [`FactoryError::UserLimitReached`], [`FactoryError::DuplicateRun`],
+    /// [`FactoryError::ShutDown`].
+    pub fn create_for_user(
+        &self,
+        context: &UserExecutionContext,
+    ) -> Result<EngineHandle, FactoryError> {
+        let inner = &self.inner;
+        let user = context.user_id();
+        let admitted = {
+            let mut state = lock(&inner.state);
+            Self::admit(inner, &mut state, context)
+        };
+        match &admitted {
+            Ok(_) => {
+                inner.counters.created.fetch_add(1, Ordering::Relaxed);
+                self.start_reaper();
+            }
+            Err(FactoryError::UserLimitReached { .. }) => {
+                inner
+                    .counters
+                    .limit_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                inner
+                    .counters
+                    .creation_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let (slot, engine) = admitted?;
+        tracing::debug!(user_id = %user, run_id = %context.run_id(), engine_id = engine.engine_id(), "engine created");
+        Ok(EngineHandle {
+            engine,
+            factory: Arc::clone(inner),
+            slot,
+            released: false,
+        })
+    }
+
+    fn admit(
+        inner: &FactoryInner,
+        state: &mut State,
+        context: &UserExecutionContext,
+    ) -> Result<(u64, UserExecutionEngine), FactoryError> {
+        if state.shut_down {
+            return Err(FactoryError::ShutDown);
+        }
+        let user = context.user_id();
+        let limit = inner.config.max_engines_per_user();
+        let slots = state.users.entry(user.clone()).or_default();
+        // Engines shut down directly (not through the factory) no longer count.
+        let before = slots.len();
+        slots.retain(|_, s| s.engine.is_active());
+        let gone = (before - slots.len()) as u64;
+        inner.counters.cleaned.fetch_add(gone, Ordering::Relaxed);
+        let result = if slots.values().any(|s| &s.run_id == context.run_id()) {
+            Err(FactoryError::DuplicateRun {
+                user: user.clone(),
+                run_id: context.run_id().clone(),
+            })
+        } else if slots.len() >= limit {
+            Err(FactoryError::UserLimitReached {
+                user: user.clone(),
+                limit,
+            })
+        } else {
+            assemble_engine(
+                context.clone(),
+                inner.config.engine().clone(),
+                inner.registry.clone(),
+                inner.hub.sink_for(user),
+            )
+            .map_err(FactoryError::from)
+        };
+        match result {
+            Ok(engine) => {
+                state.next_slot += 1;
+                let slot = state.next_slot;
+                let slots = state.users.entry(user.clone()).or_default();
+                slots.insert(
+                    slot,
+                    Slot {
+                        engine: engine.clone(),
+                        run_id: context.run_id().clone(),
+                    },
+                );
+                Ok((slot, engine))
+            }
+            Err(e) => {
+                if state.users.get(user).is_some_and(HashMap::is_empty) {
+                    state.users.remove(user);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` with a fresh engine for `context` and always closes the engine afterwards —
+    /// after success, error or panic (the panic is resumed after cleanup).
+    ///
+    /// # Errors
+    /// The [`create_for_user`](Self::create_for_user) errors; `f`'s own result is returned
+    /// inside `Ok`.
+    pub async fn scope<F, Fut, T>(
+        &self,
+        context: &UserExecutionContext,
+        f: F,
+    ) -> Result<T, FactoryError>
+    where
+        F: FnOnce(UserExecutionEngine) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let handle = self.create_for_user(context)?;
+        let engine = handle.engine().clone();
+        let result = AssertUnwindSafe(async move { f(engine).await })
+            .catch_unwind()
+            .await;
+        handle.close().await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// A stream of `user`'s events, and only theirs. Subscribe before running to see every
+    /// event; several subscriptions per user are allowed.
+    pub fn subscribe(&self, user: &UserId) -> Subscription {
+        self.inner.hub.subscribe(user)
+    }
+
+    /// The factory's event hub (for stats and subscriber counts).
+    pub fn hub(&self) -> &EventHub {
+        &self.inner.hub
+    }
+
+    /// Live engines of `user`.
+    pub fn active_engines(&self, user: &UserId) -> usize {
+        lock(&self.inner.state)
+            .users
+            .get(user)
+            .map_or(0, HashMap::len)
+    }
+
+    /// Shuts down and removes every engine of `user` (and no other). Returns how many.
+    pub async fn cleanup_user(&self, user: &UserId) -> usize {
+        let removed: Vec<UserExecutionEngine> = lock(&self.inner.state)
+            .users
+            .remove(user)
+            .map(|slots| slots.into_values().map(|s| s.engine).collect())
+            .unwrap_or_default();
+        let n = removed.len();
+        self.close_engines(removed).await;
+        n
+    }
+
+    /// Removes engines that were shut down, and idle engines older than the TTL (an engine with
+    /// runs in flight is left until they end). Returns how many were removed. The background
+    /// reaper calls this every `reaper_interval`.
+    pub fn reap_now(&self) -> usize {
+        reap(&self.inner)
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> FactoryMetrics {
+        let c = &self.inner.counters;
+        let per_user: BTreeMap<UserId, usize> = lock(&self.inner.state)
+            .users
+            .iter()
+            .map(|(u, slots)| (u.clone(), slots.len()))
+            .collect();
+        let hub = self.inner.hub.stats();
+        FactoryMetrics {
+            engines_created: c.created.load(Ordering::Relaxed),
+            active_engines: per_user.values().sum(),
+            engines_cleaned: c.cleaned.load(Ordering::Relaxed),
+            limit_rejections: c.limit_rejections.load(Ordering::Relaxed),
+            creation_errors: c.creation_errors.load(Ordering::Relaxed),
+            cleanup_errors: c.cleanup_errors.load(Ordering::Relaxed),
+            timeout_cleanups: c.timeout_cleanups.load(Ordering::Relaxed),
+            active_engines_per_user: per_user,
+            events_delivered: hub.delivered,
+            events_dropped: hub.dropped,
+            subscribers: hub.subscribers,
+            hub_users: hub.users,
+        }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        lock(&self.inner.state).shut_down
+    }
+
+    /// Graceful shutdown: refuses new engines, stops the reaper, cancels every run (each still
+    /// emits its terminal event), waits up to `shutdown_deadline` for them, then ends every
+    /// subscription. Idempotent.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let engines: Vec<UserExecutionEngine> = {
+            let mut state = lock(&self.inner.state);
+            state.shut_down = true;
+            state
+                .users
+                .drain()
+                .flat_map(|(_, slots)| slots.into_values().map(|s| s.engine))
+                .collect()
+        };
+        self.inner.reaper_stop.cancel();
+        let engines_closed = engines.len();
+        let deadline_exceeded = !self.close_engines(engines).await;
+        self.inner.hub.close();
+        tracing::info!(
+            engines_closed,
+            deadline_exceeded,
+            "engine factory shut down"
+        );
+        ShutdownReport {
+            engines_closed,
+            deadline_exceeded,
+        }
+    }
+
+    /// Shuts engines down concurrently within the deadline; `false` if it passed.
+    async fn close_engines(&self, engines: Vec<UserExecutionEngine>) -> bool {
+        if engines.is_empty() {
+            return true;
+        }
+        for e in &engines {
+            e.begin_shutdown();
+        }
+        let n = engines.len() as u64;
+        self.inner.counters.cleaned.fetch_add(n, Ordering::Relaxed);
+        let all = futures_util::future::join_all(engines.iter().map(UserExecutionEngine::shutdown));
+        match tokio::time::timeout(self.inner.config.shutdown_deadline(), all).await {
+            Ok(_) => true,
+            Err(_) => {
+                let stuck = engines.iter().filter(|e| e.active_run_count() > 0).count() as u64;
+                self.inner
+                    .counters
+                    .cleanup_errors
+                    .fetch_add(stuck, Ordering::Relaxed);
+                tracing::warn!(
+                    stuck,
+                    "engines still had runs ending at the shutdown deadline"
+                );
+                false
+            }
+        }
+    }
+
+    fn start_reaper(&self) {
+        if self.inner.reaper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<FactoryInner> = Arc::downgrade(&self.inner);
+        let stop = self.inner.reaper_stop.clone();
+        let period = self.inner.config.reaper_interval();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { break };
+                let reaped = reap(&inner);
+                if reaped > 0 {
+                    tracing::debug!(reaped, "reaper removed engines");
+                }
+            }
+        });
+    }
+}
+
+fn reap(inner: &FactoryInner) -> usize {
+    let ttl = inner.config.engine_ttl();
+    let mut inactive = 0u64;
+    let mut expired: Vec<UserExecutionEngine> = Vec::new();
+    {
+        let mut state = lock(&inner.state);
+        state.users.retain(|_, slots| {
+            slots.retain(|_, slot| {
+                let e = &slot.engine;
+                if !e.is_active() {
+                    inactive += 1;
+                    false
+                } else if e.age() > ttl && e.active_run_count() == 0 {
+                    expired.push(e.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            !slots.is_empty()
+        });
+    }
+    for e in &expired {
+        e.begin_shutdown();
+    }
+    let c = &inner.counters;
+    let total = inactive + expired.len() as u64;
+    c.cleaned.fetch_add(total, Ordering::Relaxed);
+    c.timeout_cleanups
+        .fetch_add(expired.len() as u64, Ordering::Relaxed);
+    usize::try_from(total).unwrap_or(usize::MAX)
+}
+
+/// An engine on loan from the factory. Dereferences to [`UserExecutionEngine`].
+///
+/// Dropping it, or calling [`close`](Self::close), shuts the engine down (active runs are
+/// cancelled and still emit their terminal events) and frees the user's slot.
+#[derive(Debug)]
+#[must_use = "dropping the handle closes the engine"]
+pub struct EngineHandle {
+    engine: UserExecutionEngine,
+    factory: Arc<FactoryInner>,
+    slot: u64,
+    released: bool,
+}
+
+impl std::fmt::Debug for FactoryInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FactoryInner")
+    }
+}
+
+impl EngineHandle {
+    /// The engine.
+    pub fn engine(&self) -> &UserExecutionEngine {
+        &self.engine
+    }
+
+    /// Shuts the engine down, waits for its runs to emit their terminal events, and frees the
+    /// slot.
+    pub async fn close(mut self) {
+        self.released = true;
+        if self
+            .factory
+            .release(self.engine.user_id(), self.slot)
+            .is_some()
+        {
+            self.factory
+                .counters
+                .cleaned
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.engine.shutdown().await;
+    }
+}
+
+impl std::ops::Deref for EngineHandle {
+    type Target = UserExecutionEngine;
+    fn deref(&self) -> &UserExecutionEngine {
+        &self.engine
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if self
+            .factory
+            .release(self.engine.user_id(), self.slot)
+            .is_some()
+        {
+            self.factory
+                .counters
+                .cleaned
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.engine.begin_shutdown();
+    }
+}

@@ -1,0 +1,323 @@
+//! The in-process event hub: routes each user's events to that user's subscribers only.
+//!
+//! The hub keeps one [`UserChannel`] per user that currently has an engine or a subscriber,
+//! keyed by [`UserId`]. Engines get a sink that holds *their* user's channel directly, so an
+//! engine has no way to name another user's channel; the channel is dropped (and its map entry
+//! removed) as soon as the last engine and subscriber of that user are gone.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use engine_core::{DeliveryError, EventEnvelope, EventSink, UserId};
+use tokio::sync::mpsc;
+
+type Tx = mpsc::Sender<Arc<EventEnvelope>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Counters of the hub, over all users (no per-user data).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Users with a live channel (an engine or a subscriber).
+    pub users: usize,
+    /// Live subscriptions.
+    pub subscribers: usize,
+    /// Event copies handed to subscribers.
+    pub delivered: u64,
+    /// Event copies a subscriber missed (buffer full past the deadline, or no subscriber).
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+}
+
+pub(crate) struct HubInner {
+    users: Mutex<HashMap<UserId, Weak<UserChannel>>>,
+    buffer: usize,
+    deadline: Duration,
+    closed: AtomicBool,
+    counters: Counters,
+}
+
+/// One user's subscribers.
+struct UserChannel {
+    user: UserId,
+    hub: Weak<HubInner>,
+    subscribers: RwLock<Vec<(u64, Tx)>>,
+    next_id: AtomicU64,
+}
+
+impl Drop for UserChannel {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            let mut users = lock(&hub.users);
+            // Only remove the entry if it is still this (dead) channel, not a newer one.
+            if users.get(&self.user).is_some_and(|w| w.strong_count() == 0) {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Routes events to subscribers, per user. Cheap to clone; owned by the factory.
+#[derive(Clone)]
+pub struct EventHub {
+    inner: Arc<HubInner>,
+}
+
+impl std::fmt::Debug for EventHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHub")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl EventHub {
+    /// A hub whose subscribers buffer `buffer` events each, waiting up to `deadline` on a
+    /// full subscriber before dropping the event for it.
+    pub(crate) fn new(buffer: usize, deadline: Duration) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                users: Mutex::new(HashMap::new()),
+                buffer,
+                deadline,
+                closed: AtomicBool::new(false),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    fn channel(&self, user: &UserId) -> Arc<UserChannel> {
+        let mut users = lock(&self.inner.users);
+        if let Some(existing) = users.get(user).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let channel = Arc::new(UserChannel {
+            user: user.clone(),
+            hub: Arc::downgrade(&self.inner),
+            subscribers: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+        });
+        users.insert(user.clone(), Arc::downgrade(&channel));
+        channel
+    }
+
+    /// A subscription to `user`'s events: it yields only envelopes whose `user_id` is `user`.
+    /// Several subscriptions per user are allowed; each receives every event. After the hub is
+    /// closed, a new subscription ends immediately.
+    pub fn subscribe(&self, user: &UserId) -> Subscription {
+        let channel = self.channel(user);
+        let (tx, rx) = mpsc::channel(self.inner.buffer);
+        let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
+        if !self.inner.closed.load(Ordering::Acquire) {
+            channel
+                .subscribers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((id, tx));
+        }
+        Subscription {
+            user: user.clone(),
+            rx,
+            id,
+            channel: Some(channel),
+        }
+    }
+
+    /// The sink an engine of `user` delivers through. Crate-private: only the factory hands
+    /// sinks out, each bound to the engine's own user.
+    pub(crate) fn sink_for(&self, user: &UserId) -> Arc<dyn EventSink> {
+        Arc::new(HubSink {
+            channel: self.channel(user),
+            deadline: self.inner.deadline,
+        })
+    }
+
+    /// Counters over all users.
+    pub fn stats(&self) -> HubStats {
+        let users = lock(&self.inner.users);
+        let live: Vec<Arc<UserChannel>> = users.values().filter_map(Weak::upgrade).collect();
+        drop(users);
+        HubStats {
+            users: live.len(),
+            subscribers: live
+                .iter()
+                .map(|c| {
+                    c.subscribers
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .len()
+                })
+                .sum(),
+            delivered: self.inner.counters.delivered.load(Ordering::Relaxed),
+            dropped: self.inner.counters.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Number of live subscriptions of `user`.
+    pub fn subscriber_count(&self, user: &UserId) -> usize {
+        let channel = lock(&self.inner.users).get(user).and_then(Weak::upgrade);
+        channel.map_or(0, |c| {
+            c.subscribers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len()
+        })
+    }
+
+    /// Ends every subscription (after buffered events are read) and refuses new ones.
+    pub(crate) fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let live: Vec<Arc<UserChannel>> = lock(&self.inner.users)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for channel in live {
+            channel
+                .subscribers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+        }
+    }
+}
+
+/// The sink of one engine: holds its user's channel and nothing else.
+struct HubSink {
+    channel: Arc<UserChannel>,
+    deadline: Duration,
+}
+
+#[async_trait]
+impl EventSink for HubSink {
+    fn user_id(&self) -> &UserId {
+        &self.channel.user
+    }
+
+    async fn deliver(&self, event: Arc<EventEnvelope>) -> Result<(), DeliveryError> {
+        let counters = self.channel.hub.upgrade();
+        let count = |delivered: u64, dropped: u64| {
+            if let Some(hub) = &counters {
+                hub.counters
+                    .delivered
+                    .fetch_add(delivered, Ordering::Relaxed);
+                hub.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+            }
+        };
+        if event.user_id != self.channel.user {
+            // Unreachable through the engine (it stamps its own user); refuse rather than route.
+            count(0, 1);
+            return Err(DeliveryError::Failed(format!(
+                "envelope for user {} refused by the sink of user {}",
+                event.user_id, self.channel.user
+            )));
+        }
+        let mut full: Vec<Tx> = Vec::new();
+        let mut delivered = 0u64;
+        let subscribers = {
+            let subs = self
+                .channel
+                .subscribers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (_, tx) in subs.iter() {
+                match tx.try_send(Arc::clone(&event)) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => full.push(tx.clone()),
+                    // The receiver is being dropped; its Drop removes the entry.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            subs.len()
+        };
+        if subscribers == 0 {
+            count(0, 1);
+            return Err(DeliveryError::NoSubscriber(self.channel.user.clone()));
+        }
+        let mut dropped = 0usize;
+        for tx in full {
+            match tx.send_timeout(Arc::clone(&event), self.deadline).await {
+                Ok(()) => delivered += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        count(delivered, dropped as u64);
+        if dropped > 0 {
+            Err(DeliveryError::Backpressure {
+                dropped,
+                subscribers,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A stream of one user's events, from [`ExecutionEngineFactory::subscribe`](crate::ExecutionEngineFactory::subscribe).
+///
+/// Read it with [`recv`](Self::recv) or as a [`futures_core::Stream`]. It ends (`None`) when
+/// the factory shuts down. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    user: UserId,
+    rx: mpsc::Receiver<Arc<EventEnvelope>>,
+    id: u64,
+    channel: Option<Arc<UserChannel>>,
+}
+
+impl std::fmt::Debug for UserChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserChannel")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The user whose events this yields.
+    pub fn user_id(&self) -> &UserId {
+        &self.user
+    }
+    /// The next event, or `None` once the factory has shut down and the buffer is drained.
+    pub async fn recv(&mut self) -> Option<Arc<EventEnvelope>> {
+        self.rx.recv().await
+    }
+    /// The next buffered event without waiting, if any.
+    pub fn try_recv(&mut self) -> Option<Arc<EventEnvelope>> {
+        self.rx.try_recv().ok()
+    }
+    /// Events buffered and not yet read.
+    pub fn buffered(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Arc<EventEnvelope>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            channel
+                .subscribers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|(id, _)| *id != self.id);
+        }
+    }
+}
