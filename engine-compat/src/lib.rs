@@ -1,1 +1,2 @@
-//! tmp
+//! `engine-compat`: deprecated aliases for the legacy engine names (filled in by the
+//! engine-compat issue). Holds no implementation.
