@@ -1,0 +1,75 @@
+//! `xtask`: the workspace's migration tooling, run as `cargo xtask <command>`.
+//!
+//! - `migrate --check` scans a workspace for the five single-source-of-truth rules
+//!   (`SSOT001`..`SSOT005`), prints `path:line:col  RULE  message  help: ...` and a summary with
+//!   the compliance percentage; `--format json` emits one object; `--baseline FILE` fails only on
+//!   findings not recorded with `--write-baseline FILE`.
+//! - `migrate --status` says which migration phase the workspace has reached.
+//! - `migrate --fix [--dry-run]` rewrites every `SSOT001` finding to its canonical path on the
+//!   syntax tree, byte-for-byte elsewhere.
+//! - `tidy` checks this workspace's own invariants.
+//!
+//! ```
+//! use xtask::rules::{check_file, FileInput, Role};
+//!
+//! let aliases = xtask::legacy::aliases();
+//! let source = "//! app\nuse engine_compat::ExecutionEngine;\nfn f(_: &ExecutionEngine) {}\n";
+//! let out = check_file(&FileInput {
+//!     path: "src/lib.rs", source, role: Role::Other, engine_related: true,
+//!     aliases: &aliases, compat_crate: "engine_compat",
+//! })?;
+//! assert_eq!(out.findings.len(), 2);
+//! let fixed = xtask::fix::apply_edits(source, &out.edits)?;
+//! assert_eq!(fixed, "//! app\nuse engine_core::UserExecutionEngine;\nfn f(_: &UserExecutionEngine) {}\n");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod baseline;
+pub mod fix;
+pub mod legacy;
+pub mod model;
+pub mod report;
+pub mod rules;
+pub mod scan;
+pub mod status;
+pub mod tidy;
+
+/// Everything that makes xtask exit with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum XtaskError {
+    /// `cargo metadata` failed.
+    #[error("cannot read the workspace of {manifest}: {message}")]
+    Metadata {
+        /// The manifest given.
+        manifest: String,
+        /// Cargo's message.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS message.
+        message: String,
+    },
+    /// A Rust file did not parse.
+    #[error(transparent)]
+    Parse(#[from] rules::ParseError),
+    /// A baseline file is missing or malformed.
+    #[error("baseline {path}: {message}")]
+    Baseline {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Two rewrites overlap (a bug in a rule, reported rather than corrupting the file).
+    #[error("{path}: overlapping rewrites at bytes {at}; file left unchanged")]
+    OverlappingEdits {
+        /// The file.
+        path: String,
+        /// Where.
+        at: usize,
+    },
+}
