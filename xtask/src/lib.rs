@@ -45,6 +45,9 @@ pub enum XtaskError {
         /// Cargo's message.
         message: String,
     },
+    /// Flags that do not go together.
+    #[error("usage: {0}")]
+    Usage(String),
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     Io {

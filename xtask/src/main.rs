@@ -40,10 +40,10 @@ enum Command {
         #[arg(long)]
         fix: bool,
         /// With --fix: print a unified diff instead of writing.
-        #[arg(long, requires = "fix")]
+        #[arg(long)]
         dry_run: bool,
         /// With --check: fail only on findings not in this baseline.
-        #[arg(long, value_name = "FILE", requires = "check")]
+        #[arg(long, value_name = "FILE")]
         baseline: Option<PathBuf>,
         /// The target workspace's Cargo.toml (default: this workspace).
         #[arg(long, value_name = "PATH")]
@@ -104,6 +104,14 @@ fn run(cli: Cli) -> Result<u8, XtaskError> {
             manifest_path,
             format,
         } => {
+            if dry_run && !fix {
+                return Err(XtaskError::Usage("--dry-run only goes with --fix".into()));
+            }
+            if baseline.is_some() && !check {
+                return Err(XtaskError::Usage(
+                    "--baseline only goes with --check".into(),
+                ));
+            }
             let manifest = manifest_path.unwrap_or_else(|| this_workspace().join("Cargo.toml"));
             let ws = Workspace::load(&manifest)?;
             let scan = ws.scan()?;
@@ -146,20 +154,43 @@ fn run(cli: Cli) -> Result<u8, XtaskError> {
                     xtask::fix::write(&ws, &rewrites)?;
                 }
                 let verb = if dry_run { "would rewrite" } else { "rewrote" };
-                let unfixable = scan
+                let ssot001 = scan
                     .findings
                     .iter()
                     .filter(|f| f.rule == xtask::model::Rule::DeprecatedName)
                     .count();
                 eprintln!(
-                    "{verb} {} file(s) ({unfixable} SSOT001 findings)",
+                    "{verb} {} file(s) ({ssot001} SSOT001 findings)",
                     rewrites.len()
                 );
+                for note in missing_dependencies(&ws, &rewrites) {
+                    eprintln!("note: {note}");
+                }
                 return Ok(0);
             }
             Ok(2)
         }
     }
+}
+
+/// Canonical crates the rewritten code names but its package does not depend on yet.
+fn missing_dependencies(ws: &Workspace, rewrites: &[xtask::fix::Rewrite]) -> Vec<String> {
+    let mut notes = std::collections::BTreeSet::new();
+    for r in rewrites {
+        let Some(pkg) = ws.package_of(&ws.root.join(&r.path)) else {
+            continue;
+        };
+        for krate in ["engine_core", "engine_factory"] {
+            if r.after.contains(&format!("{krate}::")) && !pkg.deps.contains(krate) {
+                notes.insert(format!(
+                    "package `{}` now names `{krate}`: add `{}` to its [dependencies]",
+                    pkg.name,
+                    krate.replace('_', "-")
+                ));
+            }
+        }
+    }
+    notes.into_iter().collect()
 }
 
 fn report(

@@ -84,9 +84,7 @@ pub fn check_file(input: &FileInput<'_>) -> Result<FileOutcome, ParseError> {
         }
         Ok(file) => {
             let mut a = Analyzer::new(input, base);
-            a.collect_imports(&file);
-            a.visit_file(&file);
-            a.rewrite_imports();
+            a.analyze_scope(&file.items);
             a.findings.sort_by_key(|f| (f.line, f.column));
             Ok(FileOutcome {
                 findings: a.findings,
@@ -139,6 +137,18 @@ struct CompatUse {
     /// Source text of the root group's elements that do not import from the compat crate.
     kept: Vec<String>,
     fixable: bool,
+    /// Inside a function body rather than directly in the module.
+    nested: bool,
+}
+
+/// The import state of one module scope.
+struct ScopeState {
+    compat_mods: BTreeSet<String>,
+    named: BTreeMap<String, String>,
+    glob: bool,
+    used_via_glob: BTreeSet<String>,
+    existing: BTreeSet<(String, String)>,
+    compat_uses: Vec<CompatUse>,
 }
 
 struct Analyzer<'a> {
@@ -152,6 +162,8 @@ struct Analyzer<'a> {
     /// Full paths imported by non-compat `use` leaves, as `(path, local name)`.
     existing: BTreeSet<(String, String)>,
     compat_uses: Vec<CompatUse>,
+    /// Local names bound to `factory_only` items.
+    bypass_names: BTreeSet<String>,
     findings: Vec<Finding>,
     edits: Vec<Edit>,
 }
@@ -192,6 +204,32 @@ fn flatten(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) {
             }
         }
     }
+}
+
+/// The comments in a `use` item's text (which holds no string literals), so a rewrite can keep
+/// them; doc comments become plain comments since the item they documented may be gone.
+fn comments_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('/') {
+        let tail = &rest[i..];
+        if tail.starts_with("//") {
+            let end = tail.find('\n').unwrap_or(tail.len());
+            let c = tail[..end].trim_end();
+            out.push(format!(
+                "// {}",
+                c.trim_start_matches('/').trim_start_matches('!').trim()
+            ));
+            rest = &tail[end..];
+        } else if tail.starts_with("/*") {
+            let end = tail.find("*/").map_or(tail.len(), |e| e + 2);
+            out.push(tail[..end].to_owned());
+            rest = &tail[end..];
+        } else {
+            rest = &tail[1..];
+        }
+    }
+    out
 }
 
 fn root_ident(tree: &UseTree) -> Option<String> {
@@ -239,6 +277,7 @@ impl<'a> Analyzer<'a> {
             used_via_glob: BTreeSet::new(),
             existing: BTreeSet::new(),
             compat_uses: Vec::new(),
+            bypass_names: BTreeSet::new(),
             findings: Vec::new(),
             edits: Vec::new(),
         }
@@ -290,15 +329,53 @@ impl<'a> Analyzer<'a> {
 
     // ---- pass 1: imports ------------------------------------------------------------------
 
-    fn collect_imports(&mut self, file: &syn::File) {
+    /// Analyzes one module scope: its imports apply to its own items (function bodies
+    /// included) but not to nested modules, which get a fresh scope as in Rust.
+    fn analyze_scope(&mut self, items: &[syn::Item]) {
+        let saved = ScopeState {
+            compat_mods: std::mem::replace(
+                &mut self.compat_mods,
+                BTreeSet::from([self.input.compat_crate.to_owned()]),
+            ),
+            named: std::mem::take(&mut self.named),
+            glob: std::mem::take(&mut self.glob),
+            used_via_glob: std::mem::take(&mut self.used_via_glob),
+            existing: std::mem::take(&mut self.existing),
+            compat_uses: std::mem::take(&mut self.compat_uses),
+        };
+        self.collect_imports(items);
+        for item in items {
+            self.visit_item(item);
+        }
+        self.rewrite_imports();
+        self.compat_mods = saved.compat_mods;
+        self.named = saved.named;
+        self.glob = saved.glob;
+        self.used_via_glob = saved.used_via_glob;
+        self.existing = saved.existing;
+        self.compat_uses = saved.compat_uses;
+    }
+
+    fn collect_imports(&mut self, items: &[syn::Item]) {
+        /// Collects the `use` items of one scope, without entering nested modules.
         struct Uses<'u>(Vec<&'u ItemUse>);
         impl<'u> Visit<'u> for Uses<'u> {
             fn visit_item_use(&mut self, u: &'u ItemUse) {
                 self.0.push(u);
             }
+            fn visit_item_mod(&mut self, _: &'u syn::ItemMod) {}
         }
         let mut uses = Uses(Vec::new());
-        uses.visit_file(file);
+        for item in items {
+            uses.visit_item(item);
+        }
+        let top_level: Vec<*const ItemUse> = items
+            .iter()
+            .filter_map(|i| match i {
+                syn::Item::Use(u) => Some(u as *const ItemUse),
+                _ => None,
+            })
+            .collect();
         // Crate renames first (`use engine_compat as compat;`), so later items resolve.
         for u in &uses.0 {
             let mut leaves = Vec::new();
@@ -312,17 +389,19 @@ impl<'a> Analyzer<'a> {
             }
         }
         for u in uses.0 {
-            self.collect_use(u);
+            let nested = !top_level.contains(&(u as *const ItemUse));
+            self.collect_use(u, nested);
         }
     }
 
-    fn collect_use(&mut self, u: &ItemUse) {
+    fn collect_use(&mut self, u: &ItemUse, nested: bool) {
         let mut leaves = Vec::new();
         flatten(&u.tree, &mut Vec::new(), &mut leaves);
         let mods = self.compat_mods.clone();
         let is_compat = |l: &Leaf| l.segs.first().is_some_and(|s| mods.contains(s));
         if !leaves.iter().any(is_compat) {
             for l in &leaves {
+                self.check_bypass_import(l);
                 let local = match &l.kind {
                     LeafKind::Name => l.segs.last().cloned(),
                     LeafKind::Rename(a) => Some(a.clone()),
@@ -348,7 +427,12 @@ impl<'a> Analyzer<'a> {
         }
         let mut compat_leaves = Vec::new();
         let mut fixable = true;
-        for leaf in leaves.into_iter().filter(is_compat) {
+        let public = !matches!(u.vis, syn::Visibility::Inherited);
+        for mut leaf in leaves.into_iter().filter(is_compat) {
+            // A re-export is the crate's API: keep its public name, import the canonical type.
+            if let (true, LeafKind::Name, true) = (public, &leaf.kind, leaf.segs.len() >= 2) {
+                leaf.kind = LeafKind::Rename(leaf.segs[leaf.segs.len() - 1].clone());
+            }
             let name = if leaf.segs.len() >= 2 {
                 leaf.segs.last().cloned()
             } else {
@@ -427,18 +511,56 @@ impl<'a> Analyzer<'a> {
             compat_leaves,
             kept,
             fixable,
+            nested,
         });
+    }
+
+    /// `use engine_core::factory_only::assemble_engine;` outside the factory: report the import
+    /// and remember the local name so calls through it are reported too.
+    fn check_bypass_import(&mut self, leaf: &Leaf) {
+        if matches!(self.input.role, Role::Factory | Role::Core)
+            || !leaf.segs.iter().any(|s| s == "factory_only")
+        {
+            return;
+        }
+        let text = leaf.segs.join("::");
+        self.report(
+            Rule::FactoryBypass,
+            leaf.at,
+            &text,
+            format!("import of `{text}` builds engines outside engine-factory"),
+            "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`".into(),
+        );
+        match &leaf.kind {
+            LeafKind::Name => {
+                if let Some(last) = leaf.segs.last() {
+                    self.bypass_names.insert(last.clone());
+                }
+            }
+            LeafKind::Rename(alias) => {
+                self.bypass_names.insert(alias.clone());
+            }
+            LeafKind::Glob => {}
+        }
     }
 
     // ---- pass 3: rewrite imports ----------------------------------------------------------
 
     fn rewrite_imports(&mut self) {
-        let mut emitted: BTreeSet<(String, String)> = self.existing.clone();
-        let uses = std::mem::take(&mut self.compat_uses);
+        let mut uses = std::mem::take(&mut self.compat_uses);
+        // Module-level imports first: they are visible in function bodies, not the reverse.
+        uses.sort_by_key(|u| u.nested);
+        let mut module_emitted: BTreeSet<(String, String)> = self.existing.clone();
         for cu in &uses {
             if !cu.fixable {
                 continue;
             }
+            let mut local_emitted = module_emitted.clone();
+            let emitted = if cu.nested {
+                &mut local_emitted
+            } else {
+                &mut module_emitted
+            };
             // crate -> item specs (`Name` or `Name as Alias`)
             let mut by_crate: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             let mut want = |c: &Canonical, alias: Option<&str>| {
@@ -487,6 +609,8 @@ impl<'a> Analyzer<'a> {
                 _ => lines.insert(0, format!("{}use {{{}}};", cu.vis, cu.kept.join(", "))),
             }
             let src = self.input.source;
+            let comments = comments_in(&src[cu.full.0..cu.full.1]);
+            lines.splice(0..0, comments);
             let line_start = src[..cu.full.0].rfind('\n').map_or(0, |i| i + 1);
             let indent: String = src[line_start..cu.full.0]
                 .chars()
@@ -546,6 +670,15 @@ impl<'a> Analyzer<'a> {
                 format!("`{text}` builds an engine outside engine-factory"),
                 "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`"
                     .into(),
+            );
+        }
+        if segs.len() == 1 && path.leading_colon.is_none() && self.bypass_names.contains(&first_s) {
+            self.report(
+                Rule::FactoryBypass,
+                first.span(),
+                &first_s,
+                format!("`{first_s}` (from engine_core::factory_only) builds an engine outside engine-factory"),
+                "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`".into(),
             );
         }
         if self.is_compat_role() {
@@ -719,6 +852,15 @@ impl<'a> Analyzer<'a> {
 
 impl<'ast> Visit<'ast> for Analyzer<'_> {
     fn visit_item_use(&mut self, _: &'ast ItemUse) {}
+
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        for attr in &m.attrs {
+            self.visit_attribute(attr);
+        }
+        if let Some((_, items)) = &m.content {
+            self.analyze_scope(items);
+        }
+    }
 
     fn visit_path(&mut self, path: &'ast syn::Path) {
         self.check_path(path);

@@ -62,6 +62,8 @@ pub struct Package {
     pub engine_related: bool,
     /// How its code names the compat crate, if it depends on it.
     pub compat_local: Option<String>,
+    /// How its code names each of its dependencies (`engine_core`, ...).
+    pub deps: BTreeSet<String>,
 }
 
 /// A workspace ready to scan.
@@ -146,7 +148,18 @@ impl Workspace {
                     .iter()
                     .any(|d| engine_crates.contains(d.name.as_str()));
             let manifest = PathBuf::from(p.manifest_path.as_std_path());
+            let deps = p
+                .dependencies
+                .iter()
+                .map(|d| {
+                    d.rename
+                        .clone()
+                        .unwrap_or_else(|| d.name.clone())
+                        .replace('-', "_")
+                })
+                .collect();
             packages.push(Package {
+                deps,
                 dir: manifest.parent().map(Path::to_path_buf).unwrap_or_default(),
                 manifest,
                 name,
@@ -198,6 +211,14 @@ impl Workspace {
             .collect();
         files.sort();
         files
+    }
+
+    /// The package a file belongs to (the deepest package directory containing it).
+    pub fn package_of(&self, file: &Path) -> Option<&Package> {
+        self.packages
+            .iter()
+            .filter(|p| file.starts_with(&p.dir))
+            .max_by_key(|p| p.dir.components().count())
     }
 
     /// Scans every package.
