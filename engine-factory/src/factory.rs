@@ -4,7 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
+
+#[cfg(feature = "model-check")]
+use shuttle::sync::{Mutex, MutexGuard};
+#[cfg(not(feature = "model-check"))]
+use std::sync::{Mutex, MutexGuard};
 
 use engine_core::factory_only::assemble_engine;
 use engine_core::{
@@ -212,7 +217,8 @@ impl ExecutionEngineFactory {
     ///
     /// Admission is atomic per factory: with `max_engines_per_user = 2`, 100 concurrent calls
     /// for one user yield exactly 2 engines. Limits are per user: one user at its limit never
-    /// blocks another. Must be called inside a tokio runtime (it starts the reaper).
+    /// blocks another. The background reaper starts with the first engine created inside a
+    /// tokio runtime (engines themselves need a runtime to run).
     ///
     /// # Errors
     /// [`FactoryError::UserLimitReached`], [`FactoryError::DuplicateRun`],
@@ -447,25 +453,35 @@ impl ExecutionEngineFactory {
         let n = engines.len() as u64;
         self.inner.counters.cleaned.fetch_add(n, Ordering::Relaxed);
         let all = futures_util::future::join_all(engines.iter().map(UserExecutionEngine::shutdown));
-        match tokio::time::timeout(self.inner.config.shutdown_deadline(), all).await {
-            Ok(_) => true,
-            Err(_) => {
-                let stuck = engines.iter().filter(|e| e.active_run_count() > 0).count() as u64;
-                self.inner
-                    .counters
-                    .cleanup_errors
-                    .fetch_add(stuck, Ordering::Relaxed);
-                tracing::warn!(
-                    stuck,
-                    "engines still had runs ending at the shutdown deadline"
-                );
-                false
-            }
+        // Without a tokio runtime there are no timers (and no runs to wait for): just await.
+        let within_deadline = if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::time::timeout(self.inner.config.shutdown_deadline(), all)
+                .await
+                .is_ok()
+        } else {
+            all.await;
+            true
+        };
+        if !within_deadline {
+            let stuck = engines.iter().filter(|e| e.active_run_count() > 0).count() as u64;
+            self.inner
+                .counters
+                .cleanup_errors
+                .fetch_add(stuck, Ordering::Relaxed);
+            tracing::warn!(
+                stuck,
+                "engines still had runs ending at the shutdown deadline"
+            );
         }
+        within_deadline
     }
 
     fn start_reaper(&self) {
-        if self.inner.reaper_started.swap(true, Ordering::AcqRel) {
+        // Outside a tokio runtime there is nothing to run the reaper on; `reap_now` still works
+        // and the next create inside a runtime starts it.
+        if tokio::runtime::Handle::try_current().is_err()
+            || self.inner.reaper_started.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let weak: Weak<FactoryInner> = Arc::downgrade(&self.inner);
