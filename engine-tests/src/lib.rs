@@ -20,6 +20,14 @@
 //! # }
 //! ```
 
+mod script;
+
+pub use script::{
+    script_registry, script_registry_builder, EchoTool, FailTool, Observations, PanicTool,
+    ScriptAgent, SlowTool,
+};
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -189,6 +197,32 @@ pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
         Some(AgentEvent::AgentCompleted { .. }) => Ok(()),
         _ => Err("the run has no terminal agent_completed".into()),
     }
+}
+
+/// Groups one user's received events by run, keeping arrival order within each run.
+pub fn by_run(
+    events: &[Arc<EventEnvelope>],
+) -> BTreeMap<engine_core::RunId, Vec<Arc<EventEnvelope>>> {
+    let mut runs: BTreeMap<engine_core::RunId, Vec<Arc<EventEnvelope>>> = BTreeMap::new();
+    for e in events {
+        runs.entry(e.run_id.clone())
+            .or_default()
+            .push(Arc::clone(e));
+    }
+    runs
+}
+
+/// The terminal status of a run's events, if its last event is `agent_completed`.
+pub fn terminal_status(events: &[Arc<EventEnvelope>]) -> Option<engine_core::RunStatus> {
+    match events.last().map(|e| &e.event) {
+        Some(AgentEvent::AgentCompleted { status, .. }) => Some(*status),
+        _ => None,
+    }
+}
+
+/// Drains everything currently buffered in a subscription.
+pub fn drain(sub: &mut engine_factory::Subscription) -> Vec<Arc<EventEnvelope>> {
+    std::iter::from_fn(|| sub.try_recv()).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,160 @@
+//! A scriptable agent and test tools, so suites can drive every engine behaviour through the
+//! public API with nothing but the input message.
+//!
+//! The input is a `;`-separated script:
+//!
+//! | command | effect |
+//! |---|---|
+//! | `think:TEXT` | `agent_thinking` with TEXT |
+//! | `sleep:MS` | sleeps MS milliseconds |
+//! | `tool:NAME` / `tool:NAME:JSON` | calls tool NAME (arguments `{}` or JSON); errors are noted, not fatal |
+//! | `fail:MSG` | the agent returns an error |
+//! | `panic:MSG` | the agent panics |
+//! | `wait_cancel` | waits for cancellation, then says so and returns |
+//!
+//! The answer names the user and lists tool results, so a leak of one user's answer into
+//! another's stream is detectable.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine_core::{
+    async_trait, Agent, AgentRegistry, AgentRegistryBuilder, BoxError, RunContext, Tool,
+    ToolContext,
+};
+use serde_json::{json, Value};
+
+/// What the script agent and tools observed, shared by one registry's runs (test-only).
+#[derive(Debug, Default)]
+pub struct Observations {
+    /// Script agents that started running (after any queueing).
+    pub agent_starts: AtomicUsize,
+    /// Agents that saw their run's cancellation.
+    pub agent_saw_cancel: AtomicUsize,
+    /// `slow` tool calls that saw their run's cancellation.
+    pub tool_saw_cancel: AtomicUsize,
+}
+
+/// The scripted agent.
+#[derive(Debug)]
+pub struct ScriptAgent {
+    observed: Arc<Observations>,
+}
+
+#[async_trait]
+impl Agent for ScriptAgent {
+    async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+        self.observed.agent_starts.fetch_add(1, Ordering::SeqCst);
+        let mut notes = Vec::new();
+        for cmd in input.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+            let (op, arg) = cmd.split_once(':').unwrap_or((cmd, ""));
+            match op {
+                "think" => ctx.think(arg).await,
+                "sleep" => tokio::time::sleep(Duration::from_millis(arg.parse()?)).await,
+                "tool" => {
+                    let (name, args) = arg.split_once(':').unwrap_or((arg, "{}"));
+                    match ctx.call_tool(name, serde_json::from_str(args)?).await {
+                        Ok(v) => notes.push(format!("{name}={v}")),
+                        Err(e) => notes.push(format!("{name}!{e}")),
+                    }
+                }
+                "fail" => return Err(arg.to_owned().into()),
+                "panic" => panic!("{arg}"),
+                "wait_cancel" => {
+                    ctx.cancelled().await;
+                    self.observed
+                        .agent_saw_cancel
+                        .fetch_add(1, Ordering::SeqCst);
+                    return Ok("stopped on cancellation".into());
+                }
+                other => return Err(format!("unknown script command {other:?}").into()),
+            }
+        }
+        Ok(format!(
+            "answer for {} [{}]",
+            ctx.context().user_id(),
+            notes.join(", ")
+        ))
+    }
+}
+
+/// Returns its arguments and the calling user.
+#[derive(Debug, Default)]
+pub struct EchoTool;
+
+#[async_trait]
+impl Tool for EchoTool {
+    async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, BoxError> {
+        Ok(json!({ "echo": args, "user": ctx.context().user_id().as_str() }))
+    }
+}
+
+/// Always fails.
+#[derive(Debug, Default)]
+pub struct FailTool;
+
+#[async_trait]
+impl Tool for FailTool {
+    async fn call(&self, _args: Value, ctx: &ToolContext) -> Result<Value, BoxError> {
+        Err(format!("backend unavailable for {}", ctx.context().user_id()).into())
+    }
+}
+
+/// Always panics.
+#[derive(Debug, Default)]
+pub struct PanicTool;
+
+#[async_trait]
+impl Tool for PanicTool {
+    async fn call(&self, _args: Value, _ctx: &ToolContext) -> Result<Value, BoxError> {
+        panic!("tool bug")
+    }
+}
+
+/// Sleeps `args.ms` milliseconds (default: an hour), returning early on cancellation.
+#[derive(Debug)]
+pub struct SlowTool {
+    observed: Arc<Observations>,
+}
+
+#[async_trait]
+impl Tool for SlowTool {
+    async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, BoxError> {
+        let ms = args["ms"].as_u64().unwrap_or(3_600_000);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms })),
+            () = ctx.cancelled() => {
+                self.observed.tool_saw_cancel.fetch_add(1, Ordering::SeqCst);
+                Err("cancelled".into())
+            }
+        }
+    }
+}
+
+/// The script registry builder: agent `script`, tools `echo`, `fail`, `panic`, `slow`.
+pub fn script_registry_builder(observed: &Arc<Observations>) -> AgentRegistryBuilder {
+    let for_agent = Arc::clone(observed);
+    AgentRegistry::builder()
+        .agent("script", move || ScriptAgent {
+            observed: Arc::clone(&for_agent),
+        })
+        .tool("echo", EchoTool)
+        .tool("fail", FailTool)
+        .tool("panic", PanicTool)
+        .tool(
+            "slow",
+            SlowTool {
+                observed: Arc::clone(observed),
+            },
+        )
+}
+
+/// The script registry and what its runs observe.
+pub fn script_registry() -> (AgentRegistry, Arc<Observations>) {
+    let observed = Arc::new(Observations::default());
+    let registry = script_registry_builder(&observed)
+        .build()
+        .unwrap_or_else(|e| unreachable!("static script registry is valid: {e}"));
+    (registry, observed)
+}
