@@ -318,7 +318,13 @@ impl UserExecutionEngine {
             input: input.into(),
             cancel: cancel.clone(),
         };
-        let join = tokio::spawn(inner.tracker.track_future(run.execute().instrument(span)));
+        // Boxed so the (large) run state machine is moved as a pointer, not copied, on its way
+        // into the task.
+        let join = tokio::spawn(
+            inner
+                .tracker
+                .track_future(Box::pin(run.execute()).instrument(span)),
+        );
         Ok(RunHandle {
             run_id: context.run_id().clone(),
             cancel,
@@ -480,6 +486,13 @@ impl Run {
     /// "queued" notice once the wait passes `queue_notice_after`.
     async fn wait_for_slot<'a>(&'a self, emitter: &mut Emitter) -> Option<SemaphorePermit<'a>> {
         let semaphore = &self.engine.semaphore;
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        // Fast path: a free slot needs no timer for the queued notice.
+        if let Ok(permit) = semaphore.try_acquire() {
+            return Some(permit);
+        }
         let acquire = semaphore.acquire();
         tokio::pin!(acquire);
         let notice = tokio::time::sleep(self.engine.config.queue_notice_after());
@@ -521,7 +534,7 @@ impl Run {
         let timeout = self.engine.config.run_timeout();
         let result = {
             let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
-            let run = tokio::time::timeout(timeout, run);
+            let run = crate::run::within(timeout, run);
             // Biased toward the agent: an agent that watches for cancellation returns first.
             tokio::select! {
                 biased;

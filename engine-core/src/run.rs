@@ -68,7 +68,7 @@ impl Emitter {
         // future dropped on cancellation) is never counted as delivered.
         self.dropped += 1;
         let delivery = AssertUnwindSafe(self.sink.deliver(envelope)).catch_unwind();
-        match tokio::time::timeout(self.delivery_timeout, delivery).await {
+        match within(self.delivery_timeout, delivery).await {
             Ok(Ok(Ok(()))) => {
                 self.dropped -= 1;
                 self.delivered += 1;
@@ -83,6 +83,21 @@ impl Emitter {
                 tracing::debug!(seq = self.seq, "event delivery timed out; event dropped");
             }
         }
+    }
+}
+
+/// Like `tokio::time::timeout`, but polls `fut` once first and only arms the timer if it is not
+/// ready: most deliveries complete at once, and reading the clock for each would cost more
+/// than the delivery.
+pub(crate) async fn within<F: std::future::Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Ok(out),
+        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await,
     }
 }
 
@@ -191,7 +206,7 @@ impl ToolDispatcher {
         }
         let tool_ctx = ToolContext::new(self.context.clone(), self.cancel.clone());
         let call = AssertUnwindSafe(tool.call(args, &tool_ctx)).catch_unwind();
-        let call = tokio::time::timeout(self.tool_timeout, call);
+        let call = within(self.tool_timeout, call);
         // Biased toward the tool: a tool that watches its ToolContext sees the cancellation and
         // may return before the call is abandoned.
         let result = tokio::select! {

@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 mod script;
 
 pub use script::{

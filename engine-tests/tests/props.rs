@@ -125,10 +125,10 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 shut_down = true;
             }
         }
-        for u in 0..USERS {
+        for (u, held) in engines.iter().enumerate() {
             let live = f.active_engines(&UserId::new(user(u)).unwrap());
             prop_assert!(live <= LIMIT, "user {u} has {live} engines");
-            prop_assert_eq!(live, engines[u].iter().filter(|e| e.is_active()).count());
+            prop_assert_eq!(live, held.iter().filter(|e| e.is_active()).count());
         }
     }
     f.shutdown().await;

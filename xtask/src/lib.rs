@@ -8,6 +8,7 @@
 //! - `migrate --fix [--dry-run]` rewrites every `SSOT001` finding to its canonical path on the
 //!   syntax tree, byte-for-byte elsewhere.
 //! - `tidy` checks this workspace's own invariants.
+//! - `bench` runs the benchmarks briefly and prints `name  ours  baseline  ratio`.
 //!
 //! ```
 //! use xtask::rules::{check_file, FileInput, Role};
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod baseline;
+pub mod bench;
 pub mod fix;
 pub mod legacy;
 pub mod model;

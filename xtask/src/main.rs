@@ -54,6 +54,8 @@ enum Command {
     },
     /// Check this workspace's own invariants.
     Tidy,
+    /// Run the benchmarks briefly (under 2 minutes) and print `name  ours  baseline  ratio`.
+    Bench,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, XtaskError> {
     match cli.command {
+        Command::Bench => bench(),
         Command::Tidy => {
             let problems = xtask::tidy::tidy(&this_workspace())?;
             for p in &problems {
@@ -171,6 +174,59 @@ fn run(cli: Cli) -> Result<u8, XtaskError> {
             Ok(2)
         }
     }
+}
+
+fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<std::process::Output, XtaskError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("==> cargo {}", args.join(" "));
+    std::process::Command::new(cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(this_workspace())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| XtaskError::Io {
+            path: "cargo".into(),
+            message: e.to_string(),
+        })
+}
+
+fn bench() -> Result<u8, XtaskError> {
+    let short = [
+        "--warm-up-time",
+        "0.5",
+        "--measurement-time",
+        "1",
+        "--sample-size",
+        "10",
+    ];
+    let mut runs: Vec<Vec<&str>> = vec![
+        vec!["bench", "-p", "engine-tests", "--bench", "engine", "--"],
+        vec!["bench", "-p", "xtask", "--bench", "scan", "--"],
+    ];
+    for r in &mut runs {
+        r.extend_from_slice(&short);
+        let out = cargo(r, &[])?;
+        if !out.status.success() {
+            eprintln!("error: `cargo {}` failed", r.join(" "));
+            return Ok(1);
+        }
+    }
+    let footprint = cargo(
+        &["bench", "-p", "engine-tests", "--bench", "footprint"],
+        &[],
+    )?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map_or_else(|_| this_workspace().join("target"), PathBuf::from);
+    println!(
+        "{:<28} {:>22} {:>22} {:>9}",
+        "name", "ours", "baseline", "ratio"
+    );
+    for row in xtask::bench::rows(&target.join("criterion")) {
+        println!("{}", row.line());
+    }
+    print!("{}", String::from_utf8_lossy(&footprint.stdout));
+    Ok(u8::from(!footprint.status.success()))
 }
 
 /// Canonical crates the rewritten code names but its package does not depend on yet.

@@ -1,0 +1,200 @@
+//! Memory per idle engine and emit-to-receipt latency under fan-out, each beside a floor
+//! measured in the same run. Prints `name  ours  baseline  ratio` lines.
+//!
+//! Memory is measured in child processes (one per side) from the resident set size, so one
+//! side's freed memory cannot flatter the other.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use engine_core::{AgentEvent, EventEnvelope, RunId, ThreadId};
+use engine_tests::bench::{bench_engines, bench_factory, bench_users};
+use tokio::sync::mpsc;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Child process: bytes per idle engine (with one subscriber) or per floor unit.
+fn memory_child(which: &str, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let before = rss_bytes();
+    let held: Box<dyn std::any::Any> = match which {
+        "ours" => {
+            let factory = bench_factory(256);
+            let users = bench_users(n);
+            let subs: Vec<_> = users
+                .iter()
+                .map(|c| factory.subscribe(c.user_id()))
+                .collect();
+            let engines = rt.block_on(async { bench_engines(&factory, &users) });
+            Box::new((factory, users, subs, engines))
+        }
+        _ => {
+            let users = bench_users(n);
+            let floor: Vec<_> = users
+                .into_iter()
+                .map(|c| (Arc::new(c), mpsc::channel::<Arc<EventEnvelope>>(256)))
+                .collect();
+            Box::new(floor)
+        }
+    };
+    let after = rss_bytes();
+    println!("{}", (after.saturating_sub(before)) / n as u64);
+    drop(held);
+}
+
+fn memory(n: usize) -> (u64, u64) {
+    let exe = std::env::current_exe().expect("exe");
+    let run = |which: &str| -> u64 {
+        let out = std::process::Command::new(&exe)
+            .args(["--memory-child", which, &n.to_string()])
+            .output()
+            .expect("child runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    (run("ours"), run("floor"))
+}
+
+fn percentiles(mut v: Vec<u64>) -> [u64; 3] {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    [at(0.50), at(0.99), at(0.999)]
+}
+
+/// Emit-to-receipt latency with `users` subscribers and `per_user` events each.
+fn latency(users_n: usize, per_user: u64) -> ([u64; 3], [u64; 3]) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        // Ours: runs emit, the hub routes, each user's subscriber measures.
+        let factory = bench_factory(256);
+        let users = bench_users(users_n);
+        let readers: Vec<_> = users
+            .iter()
+            .map(|c| {
+                let mut sub = factory.subscribe(c.user_id());
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per_user as usize);
+                    while lat.len() < per_user as usize {
+                        match sub.recv().await {
+                            Some(e) => lat.push(now_us().saturating_sub(e.timestamp_us)),
+                            None => break,
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let engines = bench_engines(&factory, &users);
+        let runs: Vec<_> = engines
+            .iter()
+            .zip(&users)
+            .map(|((_, e), c)| {
+                e.spawn(&c.new_run(), "burst", (per_user - 2).to_string())
+                    .expect("spawn")
+            })
+            .collect();
+        for r in runs {
+            r.outcome().await.expect("ran");
+        }
+        let mut ours = Vec::new();
+        for r in readers {
+            ours.extend(r.await.expect("reader"));
+        }
+        // Floor: per-user mpsc, the producer stamps the time as the engine does.
+        let mut tasks = Vec::new();
+        for c in &users {
+            let (tx, mut rx) = mpsc::channel::<Arc<EventEnvelope>>(256);
+            let user = c.user_id().clone();
+            tokio::spawn(async move {
+                for seq in 1..=per_user {
+                    let e = EventEnvelope {
+                        user_id: user.clone(),
+                        thread_id: ThreadId::new("thread").expect("id"),
+                        run_id: RunId::new("run-1").expect("id"),
+                        seq,
+                        timestamp_us: now_us(),
+                        event: AgentEvent::AgentThinking {
+                            reasoning: "step".into(),
+                        },
+                    };
+                    let _ = tx.send(Arc::new(e)).await;
+                }
+            });
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while let Some(e) = rx.recv().await {
+                    lat.push(now_us().saturating_sub(e.timestamp_us));
+                }
+                lat
+            }));
+        }
+        let mut floor = Vec::new();
+        for t in tasks {
+            floor.extend(t.await.expect("floor"));
+        }
+        (percentiles(ours), percentiles(floor))
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--memory-child") {
+        let which = args.get(i + 1).map_or("floor", String::as_str);
+        let n = args
+            .get(i + 2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        memory_child(which, n);
+        return;
+    }
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` / `cargo bench -- --list` probes: nothing to list.
+    }
+    let engines = env_usize("FOOTPRINT_ENGINES", 100_000);
+    let (ours, floor) = memory(engines);
+    println!(
+        "memory_per_idle_engine  {ours} B  {floor} B  {:.2}x   ({engines} engines, one subscriber each)",
+        ours as f64 / floor.max(1) as f64
+    );
+    let users = env_usize("FOOTPRINT_USERS", 10_000);
+    let (o, f) = latency(users, 100);
+    for (i, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
+        println!(
+            "latency_{name}  {} us  {} us  {:.2}x   ({users} users x 100 events)",
+            o[i],
+            f[i],
+            o[i] as f64 / f[i].max(1) as f64
+        );
+    }
+}

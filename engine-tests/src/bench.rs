@@ -1,0 +1,102 @@
+//! Agents and set-up shared by the benchmarks (`benches/engine.rs`, `benches/footprint.rs`).
+
+use engine_core::{
+    async_trait, Agent, AgentRegistry, BoxError, RunContext, UserExecutionContext, UserId,
+};
+use engine_factory::{EngineHandle, ExecutionEngineFactory, FactoryConfig};
+use serde_json::json;
+
+use crate::EchoTool;
+
+/// Returns at once: a run of 2 events (started, completed).
+#[derive(Debug, Default)]
+pub struct NoopAgent;
+
+#[async_trait]
+impl Agent for NoopAgent {
+    async fn run(&mut self, _ctx: &mut RunContext, _input: &str) -> Result<String, BoxError> {
+        Ok(String::new())
+    }
+}
+
+/// Thinks N times (N = the input): a run of N + 2 events.
+#[derive(Debug, Default)]
+pub struct BurstAgent;
+
+#[async_trait]
+impl Agent for BurstAgent {
+    async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+        let n: usize = input.parse()?;
+        for _ in 0..n {
+            ctx.think("step").await;
+        }
+        Ok(String::new())
+    }
+}
+
+/// A trivial tool-calling run of 6 events: started, thinking, tool_executing, tool_completed,
+/// thinking, completed.
+#[derive(Debug, Default)]
+pub struct SixEventAgent;
+
+#[async_trait]
+impl Agent for SixEventAgent {
+    async fn run(&mut self, ctx: &mut RunContext, _input: &str) -> Result<String, BoxError> {
+        ctx.think("a").await;
+        ctx.call_tool("echo", json!(1)).await?;
+        ctx.think("b").await;
+        Ok(String::new())
+    }
+}
+
+/// Registry with `noop`, `burst`, `six` and the `echo` tool.
+pub fn bench_registry() -> AgentRegistry {
+    AgentRegistry::builder()
+        .agent("noop", || NoopAgent)
+        .agent("burst", || BurstAgent)
+        .agent("six", || SixEventAgent)
+        .tool("echo", EchoTool)
+        .build()
+        .unwrap_or_else(|e| unreachable!("static bench registry: {e}"))
+}
+
+/// A factory for benchmarks: up to 10 engines per user, 64 concurrent runs per engine.
+pub fn bench_factory(subscriber_buffer: usize) -> ExecutionEngineFactory {
+    let engine = engine_core::EngineConfig::builder()
+        .max_concurrent_runs(64)
+        .build()
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let config = FactoryConfig::builder()
+        .max_engines_per_user(10)
+        .subscriber_buffer(subscriber_buffer)
+        .engine(engine)
+        .build()
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    ExecutionEngineFactory::new(config, bench_registry())
+}
+
+/// `n` users named `bench-user-<i>`, each with a root context.
+pub fn bench_users(n: usize) -> Vec<UserExecutionContext> {
+    (0..n)
+        .map(|i| {
+            UserExecutionContext::new(format!("bench-user-{i:06}"), "thread", "run-0")
+                .unwrap_or_else(|e| unreachable!("{e}"))
+        })
+        .collect()
+}
+
+/// One engine per user, plus the user ids.
+pub fn bench_engines(
+    factory: &ExecutionEngineFactory,
+    users: &[UserExecutionContext],
+) -> Vec<(UserId, EngineHandle)> {
+    users
+        .iter()
+        .map(|c| {
+            let e = factory
+                .create_for_user(c)
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            (c.user_id().clone(), e)
+        })
+        .collect()
+}
