@@ -34,7 +34,7 @@ pub struct RunOutcome {
     /// The run's thread.
     pub thread_id: ThreadId,
     /// The agent that ran.
-    pub agent_name: String,
+    pub agent_name: Arc<str>,
     /// How it ended.
     pub status: RunStatus,
     /// The agent's answer, for `completed`.
@@ -147,11 +147,16 @@ struct EngineInner {
     semaphore: Semaphore,
     active: AtomicBool,
     created_at: Instant,
-    last_activity: Mutex<Instant>,
-    runs: Mutex<HashMap<RunId, CancellationToken>>,
-    history: Mutex<VecDeque<RunOutcome>>,
-    stats: Mutex<StatsAcc>,
+    /// Everything mutable, behind one lock taken once when a run starts and once when it ends.
+    state: Mutex<EngineState>,
     tracker: TaskTracker,
+}
+
+struct EngineState {
+    last_activity: Instant,
+    runs: HashMap<RunId, CancellationToken>,
+    history: VecDeque<RunOutcome>,
+    acc: StatsAcc,
 }
 
 /// Locks a mutex, recovering from poisoning: the engine's own critical sections do not panic,
@@ -199,10 +204,12 @@ impl UserExecutionEngine {
                 sink,
                 active: AtomicBool::new(true),
                 created_at: now,
-                last_activity: Mutex::new(now),
-                runs: Mutex::new(HashMap::new()),
-                history: Mutex::new(VecDeque::new()),
-                stats: Mutex::new(StatsAcc::default()),
+                state: Mutex::new(EngineState {
+                    last_activity: now,
+                    runs: HashMap::new(),
+                    history: VecDeque::new(),
+                    acc: StatsAcc::default(),
+                }),
                 tracker: TaskTracker::new(),
             }),
         })
@@ -234,11 +241,11 @@ impl UserExecutionEngine {
     }
     /// Time since a run was last accepted or finished (or since creation).
     pub fn idle_for(&self) -> Duration {
-        lock(&self.inner.last_activity).elapsed()
+        lock(&self.inner.state).last_activity.elapsed()
     }
     /// Runs accepted and not yet ended.
     pub fn active_run_count(&self) -> usize {
-        lock(&self.inner.runs).len()
+        lock(&self.inner.state).runs.len()
     }
     /// Whether two handles refer to the same engine.
     pub fn same_engine(&self, other: &Self) -> bool {
@@ -288,22 +295,22 @@ impl UserExecutionEngine {
         }
         let cancel = CancellationToken::new();
         {
-            let mut runs = lock(&inner.runs);
+            let mut state = lock(&inner.state);
             // Checked under the runs lock so shutdown (which takes it to cancel) cannot miss a run.
             if !self.is_active() {
                 return Err(EngineError::EngineInactive {
                     user: self.user_id().clone(),
                 });
             }
-            if runs.contains_key(context.run_id()) {
+            if state.runs.contains_key(context.run_id()) {
                 return Err(EngineError::DuplicateRun {
                     run_id: context.run_id().clone(),
                 });
             }
-            runs.insert(context.run_id().clone(), cancel.clone());
+            state.runs.insert(context.run_id().clone(), cancel.clone());
+            state.acc.stats.total_runs += 1;
+            state.last_activity = Instant::now();
         }
-        lock(&inner.stats).stats.total_runs += 1;
-        *lock(&inner.last_activity) = Instant::now();
         let span = tracing::info_span!(
             "agent_run",
             user_id = %context.user_id(),
@@ -338,7 +345,7 @@ impl UserExecutionEngine {
     /// # Errors
     /// [`EngineError::UnknownRun`] when no active run has this id.
     pub fn cancel(&self, run_id: &RunId) -> Result<(), EngineError> {
-        match lock(&self.inner.runs).get(run_id) {
+        match lock(&self.inner.state).runs.get(run_id) {
             Some(token) => {
                 token.cancel();
                 Ok(())
@@ -351,14 +358,15 @@ impl UserExecutionEngine {
 
     /// Finished runs, oldest first, at most [`EngineConfig::history_limit`].
     pub fn history(&self) -> Vec<RunOutcome> {
-        lock(&self.inner.history).iter().cloned().collect()
+        lock(&self.inner.state).history.iter().cloned().collect()
     }
 
     /// A snapshot of the engine's counters.
     pub fn stats(&self) -> EngineStats {
-        let mut stats = lock(&self.inner.stats).stats.clone();
-        stats.active_runs = self.active_run_count();
-        stats.history_len = lock(&self.inner.history).len();
+        let state = lock(&self.inner.state);
+        let mut stats = state.acc.stats.clone();
+        stats.active_runs = state.runs.len();
+        stats.history_len = state.history.len();
         stats
     }
 
@@ -367,9 +375,9 @@ impl UserExecutionEngine {
     /// deactivated it.
     pub fn begin_shutdown(&self) -> bool {
         let was_active = {
-            let runs = lock(&self.inner.runs);
+            let state = lock(&self.inner.state);
             let was_active = self.inner.active.swap(false, Ordering::AcqRel);
-            for token in runs.values() {
+            for token in state.runs.values() {
                 token.cancel();
             }
             was_active
@@ -386,7 +394,7 @@ impl UserExecutionEngine {
     pub async fn shutdown(&self) {
         self.begin_shutdown();
         self.inner.tracker.wait().await;
-        lock(&self.inner.history).clear();
+        lock(&self.inner.state).history.clear();
     }
 }
 
@@ -422,7 +430,7 @@ impl Run {
         );
         rc.emitter()
             .emit(AgentEvent::AgentStarted {
-                agent_name: self.agent_name.to_string(),
+                agent_name: Arc::clone(&self.agent_name),
             })
             .await;
 
@@ -456,7 +464,7 @@ impl Run {
         }
         rc.emitter()
             .emit(AgentEvent::AgentCompleted {
-                agent_name: self.agent_name.to_string(),
+                agent_name: Arc::clone(&self.agent_name),
                 status,
                 success: status == RunStatus::Completed,
                 result: result.clone(),
@@ -468,7 +476,7 @@ impl Run {
         let outcome = RunOutcome {
             run_id: self.context.run_id().clone(),
             thread_id: self.context.thread_id().clone(),
-            agent_name: self.agent_name.to_string(),
+            agent_name: Arc::clone(&self.agent_name),
             status,
             result,
             error,
@@ -569,37 +577,33 @@ impl Run {
         ended
     }
 
-    /// Records the outcome in history and stats and releases the run id.
+    /// Records the outcome in history and stats and releases the run id, under one lock.
     fn finish(&self, outcome: &RunOutcome) {
         let engine = &self.engine;
-        {
-            let mut acc = lock(&engine.stats);
-            let s = &mut acc.stats;
-            match outcome.status {
-                RunStatus::Completed => s.completed_runs += 1,
-                RunStatus::Failed => s.failed_runs += 1,
-                RunStatus::TimedOut => s.timed_out_runs += 1,
-                RunStatus::Cancelled => s.cancelled_runs += 1,
-            }
-            s.events_delivered += outcome.events_delivered;
-            s.events_dropped += outcome.events_dropped;
-            s.max_queue_wait = s.max_queue_wait.max(outcome.queue_wait);
-            s.max_execution_time = s.max_execution_time.max(outcome.execution_time);
-            acc.finished += 1;
-            acc.queue_total += outcome.queue_wait;
-            acc.exec_total += outcome.execution_time;
-            acc.stats.avg_queue_wait = acc.queue_total / acc.finished;
-            acc.stats.avg_execution_time = acc.exec_total / acc.finished;
+        let mut state = lock(&engine.state);
+        let acc = &mut state.acc;
+        let s = &mut acc.stats;
+        match outcome.status {
+            RunStatus::Completed => s.completed_runs += 1,
+            RunStatus::Failed => s.failed_runs += 1,
+            RunStatus::TimedOut => s.timed_out_runs += 1,
+            RunStatus::Cancelled => s.cancelled_runs += 1,
         }
-        {
-            let mut history = lock(&engine.history);
-            history.push_back(outcome.clone());
-            while history.len() > engine.config.history_limit() {
-                history.pop_front();
-            }
+        s.events_delivered += outcome.events_delivered;
+        s.events_dropped += outcome.events_dropped;
+        s.max_queue_wait = s.max_queue_wait.max(outcome.queue_wait);
+        s.max_execution_time = s.max_execution_time.max(outcome.execution_time);
+        acc.finished += 1;
+        acc.queue_total += outcome.queue_wait;
+        acc.exec_total += outcome.execution_time;
+        acc.stats.avg_queue_wait = acc.queue_total / acc.finished;
+        acc.stats.avg_execution_time = acc.exec_total / acc.finished;
+        state.history.push_back(outcome.clone());
+        while state.history.len() > engine.config.history_limit() {
+            state.history.pop_front();
         }
-        *lock(&engine.last_activity) = Instant::now();
-        lock(&engine.runs).remove(&outcome.run_id);
+        state.last_activity = Instant::now();
+        state.runs.remove(&outcome.run_id);
     }
 }
 

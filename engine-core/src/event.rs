@@ -9,6 +9,8 @@
 //!  "event":{"type":"agent_started","agent_name":"assistant"}}
 //! ```
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -65,7 +67,7 @@ pub enum AgentEvent {
     /// The run was accepted; always the first event of a run (sequence number 1).
     AgentStarted {
         /// The agent that runs.
-        agent_name: String,
+        agent_name: Arc<str>,
     },
     /// The agent reports progress in words (also used for the "queued" notice).
     AgentThinking {
@@ -101,7 +103,7 @@ pub enum AgentEvent {
     /// The terminal event: exactly one ends every run.
     AgentCompleted {
         /// The agent that ran.
-        agent_name: String,
+        agent_name: Arc<str>,
         /// How the run ended.
         status: RunStatus,
         /// `true` only for [`RunStatus::Completed`].

@@ -67,7 +67,7 @@ pub use ids::{
     MAX_ID_BYTES, SHORT_VALUE_CHARS,
 };
 pub use run::{RunContext, ToolDispatcher};
-pub use sink::{DeliveryError, EventSink};
+pub use sink::{Delivery, DeliveryError, EventSink};
 
 /// The engine constructor, reserved for `engine-factory`.
 ///

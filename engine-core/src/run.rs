@@ -67,8 +67,19 @@ impl Emitter {
         // Counted as dropped until the sink confirms, so a delivery abandoned half-way (the run
         // future dropped on cancellation) is never counted as delivered.
         self.dropped += 1;
-        let delivery = AssertUnwindSafe(self.sink.deliver(envelope)).catch_unwind();
-        match within(self.delivery_timeout, delivery).await {
+        let sink = &self.sink;
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(envelope)));
+        let outcome = match started {
+            Ok(delivery) => {
+                within(
+                    self.delivery_timeout,
+                    AssertUnwindSafe(delivery).catch_unwind(),
+                )
+                .await
+            }
+            Err(panic) => Ok(Err(panic)),
+        };
+        match outcome {
             Ok(Ok(Ok(()))) => {
                 self.dropped -= 1;
                 self.delivered += 1;

@@ -1,8 +1,9 @@
 //! [`EventSink`]: where an engine sends its user's events.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-
-use async_trait::async_trait;
+use std::task::{Context, Poll};
 
 use crate::event::EventEnvelope;
 use crate::ids::UserId;
@@ -29,23 +30,76 @@ pub enum DeliveryError {
     Failed(String),
 }
 
+/// The result of [`EventSink::deliver`]: already decided (no allocation, the common case), or
+/// a future that finishes the delivery (for example while waiting on a full buffer).
+#[must_use = "a delivery does nothing unless awaited"]
+pub enum Delivery<'a> {
+    /// Decided without waiting.
+    Ready(Option<Result<(), DeliveryError>>),
+    /// Still in progress.
+    Pending(Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>),
+}
+
+impl<'a> Delivery<'a> {
+    /// A delivery that is already decided.
+    pub fn ready(result: Result<(), DeliveryError>) -> Self {
+        Self::Ready(Some(result))
+    }
+    /// A delivery finished by `fut`.
+    pub fn pending(fut: impl Future<Output = Result<(), DeliveryError>> + Send + 'a) -> Self {
+        Self::Pending(Box::pin(fut))
+    }
+}
+
+impl std::fmt::Debug for Delivery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
+            Self::Pending(_) => f.write_str("Pending(..)"),
+        }
+    }
+}
+
+impl Future for Delivery<'_> {
+    type Output = Result<(), DeliveryError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(DeliveryError::Closed))),
+            Self::Pending(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
 /// A destination for the events of exactly ONE user.
 ///
 /// An engine checks when it is built that its sink's [`user_id`](Self::user_id) is its own user,
 /// and every envelope it hands over carries that user id. A sink implementation must only route
 /// to that user's consumers; the factory's hub sink is one.
 ///
-/// Delivery never fails a run: an error or a timeout (the engine's
+/// Delivery never fails a run: an error, a panic or a timeout (the engine's
 /// [`delivery_timeout`](crate::EngineConfig::delivery_timeout)) counts the event as dropped,
 /// and the consumer sees the gap in the sequence numbers.
-#[async_trait]
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use engine_core::{Delivery, EventEnvelope, EventSink, UserId};
+///
+/// /// Keeps one user's events in memory.
+/// struct Recorder { user: UserId, events: Mutex<Vec<Arc<EventEnvelope>>> }
+///
+/// impl EventSink for Recorder {
+///     fn user_id(&self) -> &UserId { &self.user }
+///     fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+///         self.events.lock().unwrap().push(event);
+///         Delivery::ready(Ok(()))
+///     }
+/// }
+/// ```
 pub trait EventSink: Send + Sync + 'static {
     /// The single user this sink delivers to.
     fn user_id(&self) -> &UserId;
 
-    /// Delivers one event, waiting (backpressure) as the sink sees fit.
-    ///
-    /// # Errors
-    /// [`DeliveryError`] when the event could not reach every consumer.
-    async fn deliver(&self, event: Arc<EventEnvelope>) -> Result<(), DeliveryError>;
+    /// Delivers one event: decide at once with [`Delivery::ready`], or return
+    /// [`Delivery::pending`] to wait (backpressure).
+    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_>;
 }

@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use engine_core::{DeliveryError, EventEnvelope, EventSink, UserId};
+use engine_core::{Delivery, DeliveryError, EventEnvelope, EventSink, UserId};
 use tokio::sync::mpsc;
 
 type Tx = mpsc::Sender<Arc<EventEnvelope>>;
@@ -46,7 +45,7 @@ pub(crate) struct HubInner {
     buffer: usize,
     deadline: Duration,
     closed: AtomicBool,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 /// One user's subscribers.
@@ -93,7 +92,7 @@ impl EventHub {
                 buffer,
                 deadline,
                 closed: AtomicBool::new(false),
-                counters: Counters::default(),
+                counters: Arc::default(),
             }),
         }
     }
@@ -140,6 +139,7 @@ impl EventHub {
     pub(crate) fn sink_for(&self, user: &UserId) -> Arc<dyn EventSink> {
         Arc::new(HubSink {
             channel: self.channel(user),
+            counters: Arc::clone(&self.inner.counters),
             deadline: self.inner.deadline,
         })
     }
@@ -196,33 +196,26 @@ impl EventHub {
 /// The sink of one engine: holds its user's channel and nothing else.
 struct HubSink {
     channel: Arc<UserChannel>,
+    counters: Arc<Counters>,
     deadline: Duration,
 }
 
-#[async_trait]
 impl EventSink for HubSink {
     fn user_id(&self) -> &UserId {
         &self.channel.user
     }
 
-    async fn deliver(&self, event: Arc<EventEnvelope>) -> Result<(), DeliveryError> {
-        let counters = self.channel.hub.upgrade();
-        let count = |delivered: u64, dropped: u64| {
-            if let Some(hub) = &counters {
-                hub.counters
-                    .delivered
-                    .fetch_add(delivered, Ordering::Relaxed);
-                hub.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-            }
-        };
+    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+        let counters = &self.counters;
         if event.user_id != self.channel.user {
             // Unreachable through the engine (it stamps its own user); refuse rather than route.
-            count(0, 1);
-            return Err(DeliveryError::Failed(format!(
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Delivery::ready(Err(DeliveryError::Failed(format!(
                 "envelope for user {} refused by the sink of user {}",
                 event.user_id, self.channel.user
-            )));
+            ))));
         }
+        // Fast path: every subscriber has room; no allocation, no waiting.
         let mut full: Vec<Tx> = Vec::new();
         let mut delivered = 0u64;
         let subscribers = {
@@ -241,26 +234,36 @@ impl EventSink for HubSink {
             }
             subs.len()
         };
+        counters.delivered.fetch_add(delivered, Ordering::Relaxed);
         if subscribers == 0 {
-            count(0, 1);
-            return Err(DeliveryError::NoSubscriber(self.channel.user.clone()));
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Delivery::ready(Err(DeliveryError::NoSubscriber(self.channel.user.clone())));
         }
-        let mut dropped = 0usize;
-        for tx in full {
-            match tx.send_timeout(Arc::clone(&event), self.deadline).await {
-                Ok(()) => delivered += 1,
-                Err(_) => dropped += 1,
+        if full.is_empty() {
+            return Delivery::ready(Ok(()));
+        }
+        // Backpressure: wait on each full subscriber up to the deadline.
+        let deadline = self.deadline;
+        Delivery::pending(async move {
+            let mut dropped = 0usize;
+            for tx in full {
+                match tx.send_timeout(Arc::clone(&event), deadline).await {
+                    Ok(()) => counters.delivered.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        dropped += 1;
+                        counters.dropped.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
             }
-        }
-        count(delivered, dropped as u64);
-        if dropped > 0 {
-            Err(DeliveryError::Backpressure {
-                dropped,
-                subscribers,
-            })
-        } else {
-            Ok(())
-        }
+            if dropped > 0 {
+                Err(DeliveryError::Backpressure {
+                    dropped,
+                    subscribers,
+                })
+            } else {
+                Ok(())
+            }
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::{
-    Agent, BoxError, DeliveryError, EventEnvelope, Tool, ToolContext, ToolError,
+    Agent, BoxError, Delivery, DeliveryError, EventEnvelope, Tool, ToolContext, ToolError,
     UserExecutionContext,
 };
 
@@ -27,20 +27,19 @@ struct RecordingSink {
     events: Mutex<Vec<Arc<EventEnvelope>>>,
 }
 
-#[async_trait]
 impl EventSink for RecordingSink {
     fn user_id(&self) -> &UserId {
         &self.user
     }
-    async fn deliver(&self, event: Arc<EventEnvelope>) -> Result<(), DeliveryError> {
+    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
         match self.mode {
             SinkMode::Ok => {
                 self.events.lock().unwrap().push(event);
-                Ok(())
+                Delivery::ready(Ok(()))
             }
-            SinkMode::Fail => Err(DeliveryError::Failed("broken pipe".into())),
+            SinkMode::Fail => Delivery::ready(Err(DeliveryError::Failed("broken pipe".into()))),
             SinkMode::Panic => panic!("sink exploded"),
-            SinkMode::Hang => std::future::pending().await,
+            SinkMode::Hang => Delivery::pending(std::future::pending()),
         }
     }
 }
