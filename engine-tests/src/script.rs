@@ -132,12 +132,17 @@ impl Tool for SlowTool {
     }
 }
 
-/// The script registry builder: agent `script`, tools `echo`, `fail`, `panic`, `slow`.
+/// The script registry builder: the script agent under the names `script` and `assistant`
+/// (the name the gateway runs), tools `echo`, `fail`, `panic`, `slow`.
 pub fn script_registry_builder(observed: &Arc<Observations>) -> AgentRegistryBuilder {
     let for_agent = Arc::clone(observed);
+    let for_assistant = Arc::clone(observed);
     AgentRegistry::builder()
         .agent("script", move || ScriptAgent {
             observed: Arc::clone(&for_agent),
+        })
+        .agent("assistant", move || ScriptAgent {
+            observed: Arc::clone(&for_assistant),
         })
         .tool("echo", EchoTool)
         .tool("fail", FailTool)

@@ -1,0 +1,111 @@
+//! `engine-gateway`: the golden path over real WebSockets — log in, send a message, get your
+//! events, and only yours.
+//!
+//! ```no_run
+//! use engine_gateway::{demo::demo_registry, Gateway, GatewayConfig};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let gateway = Gateway::new(GatewayConfig::development(), demo_registry());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! gateway.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! # Endpoints
+//! - `GET /` — a small page: pick a development user, send messages, watch the events.
+//! - `GET /ws` — the WebSocket. Authenticate *before* the upgrade with
+//!   `Authorization: Bearer <jwt>` or `?token=<jwt>` (browsers cannot set headers on
+//!   WebSockets). Missing, malformed, expired or wrongly signed tokens get `401` and no socket;
+//!   a user over the connection limit gets `429`.
+//! - `GET /dev/token?user=<id>` — development mode only: a token for any user.
+//! - `GET /healthz`, `GET /metrics` — JSON.
+//!
+//! # Protocol (JSON text frames)
+//! Client -> server:
+//! - `{"type":"user_message","thread_id":"t1","text":"what is 6 * 7?","client_request_id":"c1"}`
+//! - `{"type":"cancel","run_id":"run_..."}`
+//! - `{"type":"resume","run_id":"run_...","after_seq":3}`
+//!
+//! Server -> client:
+//! - `{"type":"welcome","user_id":"alice"}` once, after the upgrade;
+//! - `{"type":"run_accepted","run_id":"run_...","client_request_id":"c1"}`;
+//! - `{"type":"event","user_id":..,"thread_id":..,"run_id":..,"seq":1,"timestamp_us":..,"event":{"type":"agent_started",..}}`
+//!   for every engine event of the user, on every connection of the user;
+//! - `{"type":"gap","run_id":..,"from_seq":1,"to_seq":40}` when a `resume` asks for events
+//!   already evicted from the per-user replay buffer;
+//! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,
+//!   `frame_too_large`, `rate_limited`, `too_many_runs`, `unknown_run`, `bad_request`,
+//!   `shutting_down`, `internal`. The connection stays open.
+//!
+//! The user id comes only from the token; client frames carry no user field (a frame with one
+//! is a `bad_frame`). `resume` and `cancel` look only at the token user's runs, so another
+//! user's run id is `unknown_run`. After `resume`, live events continue; a client drops
+//! duplicates by `(run_id, seq)`.
+
+pub mod auth;
+pub mod demo;
+pub mod protocol;
+mod server;
+mod session;
+
+pub use auth::{AuthError, Claims, TokenKeys};
+pub use protocol::{ClientFrame, ServerFrame};
+pub use server::Gateway;
+
+use std::time::Duration;
+
+use engine_factory::FactoryConfig;
+
+/// Gateway limits and keys.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// HS256 secret for bearer tokens.
+    pub jwt_secret: Vec<u8>,
+    /// Whether `/dev/token` hands out tokens (never in production).
+    pub development: bool,
+    /// Largest accepted text frame, in bytes (larger ones get `frame_too_large`).
+    pub max_frame_bytes: usize,
+    /// `user_message` frames allowed per user per minute.
+    pub messages_per_minute: usize,
+    /// Open WebSockets allowed per user.
+    pub max_connections_per_user: usize,
+    /// Events kept per user for `resume`.
+    pub replay_buffer: usize,
+    /// Frames queued per connection before it misses events.
+    pub connection_queue: usize,
+    /// The factory (engine limits, concurrent runs per user, shutdown deadline).
+    pub factory: FactoryConfig,
+    /// Token lifetime for `/dev/token`.
+    pub dev_token_ttl: Duration,
+}
+
+impl GatewayConfig {
+    /// Development defaults with a random secret and `/dev/token` enabled.
+    pub fn development() -> Self {
+        let secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        Self {
+            jwt_secret: secret.into_bytes(),
+            development: true,
+            max_frame_bytes: 16 * 1024,
+            messages_per_minute: 30,
+            max_connections_per_user: 5,
+            replay_buffer: 1000,
+            connection_queue: 1024,
+            factory: FactoryConfig::default(),
+            dev_token_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+
+    /// Production settings: `secret` required, `/dev/token` disabled.
+    pub fn with_secret(secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            jwt_secret: secret.into(),
+            development: false,
+            ..Self::development()
+        }
+    }
+}

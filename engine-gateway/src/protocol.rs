@@ -1,0 +1,92 @@
+//! The wire protocol: JSON text frames.
+
+use std::sync::Arc;
+
+use engine_core::{EventEnvelope, RunId};
+use serde::{Deserialize, Serialize};
+
+/// A frame from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Start a run answering `text` in `thread_id`.
+    UserMessage {
+        /// The conversation thread.
+        thread_id: String,
+        /// The message.
+        text: String,
+        /// Echoed back in `run_accepted`, to match the run to the message.
+        #[serde(default)]
+        client_request_id: Option<String>,
+    },
+    /// Cancel one of the user's runs.
+    Cancel {
+        /// The run.
+        run_id: String,
+    },
+    /// Replay the user's buffered events of `run_id` after `after_seq`.
+    Resume {
+        /// The run.
+        run_id: String,
+        /// The last sequence number the client has (0 for all).
+        after_seq: u64,
+    },
+}
+
+/// A frame to the client.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The authenticated user, sent once after the upgrade.
+    Welcome {
+        /// The user id from the token.
+        user_id: String,
+    },
+    /// A `user_message` was accepted as a run.
+    RunAccepted {
+        /// The new run.
+        run_id: RunId,
+        /// The client's id for the message, if it sent one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_request_id: Option<String>,
+    },
+    /// One engine event envelope (user, thread, run, seq, timestamp, event).
+    Event {
+        /// The envelope.
+        #[serde(flatten)]
+        envelope: Arc<EventEnvelope>,
+    },
+    /// Events `from_seq..=to_seq` of `run_id` were evicted from the replay buffer.
+    Gap {
+        /// The run.
+        run_id: RunId,
+        /// First missing sequence number.
+        from_seq: u64,
+        /// Last missing sequence number.
+        to_seq: u64,
+    },
+    /// A request was refused; the connection stays open.
+    Error {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What happened and what to do.
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    /// An error frame.
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"type\":\"error\",\"code\":\"internal\",\"message\":\"unserializable frame: {e}\"}}")
+        })
+    }
+}

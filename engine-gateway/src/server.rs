@@ -1,0 +1,498 @@
+//! HTTP and WebSocket handling.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use engine_core::{AgentRegistry, RunId, ThreadId, UserExecutionContext, UserId};
+use engine_factory::{ExecutionEngineFactory, FactoryError};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, TokenKeys};
+use crate::protocol::{ClientFrame, ServerFrame};
+use crate::session::{lock, Counters, UserSession};
+use crate::GatewayConfig;
+
+const PAGE: &str = include_str!("../static/index.html");
+
+/// The gateway: one factory, per-user sessions, the HTTP routes.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    keys: TokenKeys,
+    factory: ExecutionEngineFactory,
+    sessions: Mutex<HashMap<UserId, Arc<UserSession>>>,
+    counters: Counters,
+    shutting_down: AtomicBool,
+    /// Cancelled once runs have ended and their events were forwarded: connections close.
+    close_connections: CancellationToken,
+    pumps: tokio_util::task::TaskTracker,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    user: String,
+}
+
+impl Gateway {
+    /// A gateway over a new factory with `registry`'s agents (the page uses `assistant`).
+    pub fn new(config: GatewayConfig, registry: AgentRegistry) -> Self {
+        let factory = ExecutionEngineFactory::new(config.factory.clone(), registry);
+        Self {
+            inner: Arc::new(Inner {
+                keys: TokenKeys::new(&config.jwt_secret),
+                config,
+                factory,
+                sessions: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+                shutting_down: AtomicBool::new(false),
+                close_connections: CancellationToken::new(),
+                pumps: tokio_util::task::TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The token keys (to issue tokens in tests or an auth service).
+    pub fn keys(&self) -> &TokenKeys {
+        &self.inner.keys
+    }
+
+    /// The factory behind the gateway.
+    pub fn factory(&self) -> &ExecutionEngineFactory {
+        &self.inner.factory
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(|| async { Html(PAGE) }))
+            .route("/ws", get(ws_handler))
+            .route("/dev/token", get(dev_token))
+            .route("/healthz", get(health))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully (see [`shutdown`](Self::shutdown)).
+    ///
+    /// # Errors
+    /// I/O errors of the listener.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let me = self.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                signal.await;
+                me.shutdown().await;
+            })
+            .await
+    }
+
+    /// Graceful shutdown: refuse new sockets and messages, cancel runs within the factory's
+    /// deadline (each emits its terminal event, forwarded to the user's connections), then
+    /// close every socket with a `1001 going away` close frame. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            self.inner.pumps.wait().await;
+            return;
+        }
+        tracing::info!("gateway shutting down");
+        self.inner.factory.shutdown().await;
+        // The hub is closed: every pump forwards what is left and ends.
+        self.inner.pumps.close();
+        self.inner.pumps.wait().await;
+        self.inner.close_connections.cancel();
+    }
+
+    fn session(&self, user: &UserId) -> Arc<UserSession> {
+        let mut sessions = lock(&self.inner.sessions);
+        if let Some(s) = sessions.get(user) {
+            return Arc::clone(s);
+        }
+        let session = Arc::new(UserSession::new(
+            user.clone(),
+            self.inner.config.replay_buffer,
+        ));
+        sessions.insert(user.clone(), Arc::clone(&session));
+        // One pump per user: the user's hub subscription -> replay buffer -> connections.
+        let mut sub = self.inner.factory.subscribe(user);
+        let s = Arc::clone(&session);
+        let me = self.clone();
+        self.inner.pumps.spawn(async move {
+            while let Some(e) = sub.recv().await {
+                lock(&s.replay).push(Arc::clone(&e));
+                let text: Arc<str> = ServerFrame::Event { envelope: e }.to_json().into();
+                let (sent, dropped) = s.broadcast(&text);
+                me.inner
+                    .counters
+                    .events_sent
+                    .fetch_add(sent, Ordering::Relaxed);
+                me.inner
+                    .counters
+                    .events_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
+        });
+        session
+    }
+
+    fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, AuthError> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let token = bearer.or(query).ok_or(AuthError::Missing)?;
+        self.inner.keys.verify(token.trim())
+    }
+
+    async fn handle_frame(
+        &self,
+        session: &UserSession,
+        conn: u64,
+        text: &str,
+    ) -> Option<ServerFrame> {
+        if text.len() > self.inner.config.max_frame_bytes {
+            return Some(ServerFrame::error(
+                "frame_too_large",
+                format!(
+                    "frame of {} bytes exceeds the limit of {} bytes",
+                    text.len(),
+                    self.inner.config.max_frame_bytes
+                ),
+            ));
+        }
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                return Some(ServerFrame::error(
+                    "bad_frame",
+                    format!("cannot read frame: {e}; expected user_message, cancel or resume"),
+                ))
+            }
+        };
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            if let ClientFrame::UserMessage { .. } = frame {
+                return Some(ServerFrame::error(
+                    "shutting_down",
+                    "the server is shutting down; reconnect later",
+                ));
+            }
+        }
+        match frame {
+            ClientFrame::UserMessage {
+                thread_id,
+                text,
+                client_request_id,
+            } => Some(
+                self.start_run(session, conn, &thread_id, text, client_request_id)
+                    .await,
+            ),
+            ClientFrame::Cancel { run_id } => {
+                let Ok(run) = RunId::new(&run_id) else {
+                    return Some(ServerFrame::error(
+                        "bad_request",
+                        "run_id is not a valid run id",
+                    ));
+                };
+                let engine = session.engine.lock().await;
+                match engine.as_ref().map(|e| e.cancel(&run)) {
+                    Some(Ok(())) => None,
+                    _ => Some(ServerFrame::error(
+                        "unknown_run",
+                        format!("no active run {run_id} of yours"),
+                    )),
+                }
+            }
+            ClientFrame::Resume { run_id, after_seq } => {
+                let frames = RunId::new(&run_id)
+                    .ok()
+                    .and_then(|run| lock(&session.replay).resume(&run, after_seq));
+                match frames {
+                    None => Some(ServerFrame::error(
+                        "unknown_run",
+                        format!("no run {run_id} of yours to resume"),
+                    )),
+                    Some(frames) => {
+                        for f in frames {
+                            session.send_to(conn, f.to_json().into());
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_run(
+        &self,
+        session: &UserSession,
+        conn: u64,
+        thread_id: &str,
+        text: String,
+        client_request_id: Option<String>,
+    ) -> ServerFrame {
+        let cfg = &self.inner.config;
+        if !session.allow_message(cfg.messages_per_minute) {
+            return ServerFrame::error(
+                "rate_limited",
+                format!(
+                    "at most {} messages per minute; wait and retry",
+                    cfg.messages_per_minute
+                ),
+            );
+        }
+        if let Err(e) = ThreadId::new(thread_id) {
+            return ServerFrame::error("bad_request", e.to_string());
+        }
+        let ctx = match UserExecutionContext::builder()
+            .user_id(&session.user)
+            .thread_id(thread_id)
+            .run_id(RunId::generate())
+            .connection_id(format!("conn-{conn}"))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => return ServerFrame::error("bad_request", e.to_string()),
+        };
+        let mut engine = session.engine.lock().await;
+        if engine.as_ref().is_none_or(|e| !e.is_active()) {
+            let root = ctx.with_run_id(RunId::generate());
+            match self.inner.factory.create_for_user(&root) {
+                Ok(e) => *engine = Some(e),
+                Err(FactoryError::ShutDown) => {
+                    return ServerFrame::error("shutting_down", "the server is shutting down")
+                }
+                Err(e) => return ServerFrame::error("internal", e.to_string()),
+            }
+        }
+        let Some(engine) = engine.as_ref() else {
+            return ServerFrame::error("internal", "no engine");
+        };
+        let limit = engine.config().max_concurrent_runs();
+        if engine.active_run_count() >= limit {
+            return ServerFrame::error(
+                "too_many_runs",
+                format!(
+                    "{limit} runs are already in progress; wait for one to finish or cancel one"
+                ),
+            );
+        }
+        lock(&session.replay).register(ctx.run_id());
+        match engine.spawn(&ctx, "assistant", text) {
+            Ok(_detached) => ServerFrame::RunAccepted {
+                run_id: ctx.run_id().clone(),
+                client_request_id,
+            },
+            Err(e) => ServerFrame::error("internal", e.to_string()),
+        }
+    }
+}
+
+async fn ws_handler(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if gw.inner.shutting_down.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let user = match gw.authenticate(&headers, q.token.as_deref()) {
+        Ok(u) => u,
+        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    };
+    let session = gw.session(&user);
+    let (tx, rx) = mpsc::channel::<Arc<str>>(gw.inner.config.connection_queue);
+    let Some(conn_id) = session.try_attach(gw.inner.config.max_connections_per_user, tx) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "user {user} already has {} connections (the limit)",
+                gw.inner.config.max_connections_per_user
+            ),
+        )
+            .into_response();
+    };
+    // Detaches the connection even if the upgrade never completes.
+    let guard = Detach {
+        session: Arc::clone(&session),
+        id: conn_id,
+    };
+    let limit = gw.inner.config.max_frame_bytes.saturating_mul(4).max(1024);
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| connection(gw, session, guard, socket, rx))
+}
+
+struct Detach {
+    session: Arc<UserSession>,
+    id: u64,
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        self.session.detach(self.id);
+    }
+}
+
+async fn connection(
+    gw: Gateway,
+    session: Arc<UserSession>,
+    guard: Detach,
+    socket: WebSocket,
+    mut rx: mpsc::Receiver<Arc<str>>,
+) {
+    gw.inner
+        .counters
+        .connections
+        .fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = socket.split();
+    let welcome = ServerFrame::Welcome {
+        user_id: session.user.to_string(),
+    };
+    let close = gw.inner.close_connections.clone();
+    let writer = tokio::spawn(async move {
+        if sink
+            .send(Message::Text(welcome.to_json().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                msg = rx.recv() => match msg {
+                    Some(text) => {
+                        if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                () = close.cancelled() => {
+                    // Flush what is queued (terminal events), then say goodbye.
+                    while let Ok(text) = rx.try_recv() {
+                        if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: 1001,
+                reason: "server shutting down".into(),
+            })))
+            .await;
+    });
+    let closing = gw.inner.close_connections.clone();
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            () = closing.cancelled() => break,
+        };
+        let reply = match msg {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Text(t))) => gw.handle_frame(&session, guard.id, t.as_str()).await,
+            Some(Ok(Message::Binary(_))) => Some(ServerFrame::error(
+                "bad_frame",
+                "binary frames are not supported; send JSON text",
+            )),
+            Some(Ok(_)) => None,
+        };
+        if let Some(frame) = reply {
+            session.send_to(guard.id, frame.to_json().into());
+        }
+    }
+    drop(guard);
+    let _ = writer.await;
+    gw.inner
+        .counters
+        .connections
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn dev_token(State(gw): State<Gateway>, Query(q): Query<DevTokenQuery>) -> Response {
+    if !gw.inner.config.development {
+        return (StatusCode::NOT_FOUND, "development tokens are disabled").into_response();
+    }
+    let user = match UserId::new(&q.user) {
+        Ok(u) => u,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match gw
+        .inner
+        .keys
+        .issue(&user, gw.inner.config.dev_token_ttl.as_secs())
+    {
+        Ok(token) => Json(json!({ "user_id": user.as_str(), "token": token })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn health(State(gw): State<Gateway>) -> Response {
+    let shutting = gw.inner.shutting_down.load(Ordering::Acquire);
+    let status = if shutting {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({ "status": if shutting { "shutting_down" } else { "ok" } })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(gw): State<Gateway>) -> Response {
+    let m = gw.inner.factory.metrics();
+    let c = &gw.inner.counters;
+    Json(json!({
+        "engines_created": m.engines_created,
+        "active_engines": m.active_engines,
+        "engines_cleaned": m.engines_cleaned,
+        "limit_rejections": m.limit_rejections,
+        "creation_errors": m.creation_errors,
+        "cleanup_errors": m.cleanup_errors,
+        "timeout_cleanups": m.timeout_cleanups,
+        "hub_events_delivered": m.events_delivered,
+        "hub_events_dropped": m.events_dropped,
+        "connections": c.connections.load(Ordering::Relaxed),
+        "users": lock(&gw.inner.sessions).len(),
+        "events_sent": c.events_sent.load(Ordering::Relaxed),
+        "events_dropped": c.events_dropped.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}

@@ -1,0 +1,227 @@
+//! Per-user gateway state: the user's engine, connections, replay buffer and rate window.
+//! Everything here is keyed by the authenticated user; no structure is shared across users.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use engine_core::{EventEnvelope, RunId, UserId};
+use engine_factory::EngineHandle;
+use tokio::sync::mpsc;
+
+use crate::protocol::ServerFrame;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Gateway-wide counters (no per-user data).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub events_sent: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+/// What the replay buffer knows of one run.
+#[derive(Debug, Clone, Copy, Default)]
+struct RunInfo {
+    /// Highest sequence number evicted from the buffer (0: none).
+    evicted_through: u64,
+}
+
+/// A bounded per-user replay buffer.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    capacity: usize,
+    events: VecDeque<Arc<EventEnvelope>>,
+    runs: HashMap<RunId, RunInfo>,
+    run_order: VecDeque<RunId>,
+}
+
+impl Replay {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            events: VecDeque::new(),
+            runs: HashMap::new(),
+            run_order: VecDeque::new(),
+        }
+    }
+
+    /// Remembers a run as the user's (before its first event arrives).
+    pub(crate) fn register(&mut self, run: &RunId) {
+        if !self.runs.contains_key(run) {
+            self.runs.insert(run.clone(), RunInfo::default());
+            self.run_order.push_back(run.clone());
+            // Remember at most 4x capacity runs; older ones answer `unknown_run`.
+            while self.run_order.len() > self.capacity.max(1) * 4 {
+                if let Some(old) = self.run_order.pop_front() {
+                    self.runs.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn push(&mut self, e: Arc<EventEnvelope>) {
+        self.register(&e.run_id);
+        self.events.push_back(e);
+        while self.events.len() > self.capacity {
+            if let Some(old) = self.events.pop_front() {
+                if let Some(info) = self.runs.get_mut(&old.run_id) {
+                    info.evicted_through = info.evicted_through.max(old.seq);
+                }
+            }
+        }
+    }
+
+    /// The frames that bring a client from `after_seq` up to date on `run`, or `None` if the
+    /// run is not one of this user's known runs.
+    pub(crate) fn resume(&self, run: &RunId, after_seq: u64) -> Option<Vec<ServerFrame>> {
+        let info = self.runs.get(run)?;
+        let mut frames = Vec::new();
+        if info.evicted_through > after_seq {
+            frames.push(ServerFrame::Gap {
+                run_id: run.clone(),
+                from_seq: after_seq + 1,
+                to_seq: info.evicted_through,
+            });
+        }
+        frames.extend(
+            self.events
+                .iter()
+                .filter(|e| &e.run_id == run && e.seq > after_seq)
+                .map(|e| ServerFrame::Event {
+                    envelope: Arc::clone(e),
+                }),
+        );
+        Some(frames)
+    }
+}
+
+/// One user's live state in the gateway.
+pub(crate) struct UserSession {
+    pub user: UserId,
+    pub engine: tokio::sync::Mutex<Option<EngineHandle>>,
+    pub replay: Mutex<Replay>,
+    connections: Mutex<Vec<(u64, mpsc::Sender<Arc<str>>)>>,
+    next_conn: AtomicU64,
+    rate: Mutex<VecDeque<Instant>>,
+}
+
+impl UserSession {
+    pub(crate) fn new(user: UserId, replay_capacity: usize) -> Self {
+        Self {
+            user,
+            engine: tokio::sync::Mutex::new(None),
+            replay: Mutex::new(Replay::new(replay_capacity)),
+            connections: Mutex::new(Vec::new()),
+            next_conn: AtomicU64::new(1),
+            rate: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Adds a connection unless the user already has `max`; returns its id.
+    pub(crate) fn try_attach(&self, max: usize, tx: mpsc::Sender<Arc<str>>) -> Option<u64> {
+        let mut conns = lock(&self.connections);
+        if conns.len() >= max {
+            return None;
+        }
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        conns.push((id, tx));
+        Some(id)
+    }
+
+    pub(crate) fn detach(&self, id: u64) {
+        lock(&self.connections).retain(|(c, _)| *c != id);
+    }
+
+    /// Sends one frame to one connection; `false` if it is gone or its queue is full.
+    pub(crate) fn send_to(&self, id: u64, text: Arc<str>) -> bool {
+        let conns = lock(&self.connections);
+        conns
+            .iter()
+            .find(|(c, _)| *c == id)
+            .is_some_and(|(_, tx)| tx.try_send(text).is_ok())
+    }
+
+    /// Sends a frame to every connection of this user; a connection whose queue is full misses
+    /// it (the client can `resume`). Returns (sent, dropped).
+    pub(crate) fn broadcast(&self, text: &Arc<str>) -> (u64, u64) {
+        let conns = lock(&self.connections);
+        let (mut sent, mut dropped) = (0, 0);
+        for (_, tx) in conns.iter() {
+            match tx.try_send(Arc::clone(text)) {
+                Ok(()) => sent += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        (sent, dropped)
+    }
+
+    /// Records one message; `false` if the user exceeded `per_minute`.
+    pub(crate) fn allow_message(&self, per_minute: usize) -> bool {
+        let mut window = lock(&self.rate);
+        let now = Instant::now();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            window.pop_front();
+        }
+        if window.len() >= per_minute {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine_core::{AgentEvent, ThreadId};
+
+    fn ev(run: &str, seq: u64) -> Arc<EventEnvelope> {
+        Arc::new(EventEnvelope {
+            user_id: UserId::new("alice").unwrap(),
+            thread_id: ThreadId::new("t").unwrap(),
+            run_id: RunId::new(run).unwrap(),
+            seq,
+            timestamp_us: seq,
+            event: AgentEvent::AgentThinking {
+                reasoning: "x".into(),
+            },
+        })
+    }
+
+    #[test]
+    fn replay_resumes_and_reports_evicted_ranges() {
+        let mut r = Replay::new(3);
+        for seq in 1..=5 {
+            r.push(ev("run-a", seq));
+        }
+        let run = RunId::new("run-a").unwrap();
+        let frames = r.resume(&run, 0).unwrap();
+        assert!(matches!(
+            frames[0],
+            ServerFrame::Gap {
+                from_seq: 1,
+                to_seq: 2,
+                ..
+            }
+        ));
+        assert_eq!(frames.len(), 4);
+        let frames = r.resume(&run, 4).unwrap();
+        assert_eq!(frames.len(), 1, "nothing evicted after 4: only seq 5");
+        assert!(r.resume(&RunId::new("run-b").unwrap(), 0).is_none());
+    }
+
+    #[test]
+    fn rate_window_limits_per_minute() {
+        let s = UserSession::new(UserId::new("alice").unwrap(), 10);
+        assert!((0..3).all(|_| s.allow_message(3)));
+        assert!(!s.allow_message(3));
+    }
+}

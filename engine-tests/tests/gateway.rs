@@ -1,0 +1,448 @@
+//! The gateway over real WebSockets on loopback: isolation at scale, authentication, resume,
+//! malformed input, limits and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use engine_core::UserId;
+use engine_gateway::{Gateway, GatewayConfig};
+use engine_tests::script_registry;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Server {
+    gateway: Gateway,
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+const SECRET: &[u8] = b"test-secret-for-gateway-suite";
+
+async fn start(tune: impl FnOnce(&mut GatewayConfig)) -> Server {
+    let mut config = GatewayConfig::with_secret(SECRET.to_vec());
+    config.development = true;
+    tune(&mut config);
+    let (registry, _) = script_registry();
+    let gateway = Gateway::new(config, registry);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let g = gateway.clone();
+    let task = tokio::spawn(async move {
+        g.serve(listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Server {
+        gateway,
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Server {
+    fn token(&self, user: &str) -> String {
+        self.gateway
+            .keys()
+            .issue(&UserId::new(user).unwrap(), 600)
+            .unwrap()
+    }
+    async fn connect(&self, user: &str) -> Ws {
+        let token = self.token(user);
+        self.connect_with(&format!("/ws?token={token}"))
+            .await
+            .unwrap()
+    }
+    async fn connect_with(&self, path: &str) -> Result<Ws, tungstenite::Error> {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}{path}", self.addr)).await?;
+        let welcome = next_json(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome");
+        Ok(ws)
+    }
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame within 20 s")
+            .expect("socket open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(c) => {
+                return json!({ "type": "closed", "code": c.map(|c| u16::from(c.code)) })
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Reads frames until the terminal event of `run`; returns the events of that run.
+async fn until_completed(ws: &mut Ws, run: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let f = next_json(ws).await;
+        if f["type"] == "event" && f["run_id"] == run {
+            let done = f["event"]["type"] == "agent_completed";
+            events.push(f);
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+/// 100 users, 2 connections each, 5 messages each, concurrently: every connection receives
+/// exactly its user's events, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_users_two_connections_five_messages_each() {
+    let server = start(|_| {}).await;
+    let server = std::sync::Arc::new(server);
+    let tasks: Vec<_> = (0..100)
+        .map(|u| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let user = format!("ws-user-{u:03}");
+                let mut a = server.connect(&user).await;
+                let mut b = server.connect(&user).await;
+                let mut runs = Vec::new();
+                for i in 0..5 {
+                    let sender = if i % 2 == 0 { &mut a } else { &mut b };
+                    send(sender, json!({"type":"user_message","thread_id":"t1","text":format!("think:{user} message {i};tool:echo"),"client_request_id":format!("c{i}")})).await;
+                    let accepted = loop {
+                        let f = next_json(sender).await;
+                        if f["type"] == "run_accepted" {
+                            break f;
+                        }
+                    };
+                    assert_eq!(accepted["client_request_id"], format!("c{i}"));
+                    let run = accepted["run_id"].as_str().unwrap().to_owned();
+                    let on_a = until_completed(&mut a, &run).await;
+                    let on_b = until_completed(&mut b, &run).await;
+                    runs.push((run, on_a, on_b));
+                }
+                (user, runs)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (user, runs) = t.await.unwrap();
+        assert_eq!(runs.len(), 5);
+        for (run, on_a, on_b) in runs {
+            assert_eq!(on_a, on_b, "both tabs see the same stream");
+            assert_eq!(
+                seqs(&on_a),
+                (1..=on_a.len() as u64).collect::<Vec<_>>(),
+                "{run} in order"
+            );
+            assert!(
+                on_a.iter().all(|e| e["user_id"] == user.as_str()),
+                "another user's event"
+            );
+            let answer = on_a.last().unwrap()["event"]["result"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(answer.contains(&format!("answer for {user}")), "{answer}");
+        }
+    }
+    let server = std::sync::Arc::try_unwrap(server).ok().unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_and_forged_tokens_get_401_and_no_socket() {
+    let server = start(|_| {}).await;
+    let status = |r: Result<Ws, tungstenite::Error>| match r {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => 101,
+    };
+    assert_eq!(status(server.connect_with("/ws").await), 401, "missing");
+    assert_eq!(
+        status(server.connect_with("/ws?token=garbage").await),
+        401,
+        "malformed"
+    );
+    let forged = engine_gateway::TokenKeys::new(b"another-secret")
+        .issue(&UserId::new("alice").unwrap(), 600)
+        .unwrap();
+    assert_eq!(
+        status(server.connect_with(&format!("/ws?token={forged}")).await),
+        401,
+        "wrong signature"
+    );
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &engine_gateway::Claims {
+            sub: "alice".into(),
+            exp: 1_000,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    assert_eq!(
+        status(server.connect_with(&format!("/ws?token={expired}")).await),
+        401,
+        "expired"
+    );
+    let good = server.token("alice");
+    assert_eq!(
+        status(server.connect_with(&format!("/ws?token={good}")).await),
+        101
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_for_alice_can_never_read_or_cancel_bobs_run() {
+    let server = start(|_| {}).await;
+    let mut bob = server.connect("bob").await;
+    send(
+        &mut bob,
+        json!({"type":"user_message","thread_id":"t","text":"think:bob secret;sleep:300"}),
+    )
+    .await;
+    let accepted = next_json(&mut bob).await;
+    let bobs_run = accepted["run_id"].as_str().unwrap().to_owned();
+    let mut alice = server.connect("alice").await;
+    // Alice claims to be bob in the frame: unknown fields are refused, identity is the token's.
+    send(
+        &mut alice,
+        json!({"type":"user_message","thread_id":"t","text":"x","user_id":"bob"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut alice).await["code"], "bad_frame");
+    send(
+        &mut alice,
+        json!({"type":"resume","run_id":bobs_run,"after_seq":0}),
+    )
+    .await;
+    let f = next_json(&mut alice).await;
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("unknown_run"))
+    );
+    send(&mut alice, json!({"type":"cancel","run_id":bobs_run})).await;
+    assert_eq!(next_json(&mut alice).await["code"], "unknown_run");
+    let events = until_completed(&mut bob, &bobs_run).await;
+    assert_eq!(
+        events.last().unwrap()["event"]["status"],
+        "completed",
+        "alice could not cancel it"
+    );
+    // Nothing of bob's reached alice.
+    let nothing = tokio::time::timeout(Duration::from_millis(300), alice.next()).await;
+    assert!(nothing.is_err(), "alice received {nothing:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reconnect_and_resume_loses_nothing_within_the_buffer_and_reports_gaps() {
+    let server = start(|c| c.replay_buffer = 1000).await;
+    let mut ws = server.connect("carol").await;
+    let script: String = (0..20)
+        .map(|i| format!("think:step {i};sleep:5;"))
+        .collect();
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":script}),
+    )
+    .await;
+    let run = next_json(&mut ws).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let f = next_json(&mut ws).await;
+        if f["type"] == "event" {
+            seen.push(f);
+        }
+    }
+    drop(ws); // the tab closes mid-run
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut ws = server.connect("carol").await;
+    send(&mut ws, json!({"type":"resume","run_id":run,"after_seq":3})).await;
+    let rest = until_completed(&mut ws, &run).await;
+    seen.extend(rest);
+    assert_eq!(
+        seqs(&seen),
+        (1..=22).collect::<Vec<_>>(),
+        "nothing lost: 20 thoughts + started + completed"
+    );
+
+    // A tiny buffer evicts: resume says so with a gap frame.
+    let small = start(|c| c.replay_buffer = 5).await;
+    let mut ws = small.connect("dave").await;
+    send(&mut ws, json!({"type":"user_message","thread_id":"t","text":"think:a;think:b;think:c;think:d;think:e;think:f"})).await;
+    let run = next_json(&mut ws).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until_completed(&mut ws, &run).await;
+    send(&mut ws, json!({"type":"resume","run_id":run,"after_seq":0})).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["type"], "gap");
+    assert_eq!(
+        (gap["from_seq"].as_u64(), gap["to_seq"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let replayed: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(next_json(&mut ws).await);
+        }
+        v
+    };
+    assert_eq!(seqs(&replayed), [4, 5, 6, 7, 8]);
+    small.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_connection_stays() {
+    let server = start(|c| c.max_frame_bytes = 256).await;
+    let mut ws = server.connect("erin").await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::Text("not json".into()), "bad_frame"),
+        (Message::Text("{\"type\":\"fly\"}".into()), "bad_frame"),
+        (
+            Message::Text("{\"type\":\"user_message\",\"text\":\"no thread\"}".into()),
+            "bad_frame",
+        ),
+        (Message::Binary(vec![1, 2, 3].into()), "bad_frame"),
+        (
+            Message::Text(
+                json!({"type":"user_message","thread_id":"t","text":"x".repeat(300)})
+                    .to_string()
+                    .into(),
+            ),
+            "frame_too_large",
+        ),
+        (
+            Message::Text(
+                json!({"type":"user_message","thread_id":"null","text":"x"})
+                    .to_string()
+                    .into(),
+            ),
+            "bad_request",
+        ),
+        (
+            Message::Text(
+                json!({"type":"cancel","run_id":"run-nope"})
+                    .to_string()
+                    .into(),
+            ),
+            "unknown_run",
+        ),
+    ];
+    for (msg, code) in cases {
+        ws.send(msg).await.unwrap();
+        let f = next_json(&mut ws).await;
+        assert_eq!(f["type"], "error");
+        assert_eq!(f["code"], code, "{f}");
+    }
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":"think:still open"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "run_accepted");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connection_message_and_run_limits_are_answered() {
+    let server = start(|c| {
+        c.max_connections_per_user = 2;
+        c.messages_per_minute = 4;
+    })
+    .await;
+    let _a = server.connect("frank").await;
+    let mut b = server.connect("frank").await;
+    let third = server
+        .connect_with(&format!("/ws?token={}", server.token("frank")))
+        .await;
+    assert!(matches!(third, Err(tungstenite::Error::Http(r)) if r.status().as_u16() == 429));
+    let mut codes = BTreeMap::new();
+    for _ in 0..5 {
+        send(
+            &mut b,
+            json!({"type":"user_message","thread_id":"t","text":"sleep:2000"}),
+        )
+        .await;
+        let f = loop {
+            let f = next_json(&mut b).await;
+            if f["type"] != "event" {
+                break f;
+            }
+        };
+        let key = f["code"]
+            .as_str()
+            .unwrap_or(f["type"].as_str().unwrap())
+            .to_owned();
+        *codes.entry(key).or_insert(0) += 1;
+    }
+    // 3 runs at once (the engine's limit), the 4th refused, the 5th over 4 per minute.
+    assert_eq!(codes.get("run_accepted"), Some(&3), "{codes:?}");
+    assert_eq!(codes.get("too_many_runs"), Some(&1), "{codes:?}");
+    assert_eq!(codes.get("rate_limited"), Some(&1), "{codes:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_delivers_terminal_events_then_closes_sockets() {
+    let server = start(|_| {}).await;
+    let mut ws = server.connect("gina").await;
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":"think:long;sleep:60000"}),
+    )
+    .await;
+    let run = next_json(&mut ws).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gateway = server.gateway.clone();
+    let events_task = tokio::spawn(async move {
+        let events = until_completed(&mut ws, &run).await;
+        let close = next_json(&mut ws).await;
+        (events, close)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gateway.shutdown().await;
+    let (events, close) = events_task.await.unwrap();
+    assert_eq!(events.last().unwrap()["event"]["status"], "cancelled");
+    assert_eq!(close["type"], "closed");
+    assert_eq!(close["code"], 1001);
+    let refused = server
+        .connect_with(&format!("/ws?token={}", server.token("gina")))
+        .await;
+    assert!(refused.is_err(), "no new sockets after shutdown");
+    server.stop().await;
+}
