@@ -194,9 +194,9 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<std::process::Output, X
 fn bench() -> Result<u8, XtaskError> {
     let short = [
         "--warm-up-time",
-        "0.5",
+        "0.3",
         "--measurement-time",
-        "1",
+        "0.7",
         "--sample-size",
         "10",
     ];
