@@ -77,6 +77,9 @@ pub struct GatewayConfig {
     pub factory: FactoryConfig,
     /// Token lifetime for `/dev/token`.
     pub dev_token_ttl: Duration,
+    /// A user with no connection and no run for this long loses its session (engine, replay
+    /// buffer); `resume` of its old runs then answers `unknown_run`.
+    pub session_idle: Duration,
 }
 
 impl GatewayConfig {
@@ -97,6 +100,7 @@ impl GatewayConfig {
             connection_queue: 1024,
             factory: FactoryConfig::default(),
             dev_token_ttl: Duration::from_secs(12 * 3600),
+            session_idle: Duration::from_secs(600),
         }
     }
 

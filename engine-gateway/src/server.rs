@@ -109,12 +109,52 @@ impl Gateway {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let me = self.clone();
-        axum::serve(listener, self.router())
+        let sweeper = self.clone();
+        let idle = self.inner.config.session_idle;
+        let sweep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if sweeper.inner.shutting_down.load(Ordering::Acquire) {
+                    break;
+                }
+                sweeper.sweep_idle(idle).await;
+            }
+        });
+        let result = axum::serve(listener, self.router())
             .with_graceful_shutdown(async move {
                 signal.await;
                 me.shutdown().await;
             })
-            .await
+            .await;
+        sweep.abort();
+        result
+    }
+
+    /// Removes the sessions of users with no connection, no run in flight and no activity for
+    /// `idle`: their engine is closed, their pump stopped, their replay buffer dropped. Returns
+    /// how many were removed. `serve` runs this every minute with
+    /// [`GatewayConfig::session_idle`](crate::GatewayConfig::session_idle).
+    pub async fn sweep_idle(&self, idle: std::time::Duration) -> usize {
+        let gone: Vec<Arc<UserSession>> = {
+            let mut sessions = lock(&self.inner.sessions);
+            let idle_users: Vec<UserId> = sessions
+                .iter()
+                .filter(|(_, s)| s.is_idle(idle))
+                .map(|(u, _)| u.clone())
+                .collect();
+            idle_users
+                .iter()
+                .filter_map(|u| sessions.remove(u))
+                .collect()
+        };
+        for s in &gone {
+            s.pump_stop.cancel();
+            if let Some(engine) = s.engine.lock().await.take() {
+                engine.close().await;
+            }
+        }
+        gone.len()
     }
 
     /// Graceful shutdown: refuse new sockets and messages, cancel runs within the factory's
@@ -147,8 +187,16 @@ impl Gateway {
         let mut sub = self.inner.factory.subscribe(user);
         let s = Arc::clone(&session);
         let me = self.clone();
+        let stop = session.pump_stop.clone();
         self.inner.pumps.spawn(async move {
-            while let Some(e) = sub.recv().await {
+            loop {
+                let e = tokio::select! {
+                    e = sub.recv() => match e {
+                        Some(e) => e,
+                        None => break,
+                    },
+                    () = stop.cancelled() => break,
+                };
                 lock(&s.replay).push(Arc::clone(&e));
                 let text: Arc<str> = ServerFrame::Event { envelope: e }.to_json().into();
                 let (sent, dropped) = s.broadcast(&text);

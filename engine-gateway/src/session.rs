@@ -108,6 +108,9 @@ pub(crate) struct UserSession {
     connections: Mutex<Vec<(u64, mpsc::Sender<Arc<str>>)>>,
     next_conn: AtomicU64,
     rate: Mutex<VecDeque<Instant>>,
+    last_seen: Mutex<Instant>,
+    /// Stops this user's event pump when the session is swept.
+    pub pump_stop: tokio_util::sync::CancellationToken,
 }
 
 impl UserSession {
@@ -119,7 +122,22 @@ impl UserSession {
             connections: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(VecDeque::new()),
+            last_seen: Mutex::new(Instant::now()),
+            pump_stop: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Marks activity (a connection, a message, a disconnect).
+    pub(crate) fn touch(&self) {
+        *lock(&self.last_seen) = Instant::now();
+    }
+
+    /// Whether the session has no connection, no run in flight, and no activity for `idle`.
+    pub(crate) fn is_idle(&self, idle: Duration) -> bool {
+        let busy = self.engine.try_lock().map_or(true, |e| {
+            e.as_ref().is_some_and(|e| e.active_run_count() > 0)
+        });
+        lock(&self.connections).is_empty() && !busy && lock(&self.last_seen).elapsed() >= idle
     }
 
     /// Adds a connection unless the user already has `max`; returns its id.
@@ -130,11 +148,13 @@ impl UserSession {
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         conns.push((id, tx));
+        self.touch();
         Some(id)
     }
 
     pub(crate) fn detach(&self, id: u64) {
         lock(&self.connections).retain(|(c, _)| *c != id);
+        self.touch();
     }
 
     /// Sends one frame to one connection; `false` if it is gone or its queue is full.
@@ -174,6 +194,7 @@ impl UserSession {
             return false;
         }
         window.push_back(now);
+        self.touch();
         true
     }
 }

@@ -446,3 +446,39 @@ async fn shutdown_delivers_terminal_events_then_closes_sockets() {
     assert!(refused.is_err(), "no new sockets after shutdown");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn idle_sessions_are_swept_and_leave_nothing_behind() {
+    let server = start(|_| {}).await;
+    let mut ws = server.connect("hank").await;
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":"think:hi"}),
+    )
+    .await;
+    let run = next_json(&mut ws).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until_completed(&mut ws, &run).await;
+    assert_eq!(
+        server.gateway.sweep_idle(Duration::ZERO).await,
+        0,
+        "still connected"
+    );
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.gateway.sweep_idle(Duration::ZERO).await, 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = server.gateway.factory().metrics();
+    assert_eq!(
+        (m.active_engines, m.subscribers, m.hub_users),
+        (0, 0, 0),
+        "{m:?}"
+    );
+    // The user can come back; the old run is gone from the replay buffer.
+    let mut ws = server.connect("hank").await;
+    send(&mut ws, json!({"type":"resume","run_id":run,"after_seq":0})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "unknown_run");
+    server.stop().await;
+}
