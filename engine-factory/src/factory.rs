@@ -566,31 +566,14 @@ impl EngineHandle {
     /// Shuts the engine down, waits for its runs to emit their terminal events, and frees the
     /// slot.
     pub async fn close(mut self) {
-        self.released = true;
-        if self
-            .factory
-            .release(self.engine.user_id(), self.slot)
-            .is_some()
-        {
-            self.factory
-                .counters
-                .cleaned
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.release_slot();
         self.engine.shutdown().await;
     }
-}
 
-impl std::ops::Deref for EngineHandle {
-    type Target = UserExecutionEngine;
-    fn deref(&self) -> &UserExecutionEngine {
-        &self.engine
-    }
-}
-
-impl Drop for EngineHandle {
-    fn drop(&mut self) {
-        if self.released {
+    /// Frees the slot once (counting the cleanup unless the reaper or `cleanup_user` already
+    /// removed it) and stops the engine from accepting runs.
+    fn release_slot(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
             return;
         }
         if self
@@ -604,5 +587,18 @@ impl Drop for EngineHandle {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.engine.begin_shutdown();
+    }
+}
+
+impl std::ops::Deref for EngineHandle {
+    type Target = UserExecutionEngine;
+    fn deref(&self) -> &UserExecutionEngine {
+        &self.engine
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.release_slot();
     }
 }

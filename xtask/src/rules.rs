@@ -241,6 +241,10 @@ fn root_ident(tree: &UseTree) -> Option<String> {
     }
 }
 
+/// The help of every SSOT003 finding.
+const BYPASS_HELP: &str =
+    "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`";
+
 const LOCK_OR_MAP: &[&str] = &[
     "Mutex", "RwLock", "HashMap", "BTreeMap", "HashSet", "BTreeSet", "DashMap", "DashSet",
     "IndexMap", "RefCell",
@@ -529,7 +533,7 @@ impl<'a> Analyzer<'a> {
             leaf.at,
             &text,
             format!("import of `{text}` builds engines outside engine-factory"),
-            "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`".into(),
+            BYPASS_HELP.into(),
         );
         match &leaf.kind {
             LeafKind::Name => {
@@ -678,7 +682,7 @@ impl<'a> Analyzer<'a> {
                 first.span(),
                 &first_s,
                 format!("`{first_s}` (from engine_core::factory_only) builds an engine outside engine-factory"),
-                "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`".into(),
+                BYPASS_HELP.into(),
             );
         }
         if self.is_compat_role() {
@@ -923,8 +927,11 @@ impl<'ast> Visit<'ast> for Analyzer<'_> {
                         Rule::FactoryBypass,
                         last.ident.span(),
                         &last.ident.to_string(),
-                        format!("struct literal builds a `{}` outside engine-factory", last.ident),
-                        "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`".into(),
+                        format!(
+                            "struct literal builds a `{}` outside engine-factory",
+                            last.ident
+                        ),
+                        BYPASS_HELP.into(),
                     );
                 }
             }
@@ -955,7 +962,7 @@ impl<'ast> Visit<'ast> for Analyzer<'_> {
                         at,
                         &format!("{ty}::{f}"),
                         format!("`{ty}::{f}` builds an engine outside engine-factory"),
-                        "obtain engines from `engine_factory::ExecutionEngineFactory::create_for_user`".into(),
+                        BYPASS_HELP.into(),
                     );
                 }
             }
