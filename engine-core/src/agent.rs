@@ -151,8 +151,8 @@ pub struct AgentRegistry {
 }
 
 struct RegistryInner {
-    agents: BTreeMap<String, AgentMaker>,
-    tools: BTreeMap<String, Arc<dyn Tool>>,
+    agents: BTreeMap<Arc<str>, AgentMaker>,
+    tools: BTreeMap<Arc<str>, Arc<dyn Tool>>,
     policy: Option<Arc<dyn ToolPermissionPolicy>>,
 }
 
@@ -163,11 +163,11 @@ impl AgentRegistry {
     }
     /// Registered agent names, sorted.
     pub fn agent_names(&self) -> impl Iterator<Item = &str> {
-        self.inner.agents.keys().map(String::as_str)
+        self.inner.agents.keys().map(|k| &**k)
     }
     /// Registered tool names, sorted.
     pub fn tool_names(&self) -> impl Iterator<Item = &str> {
-        self.inner.tools.keys().map(String::as_str)
+        self.inner.tools.keys().map(|k| &**k)
     }
     /// Whether an agent of this name is registered.
     pub fn has_agent(&self, name: &str) -> bool {
@@ -179,6 +179,20 @@ impl AgentRegistry {
     }
     pub(crate) fn tool(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.inner.tools.get(name)
+    }
+    /// The registered (shared) name of an agent, so runs need not copy it.
+    pub(crate) fn agent_name(&self, name: &str) -> Option<Arc<str>> {
+        self.inner
+            .agents
+            .get_key_value(name)
+            .map(|(k, _)| Arc::clone(k))
+    }
+    /// The registered (shared) name of a tool and the tool.
+    pub(crate) fn tool_entry(&self, name: &str) -> Option<(Arc<str>, Arc<dyn Tool>)> {
+        self.inner
+            .tools
+            .get_key_value(name)
+            .map(|(k, t)| (Arc::clone(k), Arc::clone(t)))
     }
     pub(crate) fn is_allowed(&self, user: &UserId, tool: &str) -> bool {
         self.inner
@@ -238,16 +252,16 @@ impl AgentRegistryBuilder {
         fn collect<T>(
             kind: &'static str,
             items: Vec<(String, T)>,
-        ) -> Result<BTreeMap<String, T>, RegistryError> {
+        ) -> Result<BTreeMap<Arc<str>, T>, RegistryError> {
             let mut map = BTreeMap::new();
             for (name, item) in items {
                 if name.trim().is_empty() {
                     return Err(RegistryError::EmptyName { kind });
                 }
-                if map.contains_key(&name) {
+                if map.contains_key(name.as_str()) {
                     return Err(RegistryError::Duplicate { kind, name });
                 }
-                map.insert(name, item);
+                map.insert(Arc::from(name), item);
             }
             Ok(map)
         }

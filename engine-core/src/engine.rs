@@ -287,12 +287,12 @@ impl UserExecutionEngine {
                 context_user: context.user_id().clone(),
             });
         }
-        if !inner.registry.has_agent(agent) {
+        let Some(agent_name) = inner.registry.agent_name(agent) else {
             return Err(EngineError::UnknownAgent {
                 name: agent.to_owned(),
                 available: inner.registry.agent_names().collect::<Vec<_>>().join(", "),
             });
-        }
+        };
         let cancel = CancellationToken::new();
         {
             let mut state = lock(&inner.state);
@@ -321,7 +321,7 @@ impl UserExecutionEngine {
         let run = Run {
             engine: Arc::clone(inner),
             context: context.clone(),
-            agent_name: Arc::from(agent),
+            agent_name,
             input: input.into(),
             cancel: cancel.clone(),
         };
@@ -512,7 +512,7 @@ impl Run {
         }
         emitter
             .emit(AgentEvent::AgentThinking {
-                reasoning: QUEUED_NOTICE.into(),
+                reasoning: std::borrow::Cow::Borrowed(QUEUED_NOTICE),
             })
             .await;
         tokio::select! {

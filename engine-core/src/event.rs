@@ -9,6 +9,7 @@
 //!  "event":{"type":"agent_started","agent_name":"assistant"}}
 //! ```
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -72,12 +73,12 @@ pub enum AgentEvent {
     /// The agent reports progress in words (also used for the "queued" notice).
     AgentThinking {
         /// What the agent is doing.
-        reasoning: String,
+        reasoning: Cow<'static, str>,
     },
     /// A tool call starts. Arguments are redacted and truncated.
     ToolExecuting {
         /// The tool.
-        tool_name: String,
+        tool_name: Arc<str>,
         /// Call number within the run, starting at 1; pairs this event with its completion.
         call_id: u32,
         /// The (sanitized) arguments.
@@ -86,7 +87,7 @@ pub enum AgentEvent {
     /// A tool call ended, whatever happened.
     ToolCompleted {
         /// The tool.
-        tool_name: String,
+        tool_name: Arc<str>,
         /// The call number of the matching `tool_executing`.
         call_id: u32,
         /// How it ended.

@@ -115,7 +115,7 @@ pub(crate) async fn within<F: std::future::Future>(
 /// A tool call that has emitted `tool_executing` but not yet `tool_completed`.
 struct OpenCall {
     call_id: u32,
-    tool_name: String,
+    tool_name: Arc<str>,
     started: Instant,
 }
 
@@ -169,19 +169,24 @@ impl ToolDispatcher {
         self.next_call_id += 1;
         self.calls += 1;
         let call_id = self.next_call_id;
+        // The registry's shared name when the tool exists; unknown names are copied once.
+        let entry = self.registry.tool_entry(name);
+        let tool_name = entry
+            .as_ref()
+            .map_or_else(|| Arc::from(name), |(n, _)| Arc::clone(n));
         self.open = Some(OpenCall {
             call_id,
-            tool_name: name.to_owned(),
+            tool_name: Arc::clone(&tool_name),
             started: Instant::now(),
         });
         emitter
             .emit(AgentEvent::ToolExecuting {
-                tool_name: name.to_owned(),
+                tool_name,
                 call_id,
                 arguments: sanitize_arguments(&args),
             })
             .await;
-        let outcome = self.invoke(name, args).await;
+        let outcome = self.invoke(name, entry.map(|(_, t)| t), args).await;
         let (status, result, error) = match &outcome {
             Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
             Err(e) => {
@@ -202,8 +207,13 @@ impl ToolDispatcher {
         outcome
     }
 
-    async fn invoke(&self, name: &str, args: Value) -> Result<Value, ToolError> {
-        let Some(tool) = self.registry.tool(name).cloned() else {
+    async fn invoke(
+        &self,
+        name: &str,
+        tool: Option<Arc<dyn crate::Tool>>,
+        args: Value,
+    ) -> Result<Value, ToolError> {
+        let Some(tool) = tool else {
             return Err(ToolError::NotFound { name: name.into() });
         };
         if !self.is_allowed(name) {
@@ -330,8 +340,8 @@ impl RunContext {
         &self.tools
     }
 
-    /// Reports progress as an `agent_thinking` event.
-    pub async fn think(&mut self, reasoning: impl Into<String>) {
+    /// Reports progress as an `agent_thinking` event (a `&'static str` is not copied).
+    pub async fn think(&mut self, reasoning: impl Into<std::borrow::Cow<'static, str>>) {
         self.emitter
             .emit(AgentEvent::AgentThinking {
                 reasoning: reasoning.into(),

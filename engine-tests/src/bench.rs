@@ -34,6 +34,21 @@ impl Agent for BurstAgent {
     }
 }
 
+/// A trivial tool: returns `true`.
+#[derive(Debug, Default)]
+pub struct NoopTool;
+
+#[async_trait]
+impl engine_core::Tool for NoopTool {
+    async fn call(
+        &self,
+        _args: serde_json::Value,
+        _ctx: &engine_core::ToolContext,
+    ) -> Result<serde_json::Value, BoxError> {
+        Ok(serde_json::Value::Bool(true))
+    }
+}
+
 /// A trivial tool-calling run of 6 events: started, thinking, tool_executing, tool_completed,
 /// thinking, completed.
 #[derive(Debug, Default)]
@@ -43,19 +58,20 @@ pub struct SixEventAgent;
 impl Agent for SixEventAgent {
     async fn run(&mut self, ctx: &mut RunContext, _input: &str) -> Result<String, BoxError> {
         ctx.think("a").await;
-        ctx.call_tool("echo", json!(1)).await?;
+        ctx.call_tool("noop", json!(1)).await?;
         ctx.think("b").await;
         Ok(String::new())
     }
 }
 
-/// Registry with `noop`, `burst`, `six` and the `echo` tool.
+/// Registry with agents `noop`, `burst`, `six` and the tools `echo` and `noop`.
 pub fn bench_registry() -> AgentRegistry {
     AgentRegistry::builder()
         .agent("noop", || NoopAgent)
         .agent("burst", || BurstAgent)
         .agent("six", || SixEventAgent)
         .tool("echo", EchoTool)
+        .tool("noop", NoopTool)
         .build()
         .unwrap_or_else(|e| unreachable!("static bench registry: {e}"))
 }

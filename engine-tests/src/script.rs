@@ -50,7 +50,7 @@ impl Agent for ScriptAgent {
         for cmd in input.split(';').map(str::trim).filter(|c| !c.is_empty()) {
             let (op, arg) = cmd.split_once(':').unwrap_or((cmd, ""));
             match op {
-                "think" => ctx.think(arg).await,
+                "think" => ctx.think(arg.to_owned()).await,
                 "sleep" => tokio::time::sleep(Duration::from_millis(arg.parse()?)).await,
                 "tool" => {
                     let (name, args) = arg.split_once(':').unwrap_or((arg, "{}"));
