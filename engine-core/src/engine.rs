@@ -273,7 +273,7 @@ impl UserExecutionEngine {
     /// Starts `agent` on `input` and returns a handle to await or cancel it.
     ///
     /// # Errors
-    /// As [`execute`](Self::execute).
+    /// As [`execute`](Self::execute), plus [`EngineError::NoRuntime`] outside a tokio runtime.
     pub fn spawn(
         &self,
         context: &UserExecutionContext,
@@ -281,6 +281,9 @@ impl UserExecutionEngine {
         input: impl Into<String>,
     ) -> Result<RunHandle, EngineError> {
         let inner = &self.inner;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(EngineError::NoRuntime);
+        };
         if context.user_id() != self.user_id() {
             return Err(EngineError::UserMismatch {
                 engine_user: self.user_id().clone(),
@@ -327,7 +330,7 @@ impl UserExecutionEngine {
         };
         // Boxed so the (large) run state machine is moved as a pointer, not copied, on its way
         // into the task.
-        let join = tokio::spawn(
+        let join = runtime.spawn(
             inner
                 .tracker
                 .track_future(Box::pin(run.execute()).instrument(span)),

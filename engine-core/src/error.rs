@@ -144,6 +144,9 @@ pub enum EngineError {
         /// The requested run id.
         run_id: RunId,
     },
+    /// `spawn` was called outside a tokio runtime, which the run needs to execute.
+    #[error("no tokio runtime: call execute/spawn from within a tokio runtime")]
+    NoRuntime,
     /// The run's task ended without producing an outcome (the runtime is shutting down).
     #[error("run {run_id} was aborted before it produced an outcome: {reason}")]
     RunAborted {

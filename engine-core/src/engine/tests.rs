@@ -626,3 +626,12 @@ async fn delivery_failures_never_fail_a_run_and_are_counted() {
         assert_eq!(f.engine.stats().events_dropped, 5);
     }
 }
+
+#[test]
+fn spawning_outside_a_runtime_is_a_typed_error_not_a_panic() {
+    let f = fixture(vec![]);
+    let err = f.engine.spawn(&f.ctx, "script", "x").unwrap_err();
+    assert_eq!(err, EngineError::NoRuntime);
+    assert_eq!(f.engine.active_run_count(), 0, "nothing registered");
+    assert_eq!(f.engine.stats().total_runs, 0);
+}
