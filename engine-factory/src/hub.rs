@@ -242,19 +242,19 @@ impl EventSink for HubSink {
         if full.is_empty() {
             return Delivery::ready(Ok(()));
         }
-        // Backpressure: wait on each full subscriber up to the deadline.
+        // Backpressure: wait on the full subscribers, all at once, up to the deadline.
         let deadline = self.deadline;
         Delivery::pending(async move {
-            let mut dropped = 0usize;
-            for tx in full {
-                match tx.send_timeout(Arc::clone(&event), deadline).await {
-                    Ok(()) => counters.delivered.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => {
-                        dropped += 1;
-                        counters.dropped.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
+            let sends = full
+                .iter()
+                .map(|tx| tx.send_timeout(Arc::clone(&event), deadline));
+            let results = futures_util::future::join_all(sends).await;
+            let dropped = results.iter().filter(|r| r.is_err()).count();
+            let sent = (results.len() - dropped) as u64;
+            counters.delivered.fetch_add(sent, Ordering::Relaxed);
+            counters
+                .dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
             if dropped > 0 {
                 Err(DeliveryError::Backpressure {
                     dropped,

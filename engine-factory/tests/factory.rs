@@ -433,3 +433,28 @@ async fn fifteen_users_run_concurrently_and_each_sees_only_its_own_events_in_ord
     assert_eq!(runs.load(Ordering::SeqCst), 150);
     assert_eq!(f.metrics().active_engines, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn full_subscribers_of_one_user_are_waited_on_together_not_one_after_another() {
+    let f = factory_with(
+        FactoryConfig::builder()
+            .subscriber_buffer(1)
+            .backpressure_deadline(Duration::from_millis(50))
+            .build()
+            .unwrap(),
+    );
+    let _tab1 = f.subscribe(&uid("alice"));
+    let _tab2 = f.subscribe(&uid("alice"));
+    let c = ctx("alice", "run-1");
+    let e = f.create_for_user(&c).unwrap();
+    let start = tokio::time::Instant::now();
+    let out = e.execute(&c, "talker", "x").await.unwrap();
+    // Seq 1 fills both buffers; seqs 2 and 3 each wait one deadline for both tabs at once.
+    assert_eq!(out.events_dropped, 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(
+        f.metrics().events_dropped,
+        4,
+        "two tabs missed two events each"
+    );
+}
