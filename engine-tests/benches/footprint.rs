@@ -88,8 +88,10 @@ fn percentiles(mut v: Vec<u64>) -> [u64; 3] {
     [at(0.50), at(0.99), at(0.999)]
 }
 
-/// Emit-to-receipt latency with `users` subscribers and `per_user` events each.
-fn latency(users_n: usize, per_user: u64) -> ([u64; 3], [u64; 3]) {
+/// Emit-to-receipt latency with `users` subscribers and `per_user` events each; with
+/// `pace_ms > 0` every user emits one event per `pace_ms`, the users evenly staggered (a
+/// steady load instead of one burst).
+fn latency(users_n: usize, per_user: u64, pace_ms: u64) -> ([u64; 3], [u64; 3]) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -119,9 +121,15 @@ fn latency(users_n: usize, per_user: u64) -> ([u64; 3], [u64; 3]) {
         let runs: Vec<_> = engines
             .iter()
             .zip(&users)
-            .map(|((_, e), c)| {
-                e.spawn(&c.new_run(), "burst", (per_user - 2).to_string())
-                    .expect("spawn")
+            .enumerate()
+            .map(|(i, ((_, e), c))| {
+                let input = if pace_ms == 0 {
+                    (per_user - 2).to_string()
+                } else {
+                    let offset = pace_ms * i as u64 / users_n as u64;
+                    format!("{}@{pace_ms}+{offset}", per_user - 2)
+                };
+                e.spawn(&c.new_run(), "burst", input).expect("spawn")
             })
             .collect();
         for r in runs {
@@ -133,11 +141,18 @@ fn latency(users_n: usize, per_user: u64) -> ([u64; 3], [u64; 3]) {
         }
         // Floor: per-user mpsc, the producer stamps the time as the engine does.
         let mut tasks = Vec::new();
-        for c in &users {
+        for (i, c) in users.iter().enumerate() {
             let (tx, mut rx) = mpsc::channel::<Arc<EventEnvelope>>(256);
             let user = c.user_id().clone();
+            let offset = pace_ms * i as u64 / users_n as u64;
             tokio::spawn(async move {
+                if pace_ms > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(offset)).await;
+                }
                 for seq in 1..=per_user {
+                    if pace_ms > 0 && seq > 2 {
+                        tokio::time::sleep(std::time::Duration::from_millis(pace_ms)).await;
+                    }
                     let e = EventEnvelope {
                         user_id: user.clone(),
                         thread_id: ThreadId::new("thread").expect("id"),
@@ -188,10 +203,19 @@ fn main() {
         ours as f64 / floor.max(1) as f64
     );
     let users = env_usize("FOOTPRINT_USERS", 10_000);
-    let (o, f) = latency(users, 100);
+    let (o, f) = latency(users, 100, 0);
     for (i, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
         println!(
-            "latency_{name}  {} us  {} us  {:.2}x   ({users} users x 100 events)",
+            "latency_{name}  {} us  {} us  {:.2}x   ({users} users x 100 events, one burst)",
+            o[i],
+            f[i],
+            o[i] as f64 / f[i].max(1) as f64
+        );
+    }
+    let (o, f) = latency(users, 22, 100);
+    for (i, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
+        println!(
+            "latency_paced_{name}  {} us  {} us  {:.2}x   ({users} users, 1 event per user per 100 ms, staggered)",
             o[i],
             f[i],
             o[i] as f64 / f[i].max(1) as f64

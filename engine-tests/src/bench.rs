@@ -19,16 +19,24 @@ impl Agent for NoopAgent {
     }
 }
 
-/// Thinks N times (N = the input): a run of N + 2 events.
+/// Thinks N times: a run of N + 2 events. Input `N` emits back to back; `N@P+O` first waits
+/// O ms, then waits P ms between thoughts (a paced load).
 #[derive(Debug, Default)]
 pub struct BurstAgent;
 
 #[async_trait]
 impl Agent for BurstAgent {
     async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
-        let n: usize = input.parse()?;
+        let (n, pace) = input.split_once('@').unwrap_or((input, ""));
+        let n: usize = n.parse()?;
+        let (pace, offset) = pace.split_once('+').unwrap_or((pace, "0"));
+        let pace = std::time::Duration::from_millis(pace.parse().unwrap_or(0));
+        tokio::time::sleep(std::time::Duration::from_millis(offset.parse()?)).await;
         for _ in 0..n {
             ctx.think("step").await;
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
         }
         Ok(String::new())
     }
