@@ -1,7 +1,7 @@
 //! `cargo xtask tidy`: this workspace's own invariants.
 //!
 //! 1. engine-compat holds only deprecated, documented type aliases (see
-//!    [`check_compat_purity`](crate::legacy::check_compat_purity)).
+//!    [`check_compat_purity`]).
 //! 2. No engine type is defined outside engine-core, no engine is built outside engine-factory,
 //!    no deprecated name is used, no crate depends on engine-compat, no global shared state:
 //!    `migrate --check` finds nothing.
