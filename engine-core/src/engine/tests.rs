@@ -635,3 +635,47 @@ fn spawning_outside_a_runtime_is_a_typed_error_not_a_panic() {
     assert_eq!(f.engine.active_run_count(), 0, "nothing registered");
     assert_eq!(f.engine.stats().total_runs, 0);
 }
+
+/// Collects everything a `tracing` fmt subscriber writes.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_run_has_a_span_with_its_ids_and_message_contents_are_never_logged() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let f = fixture(vec![Step::Think("thinking"), Step::Fail]);
+    let out = f
+        .engine
+        .execute(&f.ctx, "script", "my password is hunter2")
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("agent_run{user_id=alice thread_id=thread-a run_id=run-0 agent=\"script\"}"),
+        "span with ids missing:\n{text}"
+    );
+    assert!(text.contains("run did not complete"), "{text}");
+    assert!(
+        !text.contains("hunter2"),
+        "message contents were logged:\n{text}"
+    );
+}
