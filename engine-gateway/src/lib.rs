@@ -35,7 +35,9 @@
 //!   already evicted from the per-user replay buffer;
 //! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,
 //!   `frame_too_large`, `rate_limited`, `too_many_runs`, `unknown_run`, `bad_request`,
-//!   `shutting_down`, `internal`. The connection stays open.
+//!   `shutting_down`, `internal`. The connection stays open. (A frame larger than four times
+//!   `max_frame_bytes` is refused by the WebSocket layer itself, which closes the connection
+//!   with code 1009.)
 //!
 //! The user id comes only from the token; client frames carry no user field (a frame with one
 //! is a `bad_frame`). `resume` and `cancel` look only at the token user's runs, so another
