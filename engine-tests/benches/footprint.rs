@@ -182,6 +182,18 @@ fn latency(users_n: usize, per_user: u64, pace_ms: u64) -> ([u64; 3], [u64; 3]) 
     })
 }
 
+/// Prints p50/p99/p99.9 lines: `name_pXX  ours  floor  ratio   (what)`.
+fn print_latency(name: &str, (ours, floor): ([u64; 3], [u64; 3]), what: &str) {
+    for (i, p) in ["p50", "p99", "p99.9"].iter().enumerate() {
+        println!(
+            "{name}_{p}  {} us  {} us  {:.2}x   ({what})",
+            ours[i],
+            floor[i],
+            ours[i] as f64 / floor[i].max(1) as f64
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--memory-child") {
@@ -203,22 +215,14 @@ fn main() {
         ours as f64 / floor.max(1) as f64
     );
     let users = env_usize("FOOTPRINT_USERS", 10_000);
-    let (o, f) = latency(users, 100, 0);
-    for (i, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
-        println!(
-            "latency_{name}  {} us  {} us  {:.2}x   ({users} users x 100 events, one burst)",
-            o[i],
-            f[i],
-            o[i] as f64 / f[i].max(1) as f64
-        );
-    }
-    let (o, f) = latency(users, 22, 100);
-    for (i, name) in ["p50", "p99", "p99.9"].iter().enumerate() {
-        println!(
-            "latency_paced_{name}  {} us  {} us  {:.2}x   ({users} users, 1 event per user per 100 ms, staggered)",
-            o[i],
-            f[i],
-            o[i] as f64 / f[i].max(1) as f64
-        );
-    }
+    print_latency(
+        "latency",
+        latency(users, 100, 0),
+        &format!("{users} users x 100 events, one burst"),
+    );
+    print_latency(
+        "latency_paced",
+        latency(users, 22, 100),
+        &format!("{users} users, 1 event per user per 100 ms, staggered"),
+    );
 }
