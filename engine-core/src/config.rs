@@ -1,31 +1,10 @@
 //! [`EngineConfig`]: per-engine limits, validated when built.
 
-use std::fmt::Debug;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::error::ConfigError;
-
-/// Checks `value` against `range`, naming `field` in the error. Shared by every config builder
-/// in the workspace so ranges are reported the same way everywhere.
-///
-/// # Errors
-/// [`ConfigError`] naming the field, the value and the range.
-pub fn check_range<T: PartialOrd + Debug>(
-    field: &'static str,
-    value: T,
-    range: RangeInclusive<T>,
-) -> Result<T, ConfigError> {
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(ConfigError {
-            field,
-            value: format!("{value:?}"),
-            range: format!("{:?}..={:?}", range.start(), range.end()),
-        })
-    }
-}
+use crate::limits::check_range;
 
 /// Limits of one [`UserExecutionEngine`](crate::UserExecutionEngine).
 ///
@@ -46,6 +25,7 @@ pub fn check_range<T: PartialOrd + Debug>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
     max_concurrent_runs: usize,
+    max_queued_runs: usize,
     run_timeout: Duration,
     tool_timeout: Duration,
     history_limit: usize,
@@ -57,6 +37,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_concurrent_runs: 3,
+            max_queued_runs: 32,
             run_timeout: Duration::from_secs(25),
             tool_timeout: Duration::from_secs(30),
             history_limit: 100,
@@ -69,6 +50,8 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Allowed range of [`max_concurrent_runs`](Self::max_concurrent_runs).
     pub const MAX_CONCURRENT_RUNS: RangeInclusive<usize> = 1..=64;
+    /// Allowed range of [`max_queued_runs`](Self::max_queued_runs).
+    pub const MAX_QUEUED_RUNS: RangeInclusive<usize> = 0..=10_000;
     /// Allowed range of the run and tool timeouts.
     pub const TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(10)..=Duration::from_secs(3600);
@@ -81,14 +64,26 @@ impl EngineConfig {
     pub const DELIVERY_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(1)..=Duration::from_secs(60);
 
-    /// A builder starting from the defaults (3 runs, 25 s run timeout, 30 s tool timeout,
-    /// history 100, queued notice after 1 s, 200 ms delivery timeout).
+    /// A builder starting from the defaults (3 concurrent runs, 32 queued, 25 s run timeout,
+    /// 30 s tool timeout, history 100, queued notice after 1 s, 200 ms delivery timeout).
     pub fn builder() -> EngineConfigBuilder {
         EngineConfigBuilder(Self::default())
     }
     /// Runs executing at once; further runs queue.
     pub fn max_concurrent_runs(&self) -> usize {
         self.max_concurrent_runs
+    }
+    /// Runs that may wait for a slot beyond [`max_concurrent_runs`](Self::max_concurrent_runs).
+    /// An engine holds at most `max_concurrent_runs + max_queued_runs` accepted runs; the next
+    /// one is refused with [`EngineError::QueueFull`](crate::EngineError::QueueFull) before any
+    /// event is emitted, so a flood of messages cannot grow an engine's memory. `0` refuses
+    /// every run that would have to wait.
+    pub fn max_queued_runs(&self) -> usize {
+        self.max_queued_runs
+    }
+    /// The most runs an engine holds at once: executing plus queued.
+    pub fn max_accepted_runs(&self) -> usize {
+        self.max_concurrent_runs + self.max_queued_runs
     }
     /// Longest an agent may run (queue time excluded) before the run ends `timed_out`.
     pub fn run_timeout(&self) -> Duration {
@@ -121,6 +116,11 @@ impl EngineConfigBuilder {
     /// Sets [`EngineConfig::max_concurrent_runs`] (1..=64).
     pub fn max_concurrent_runs(mut self, v: usize) -> Self {
         self.0.max_concurrent_runs = v;
+        self
+    }
+    /// Sets [`EngineConfig::max_queued_runs`] (0..=10,000).
+    pub fn max_queued_runs(mut self, v: usize) -> Self {
+        self.0.max_queued_runs = v;
         self
     }
     /// Sets [`EngineConfig::run_timeout`] (10 ms..=1 h).
@@ -159,6 +159,11 @@ impl EngineConfigBuilder {
             c.max_concurrent_runs,
             EngineConfig::MAX_CONCURRENT_RUNS,
         )?;
+        check_range(
+            "max_queued_runs",
+            c.max_queued_runs,
+            EngineConfig::MAX_QUEUED_RUNS,
+        )?;
         check_range("run_timeout", c.run_timeout, EngineConfig::TIMEOUT)?;
         check_range("tool_timeout", c.tool_timeout, EngineConfig::TIMEOUT)?;
         check_range(
@@ -189,6 +194,8 @@ mod tests {
         let c = EngineConfig::builder().build().unwrap();
         assert_eq!(c, EngineConfig::default());
         assert_eq!(c.max_concurrent_runs(), 3);
+        assert_eq!(c.max_queued_runs(), 32);
+        assert_eq!(c.max_accepted_runs(), 35);
         assert_eq!(c.run_timeout(), Duration::from_secs(25));
         assert_eq!(c.tool_timeout(), Duration::from_secs(30));
         assert_eq!(c.history_limit(), 100);
@@ -207,6 +214,11 @@ mod tests {
                 EngineConfig::builder().max_concurrent_runs(65),
                 "max_concurrent_runs",
                 "1..=64",
+            ),
+            (
+                EngineConfig::builder().max_queued_runs(10_001),
+                "max_queued_runs",
+                "0..=10000",
             ),
             (
                 EngineConfig::builder().run_timeout(Duration::ZERO),

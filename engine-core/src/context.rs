@@ -6,23 +6,7 @@ use std::time::SystemTime;
 
 use crate::error::ContextError;
 use crate::ids::{validate, RequestId, RunId, ThreadId, UserId};
-
-/// Deepest operation nesting: a context at depth `MAX_OPERATION_DEPTH - 1` cannot have a child.
-pub const MAX_OPERATION_DEPTH: u32 = 10;
-
-/// Metadata keys reserved for the context's own fields; using one in a metadata map is an error.
-pub const RESERVED_METADATA_KEYS: &[&str] = &[
-    "user_id",
-    "thread_id",
-    "run_id",
-    "request_id",
-    "connection_id",
-    "websocket_client_id",
-    "created_at",
-    "db_session",
-    "parent_request_id",
-    "operation_depth",
-];
+use crate::limits::{MAX_OPERATION_DEPTH, RESERVED_METADATA_KEYS};
 
 /// Who asked for a run, in which thread, for which run and request.
 ///

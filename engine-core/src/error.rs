@@ -1,63 +1,10 @@
 //! Typed errors. Every message names what was wrong and, where it helps, what to do instead.
 
-use std::fmt;
-
-use crate::ids::{RunId, UserId};
-
-/// Why an id value was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdRejection {
-    /// Empty or only whitespace.
-    Empty,
-    /// Longer than the limit, in bytes.
-    TooLong {
-        /// The value's length in bytes.
-        len: usize,
-        /// The limit in bytes.
-        max: usize,
-    },
-    /// Contains a control character (newline, NUL, escape, ...).
-    ControlCharacter,
-    /// One of the forbidden placeholder values (`test`, `null`, `default`, ...).
-    Placeholder,
-    /// A short value starting with a forbidden placeholder prefix.
-    PlaceholderPrefix {
-        /// The matched prefix, for example `temp_`.
-        prefix: &'static str,
-    },
-}
-
-impl fmt::Display for IdRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Empty => f.write_str("must not be empty or whitespace"),
-            Self::TooLong { len, max } => write!(f, "is {len} bytes long; at most {max} allowed"),
-            Self::ControlCharacter => f.write_str("must not contain control characters"),
-            Self::Placeholder => {
-                f.write_str("is a placeholder value; pass the real id from the request")
-            }
-            Self::PlaceholderPrefix { prefix } => write!(
-                f,
-                "starts with the placeholder prefix `{prefix}`; pass the real id from the request"
-            ),
-        }
-    }
-}
-
-/// An id value that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} {reason} (got \"{value}\")")]
-pub struct IdError {
-    /// The field the value was meant for (`user_id`, `thread_id`, `run_id`, `request_id`).
-    pub field: &'static str,
-    /// A printable, shortened rendering of the rejected value.
-    pub value: String,
-    /// Why it was rejected.
-    pub reason: IdRejection,
-}
+use crate::ids::{IdError, RunId, UserId};
 
 /// A [`UserExecutionContext`](crate::UserExecutionContext) could not be built or derived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ContextError {
     /// One of the ids is invalid.
     #[error("invalid context: {0}")]
@@ -89,6 +36,7 @@ pub enum ContextError {
 /// A configuration value outside its allowed range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field} = {value} is outside the allowed range {range}")]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The field name, as on the builder.
     pub field: &'static str,
@@ -101,6 +49,7 @@ pub struct ConfigError {
 /// An engine refused a request. Failures *inside* a run are not errors: they end the run with a
 /// [`RunStatus`](crate::RunStatus) and a terminal event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The engine was shut down, closed or reaped; obtain a new one from the factory.
     #[error("engine for user {user} is inactive (shut down or closed); create a new engine through the factory")]
@@ -138,6 +87,15 @@ pub enum EngineError {
         /// The run id in use.
         run_id: RunId,
     },
+    /// The engine already holds its most runs (`max_concurrent_runs` executing plus
+    /// `max_queued_runs` waiting); the run was refused before anything was emitted.
+    #[error("too many runs: this engine already holds {max_concurrent_runs} running and {max_queued_runs} queued runs (max_concurrent_runs + max_queued_runs); wait for one to finish or cancel one")]
+    QueueFull {
+        /// The engine's `max_concurrent_runs`.
+        max_concurrent_runs: usize,
+        /// The engine's `max_queued_runs`.
+        max_queued_runs: usize,
+    },
     /// No active run has this id.
     #[error("no active run {run_id} on this engine (finished, never started, or another user's)")]
     UnknownRun {
@@ -160,6 +118,7 @@ pub enum EngineError {
 /// Why a tool call made by an agent did not return a value. Each case is also reported to the
 /// user as a `tool_completed` event with the matching [`ToolStatus`](crate::ToolStatus).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ToolError {
     /// No tool with this name is registered.
     #[error("Tool {name} not found")]

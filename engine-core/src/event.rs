@@ -20,6 +20,7 @@ use crate::ids::{RunId, ThreadId, UserId};
 /// How a run ended. Carried by the single terminal [`AgentEvent::AgentCompleted`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RunStatus {
     /// The agent returned an answer.
     Completed,
@@ -46,6 +47,7 @@ impl RunStatus {
 /// How one tool call ended. Carried by [`AgentEvent::ToolCompleted`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ToolStatus {
     /// The tool returned a value.
     Success,
@@ -64,6 +66,7 @@ pub enum ToolStatus {
 /// `agent_error`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum AgentEvent {
     /// The run was accepted; always the first event of a run (sequence number 1).
     AgentStarted {
@@ -164,123 +167,10 @@ pub struct EventEnvelope {
     pub event: AgentEvent,
 }
 
-/// Longest argument string kept in events, in characters.
-pub const MAX_ARGUMENT_CHARS: usize = 200;
-/// Longest result string kept in events, in characters.
-pub const MAX_RESULT_CHARS: usize = 500;
-/// Most list items kept in events.
-pub const MAX_LIST_ITEMS: usize = 10;
-/// Substrings that mark an argument key as secret (compared case-insensitively).
-pub const SECRET_KEY_MARKERS: &[&str] =
-    &["password", "secret", "key", "token", "auth", "credential"];
-/// What a secret value is replaced with.
-pub const REDACTED: &str = "[REDACTED]";
-
-/// Redacts secret keys and truncates strings (200 chars) and lists (10 items) in tool arguments.
-pub fn sanitize_arguments(value: &Value) -> Value {
-    sanitize(value, MAX_ARGUMENT_CHARS)
-}
-
-/// Truncates strings (500 chars) and lists (10 items) in tool results, and redacts secret keys.
-pub fn sanitize_result(value: &Value) -> Value {
-    sanitize(value, MAX_RESULT_CHARS)
-}
-
-/// Cuts `s` to `max` characters, marking the cut with how much was removed.
-pub fn truncate_str(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_owned(),
-        Some((cut, _)) => {
-            let removed = s[cut..].chars().count();
-            format!("{}...[truncated {removed} chars]", &s[..cut])
-        }
-    }
-}
-
-fn is_secret_key(key: &str) -> bool {
-    let lower = key.to_ascii_lowercase();
-    SECRET_KEY_MARKERS.iter().any(|m| lower.contains(m))
-}
-
-fn sanitize(value: &Value, max_chars: usize) -> Value {
-    match value {
-        Value::String(s) => Value::String(truncate_str(s, max_chars)),
-        Value::Array(items) => {
-            let mut out: Vec<Value> = items
-                .iter()
-                .take(MAX_LIST_ITEMS)
-                .map(|v| sanitize(v, max_chars))
-                .collect();
-            if items.len() > MAX_LIST_ITEMS {
-                out.push(Value::String(format!(
-                    "...[truncated {} more items]",
-                    items.len() - MAX_LIST_ITEMS
-                )));
-            }
-            Value::Array(out)
-        }
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let v = if is_secret_key(k) {
-                        Value::String(REDACTED.to_owned())
-                    } else {
-                        sanitize(v, max_chars)
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn secret_keys_are_redacted_at_any_depth() {
-        let args = json!({
-            "query": "weather",
-            "Password": "hunter2",
-            "nested": {"api_key": "k", "AuthHeader": "Bearer x", "db_credentials": ["a"], "n": 3},
-            "access_token": "t",
-            "client_secret": "s"
-        });
-        let out = sanitize_arguments(&args);
-        assert_eq!(out["query"], "weather");
-        assert_eq!(out["Password"], REDACTED);
-        assert_eq!(out["nested"]["api_key"], REDACTED);
-        assert_eq!(out["nested"]["AuthHeader"], REDACTED);
-        assert_eq!(out["nested"]["db_credentials"], REDACTED);
-        assert_eq!(out["nested"]["n"], 3);
-        assert_eq!(out["access_token"], REDACTED);
-        assert_eq!(out["client_secret"], REDACTED);
-        assert!(!out.to_string().contains("hunter2"));
-    }
-
-    #[test]
-    fn strings_and_lists_are_cut_and_marked() {
-        let long = "é".repeat(250);
-        let out = sanitize_arguments(&json!({ "text": long }));
-        let s = out["text"].as_str().unwrap();
-        assert!(s.starts_with(&"é".repeat(200)));
-        assert!(s.ends_with("...[truncated 50 chars]"), "{s}");
-        let res = sanitize_result(&json!("x".repeat(600)));
-        assert!(res.as_str().unwrap().ends_with("...[truncated 100 chars]"));
-        assert_eq!(
-            sanitize_result(&json!("y".repeat(500))),
-            json!("y".repeat(500))
-        );
-        let list: Vec<u32> = (0..15).collect();
-        let out = sanitize_result(&json!(list));
-        let arr = out.as_array().unwrap();
-        assert_eq!(arr.len(), 11);
-        assert_eq!(arr[9], 9);
-        assert_eq!(arr[10], "...[truncated 5 more items]");
-    }
 
     #[test]
     fn events_serialize_with_snake_case_names() {

@@ -9,63 +9,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IdError, IdRejection};
-
-/// Longest accepted id, in bytes.
-pub const MAX_ID_BYTES: usize = 256;
-
-/// Values rejected outright (compared case-insensitively): the placeholders the legacy system
-/// leaked into production ids.
-pub const FORBIDDEN_VALUES: &[&str] = &[
-    "registry",
-    "placeholder",
-    "default",
-    "temp",
-    "none",
-    "null",
-    "undefined",
-    "0",
-    "1",
-    "xxx",
-    "yyy",
-    "example",
-    "test",
-    "demo",
-    "sample",
-    "template",
-    "mock",
-    "fake",
-    "dummy",
-];
-
-/// Prefixes rejected (case-insensitively) on values shorter than
-/// [`SHORT_VALUE_CHARS`] characters, unless the value is in [`ALLOWED_DEFAULTS`].
-pub const FORBIDDEN_PREFIXES: &[&str] = &[
-    "placeholder_",
-    "registry_",
-    "temp_",
-    "example_",
-    "demo_",
-    "sample_",
-    "template_",
-    "mock_",
-    "fake_",
-    "default_",
-];
-
-/// Well-known `default_*` values that are real, deliberate ids and stay allowed.
-pub const ALLOWED_DEFAULTS: &[&str] = &[
-    "default_user",
-    "default_admin",
-    "default_system",
-    "default_account",
-    "default_service",
-    "default_client",
-    "default_guest",
-];
-
-/// Values with fewer characters than this are checked against [`FORBIDDEN_PREFIXES`].
-pub const SHORT_VALUE_CHARS: usize = 20;
+use crate::limits::{
+    ALLOWED_DEFAULTS, FORBIDDEN_PREFIXES, FORBIDDEN_VALUES, MAX_ID_BYTES, SHORT_VALUE_CHARS,
+};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Checks one id value for the field `field`; the single validation rule set shared by all ids.
 pub(crate) fn validate(field: &'static str, value: &str) -> Result<(), IdError> {
@@ -76,7 +23,8 @@ pub(crate) fn validate(field: &'static str, value: &str) -> Result<(), IdError> 
             reason,
         })
     };
-    if value.trim().is_empty() {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
         return reject(IdRejection::Empty);
     }
     if value.len() > MAX_ID_BYTES {
@@ -88,16 +36,97 @@ pub(crate) fn validate(field: &'static str, value: &str) -> Result<(), IdError> 
     if value.chars().any(char::is_control) {
         return reject(IdRejection::ControlCharacter);
     }
-    let lower = value.to_ascii_lowercase();
-    if FORBIDDEN_VALUES.contains(&lower.as_str()) {
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return reject(IdRejection::InvisibleCharacter {
+            code_point: u32::from(c),
+        });
+    }
+    if trimmed.len() != value.len() {
+        return reject(IdRejection::SurroundingWhitespace);
+    }
+    // Placeholders are compared on the trimmed, case-folded value.
+    let folded = trimmed.to_lowercase();
+    if FORBIDDEN_VALUES.contains(&folded.as_str()) {
         return reject(IdRejection::Placeholder);
     }
-    if value.chars().count() < SHORT_VALUE_CHARS && !ALLOWED_DEFAULTS.contains(&lower.as_str()) {
-        if let Some(prefix) = FORBIDDEN_PREFIXES.iter().find(|p| lower.starts_with(*p)) {
+    if folded.chars().count() < SHORT_VALUE_CHARS && !ALLOWED_DEFAULTS.contains(&folded.as_str()) {
+        if let Some(prefix) = FORBIDDEN_PREFIXES.iter().find(|p| folded.starts_with(*p)) {
             return reject(IdRejection::PlaceholderPrefix { prefix });
         }
     }
     Ok(())
+}
+
+/// Why an id value was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdRejection {
+    /// Empty or only whitespace.
+    Empty,
+    /// Longer than the limit, in bytes.
+    TooLong {
+        /// The value's length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// Contains a control character (newline, NUL, escape, ...).
+    ControlCharacter,
+    /// Starts or ends with whitespace, so it would look like another id in logs and pages.
+    SurroundingWhitespace,
+    /// Contains an invisible formatting character (Unicode category Cf: zero-width space or
+    /// joiner, byte-order mark, bidirectional override, ...), so it would look like another id.
+    InvisibleCharacter {
+        /// The character, as `U+XXXX`.
+        code_point: u32,
+    },
+    /// One of the forbidden placeholder values (`test`, `null`, `default`, ...).
+    Placeholder,
+    /// A short value starting with a forbidden placeholder prefix.
+    PlaceholderPrefix {
+        /// The matched prefix, for example `temp_`.
+        prefix: &'static str,
+    },
+}
+
+impl fmt::Display for IdRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("must not be empty or whitespace"),
+            Self::TooLong { len, max } => write!(f, "is {len} bytes long; at most {max} allowed"),
+            Self::ControlCharacter => f.write_str("must not contain control characters"),
+            Self::SurroundingWhitespace => {
+                f.write_str("must not start or end with whitespace; trim it before building the id")
+            }
+            Self::InvisibleCharacter { code_point } => write!(
+                f,
+                "must not contain the invisible formatting character U+{code_point:04X} (Unicode category Cf), which would make it look like another id"
+            ),
+            Self::Placeholder => {
+                f.write_str("is a placeholder value; pass the real id from the request")
+            }
+            Self::PlaceholderPrefix { prefix } => write!(
+                f,
+                "starts with the placeholder prefix `{prefix}`; pass the real id from the request"
+            ),
+        }
+    }
+}
+
+/// An id value that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {reason} (got \"{value}\")")]
+#[non_exhaustive]
+pub struct IdError {
+    /// The field the value was meant for (`user_id`, `thread_id`, `run_id`, `request_id`).
+    pub field: &'static str,
+    /// A printable, shortened rendering of the rejected value.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: IdRejection,
 }
 
 /// A short, printable rendering of a rejected value for error messages.
@@ -125,7 +154,8 @@ macro_rules! define_id {
             ///
             /// # Errors
             /// [`IdError`] naming the field and the reason when the value is empty, too long,
-            /// contains control characters or is a placeholder.
+            /// has surrounding whitespace, contains control or invisible formatting characters,
+            /// or is a placeholder.
             pub fn new(value: impl AsRef<str>) -> Result<Self, IdError> {
                 let value = value.as_ref();
                 validate($field, value)?;
@@ -288,5 +318,78 @@ mod tests {
         let back: RunId = serde_json::from_str(&json).unwrap();
         assert_eq!(a, back);
         assert!(serde_json::from_str::<UserId>("\"null\"").is_err());
+    }
+
+    /// Ids that would look like another id in a log or on a page, for every id type.
+    #[test]
+    fn lookalike_ids_are_refused_with_the_rule_named() {
+        let cases: &[(&str, IdRejection, &str)] = &[
+            (" null ", IdRejection::SurroundingWhitespace, "whitespace"),
+            ("test ", IdRejection::SurroundingWhitespace, "whitespace"),
+            (" alice", IdRejection::SurroundingWhitespace, "whitespace"),
+            (
+                "alice\u{a0}",
+                IdRejection::SurroundingWhitespace,
+                "whitespace",
+            ),
+            (
+                "null\u{200b}",
+                IdRejection::InvisibleCharacter { code_point: 0x200b },
+                "U+200B",
+            ),
+            (
+                "alice\u{200b}",
+                IdRejection::InvisibleCharacter { code_point: 0x200b },
+                "U+200B",
+            ),
+            (
+                "al\u{200d}ice",
+                IdRejection::InvisibleCharacter { code_point: 0x200d },
+                "U+200D",
+            ),
+            (
+                "\u{feff}alice",
+                IdRejection::InvisibleCharacter { code_point: 0xfeff },
+                "U+FEFF",
+            ),
+            (
+                "alice\u{202e}",
+                IdRejection::InvisibleCharacter { code_point: 0x202e },
+                "U+202E",
+            ),
+            (
+                "\u{2066}bob\u{2069}",
+                IdRejection::InvisibleCharacter { code_point: 0x2066 },
+                "U+2066",
+            ),
+            (
+                "soft\u{ad}hyphen",
+                IdRejection::InvisibleCharacter { code_point: 0xad },
+                "U+00AD",
+            ),
+            ("NULL", IdRejection::Placeholder, "placeholder"),
+            ("Demo", IdRejection::Placeholder, "placeholder"),
+        ];
+        for (value, reason, words) in cases {
+            for (field, err) in [
+                ("user_id", UserId::new(value).unwrap_err()),
+                ("thread_id", ThreadId::new(value).unwrap_err()),
+                ("run_id", RunId::new(value).unwrap_err()),
+                ("request_id", RequestId::new(value).unwrap_err()),
+            ] {
+                assert_eq!(err.field, field, "{value:?}");
+                assert_eq!(&err.reason, reason, "{value:?} as {field}");
+                let msg = err.to_string();
+                assert!(msg.contains(field) && msg.contains(words), "{msg}");
+                let hidden = msg
+                    .chars()
+                    .any(|c| c.general_category() == GeneralCategory::Format);
+                assert!(!hidden, "the error prints the value escaped: {msg:?}");
+            }
+        }
+        // Ordinary non-ASCII ids stay valid: only invisible characters are refused.
+        for ok in ["José", "Ｔest", "ユーザー", "alice bob", "a-b_c.d@e"] {
+            assert!(UserId::new(ok).is_ok(), "{ok:?} should be accepted");
+        }
     }
 }

@@ -1,17 +1,42 @@
 //! `engine-core`: the one canonical per-user agent execution engine.
 //!
-//! A chat backend runs one agent run per user message. This crate defines everything a run
-//! needs — validated ids and the per-request [`UserExecutionContext`], the lifecycle
-//! [`AgentEvent`]s and their [`EventEnvelope`], the [`Agent`] and [`Tool`] traits, the
-//! read-only [`AgentRegistry`], and the [`UserExecutionEngine`] itself — and nothing that could
-//! be shared between users. Engines are built only by `engine-factory`.
+//! A chat backend runs one agent *run* per user message; the run thinks, calls tools, answers,
+//! and its lifecycle events go to the user who asked and to nobody else. This crate defines
+//! everything a run needs and nothing that could be shared between users. A tour, in the order
+//! data flows:
+//!
+//! 1. **Who asks.** A [`UserExecutionContext`] carries the validated [`UserId`], [`ThreadId`],
+//!    [`RunId`] and [`RequestId`] of one request. Ids refuse placeholders, control and invisible
+//!    characters ([`IdError`]); a context is immutable and cheap to clone.
+//! 2. **What runs.** An [`Agent`] answers one message through its [`RunContext`], calling
+//!    [`Tool`]s; both are registered in a read-only [`AgentRegistry`] that hands every run a
+//!    fresh agent.
+//! 3. **Where it runs.** A [`UserExecutionEngine`] serves ONE user. It is built only by
+//!    `engine_factory::ExecutionEngineFactory` (see [`factory_only`] for how that is enforced),
+//!    within the limits of an [`EngineConfig`].
+//! 4. **A run.** [`UserExecutionEngine::execute`] or [`spawn`](UserExecutionEngine::spawn) starts
+//!    one; it ends with a [`RunOutcome`] whose [`RunEnd`] holds the answer or the error.
+//! 5. **Its events.** Each [`AgentEvent`] travels in an [`EventEnvelope`] stamped with the run's
+//!    own ids and sequence number, through the engine's [`EventSink`], bound to the engine's user.
+//!    The factory's sink routes them to that user's subscriptions.
+//!
+//! A run end to end, through the factory:
 //!
 //! ```
-//! use engine_core::{async_trait, Agent, AgentRegistry, BoxError, RunContext, UserExecutionContext};
-//! use serde_json::json;
+//! use engine_core::{async_trait, Agent, AgentEvent, AgentRegistry, BoxError, RunContext, RunStatus, Tool,
+//!     ToolContext, UserExecutionContext};
+//! use engine_factory::{ExecutionEngineFactory, FactoryConfig};
+//! use serde_json::{json, Value};
+//!
+//! struct Clock;
+//! #[async_trait]
+//! impl Tool for Clock {
+//!     async fn call(&self, _args: Value, _ctx: &ToolContext) -> Result<Value, BoxError> {
+//!         Ok(json!("12:00"))
+//!     }
+//! }
 //!
 //! struct Assistant;
-//!
 //! #[async_trait]
 //! impl Agent for Assistant {
 //!     async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
@@ -21,12 +46,40 @@
 //!     }
 //! }
 //!
-//! let registry = AgentRegistry::builder().agent("assistant", || Assistant).build()?;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // 2. what runs
+//! let registry = AgentRegistry::builder()
+//!     .agent("assistant", || Assistant)
+//!     .tool("clock", Clock)
+//!     .build()?;
+//! // 3. where it runs: engines come only from the factory
+//! let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry)?;
+//! // 1. who asks
 //! let ctx = UserExecutionContext::new("alice", "thread-1", "run-1")?;
-//! assert!(registry.has_agent("assistant"));
-//! assert_eq!(ctx.user_id().as_str(), "alice");
-//! // Hand both to `engine_factory::ExecutionEngineFactory` to get an engine for alice.
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! let mut events = factory.subscribe(ctx.user_id());
+//! let engine = factory.create_for_user(&ctx)?;
+//! // 4. a run
+//! let outcome = engine.execute(&ctx, "assistant", "hi").await?;
+//! assert_eq!(outcome.status(), RunStatus::Completed);
+//! assert_eq!(outcome.result(), Some("You said \"hi\"; it is \"12:00\""));
+//! // 5. its events, to alice only
+//! let mut kinds = Vec::new();
+//! while let Some(envelope) = events.recv().await {
+//!     assert_eq!(envelope.user_id, *ctx.user_id());
+//!     kinds.push(envelope.event.kind());
+//!     if envelope.event.is_terminal() {
+//!         break;
+//!     }
+//! }
+//! assert_eq!(
+//!     kinds,
+//!     ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
+//! );
+//! engine.close().await;
+//! factory.shutdown().await;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # Guarantees
@@ -35,7 +88,11 @@
 //! - Every accepted run emits `agent_started` first and exactly one `agent_completed` last,
 //!   whatever happens (error, panic, timeout, cancellation, shutdown); sequence numbers are
 //!   contiguous from 1 and timestamps never decrease within a run.
+//! - An engine holds at most `max_concurrent_runs + max_queued_runs` runs; the next is refused
+//!   with [`EngineError::QueueFull`] before any event.
 //! - Event delivery never fails a run; dropped events are counted and leave sequence gaps.
+//!
+//! The rules and numbers behind these (id rules, payload limits) are in [`limits`].
 
 mod agent;
 mod config;
@@ -43,57 +100,27 @@ mod context;
 mod engine;
 mod error;
 mod event;
+pub mod factory_only;
 mod ids;
+pub mod limits;
+mod outcome;
+mod registry;
 mod run;
+mod sanitize;
 mod sink;
+mod sync;
+mod tool;
 
-pub use agent::{
-    Agent, AgentRegistry, AgentRegistryBuilder, BoxError, RegistryError, Tool, ToolContext,
-    ToolPermissionPolicy,
-};
+pub use agent::{Agent, BoxError};
 pub use async_trait::async_trait;
-pub use config::{check_range, EngineConfig, EngineConfigBuilder};
-pub use context::{
-    UserExecutionContext, UserExecutionContextBuilder, MAX_OPERATION_DEPTH, RESERVED_METADATA_KEYS,
-};
-pub use engine::{EngineStats, RunHandle, RunOutcome, UserExecutionEngine, QUEUED_NOTICE};
-pub use error::{ConfigError, ContextError, EngineError, IdError, IdRejection, ToolError};
-pub use event::{
-    sanitize_arguments, sanitize_result, truncate_str, AgentEvent, EventEnvelope, RunStatus,
-    ToolStatus, MAX_ARGUMENT_CHARS, MAX_LIST_ITEMS, MAX_RESULT_CHARS, REDACTED, SECRET_KEY_MARKERS,
-};
-pub use ids::{
-    RequestId, RunId, ThreadId, UserId, ALLOWED_DEFAULTS, FORBIDDEN_PREFIXES, FORBIDDEN_VALUES,
-    MAX_ID_BYTES, SHORT_VALUE_CHARS,
-};
+pub use config::{EngineConfig, EngineConfigBuilder};
+pub use context::{UserExecutionContext, UserExecutionContextBuilder};
+pub use engine::{RunHandle, UserExecutionEngine};
+pub use error::{ConfigError, ContextError, EngineError, ToolError};
+pub use event::{AgentEvent, EventEnvelope, RunStatus, ToolStatus};
+pub use ids::{IdError, IdRejection, RequestId, RunId, ThreadId, UserId};
+pub use outcome::{EngineStats, RunEnd, RunOutcome};
+pub use registry::{AgentRegistry, AgentRegistryBuilder, RegistryError};
 pub use run::{RunContext, ToolDispatcher};
 pub use sink::{Delivery, DeliveryError, EventSink};
-
-/// The engine constructor, reserved for `engine-factory`.
-///
-/// Rust has no "friend crate" visibility, so this function has to be public for the factory
-/// crate to call it. It is hidden from the docs, and `cargo xtask tidy` / `cargo xtask migrate
-/// --check` (rule SSOT003, factory-bypass) fail CI on any call outside `engine-factory`. Use
-/// `ExecutionEngineFactory::create_for_user` instead.
-#[doc(hidden)]
-pub mod factory_only {
-    use std::sync::Arc;
-
-    use crate::{
-        AgentRegistry, EngineConfig, EngineError, EventSink, UserExecutionContext,
-        UserExecutionEngine,
-    };
-
-    /// Builds an engine for `context`'s user. Only `engine-factory` may call this.
-    ///
-    /// # Errors
-    /// [`EngineError::SinkUserMismatch`] when `sink` is bound to another user.
-    pub fn assemble_engine(
-        context: UserExecutionContext,
-        config: EngineConfig,
-        registry: AgentRegistry,
-        sink: Arc<dyn EventSink>,
-    ) -> Result<UserExecutionEngine, EngineError> {
-        UserExecutionEngine::assemble(context, config, registry, sink)
-    }
-}
+pub use tool::{Tool, ToolContext, ToolPermissionPolicy};

@@ -10,6 +10,7 @@ use crate::ids::UserId;
 
 /// Why a sink could not deliver one event. The engine counts it as dropped; the run goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeliveryError {
     /// Nobody is subscribed to this user's events.
     #[error("no subscriber for user {0}")]
@@ -33,6 +34,7 @@ pub enum DeliveryError {
 /// The result of [`EventSink::deliver`]: already decided (no allocation, the common case), or
 /// a future that finishes the delivery (for example while waiting on a full buffer).
 #[must_use = "a delivery does nothing unless awaited"]
+#[non_exhaustive]
 pub enum Delivery<'a> {
     /// Decided without waiting.
     Ready(Option<Result<(), DeliveryError>>),

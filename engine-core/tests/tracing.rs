@@ -5,11 +5,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use engine_core::factory_only::assemble_engine;
 use engine_core::{
-    async_trait, Agent, AgentRegistry, BoxError, Delivery, EngineConfig, EventEnvelope, EventSink,
-    RunContext, RunStatus, UserExecutionContext, UserId,
+    async_trait, Agent, AgentRegistry, BoxError, RunContext, RunStatus, UserExecutionContext,
 };
+use engine_factory::{ExecutionEngineFactory, FactoryConfig};
 
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<Mutex<Vec<u8>>>);
@@ -21,17 +20,6 @@ impl std::io::Write for LogBuffer {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-struct Discard(UserId);
-
-impl EventSink for Discard {
-    fn user_id(&self) -> &UserId {
-        &self.0
-    }
-    fn deliver(&self, _event: Arc<EventEnvelope>) -> Delivery<'_> {
-        Delivery::ready(Ok(()))
     }
 }
 
@@ -60,13 +48,13 @@ async fn every_run_has_a_span_with_its_ids_and_message_contents_are_never_logged
         .agent("refuses", || Refuses)
         .build()
         .unwrap();
-    let sink = Arc::new(Discard(ctx.user_id().clone()));
-    let engine = assemble_engine(ctx.clone(), EngineConfig::default(), registry, sink).unwrap();
+    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry).unwrap();
+    let engine = factory.create_for_user(&ctx).unwrap();
     let out = engine
         .execute(&ctx, "refuses", "my password is hunter2")
         .await
         .unwrap();
-    assert_eq!(out.status, RunStatus::Failed);
+    assert_eq!(out.status(), RunStatus::Failed);
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         text.contains("agent_run{user_id=alice thread_id=thread-a run_id=run-0 agent=\"refuses\"}"),

@@ -3,7 +3,8 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use engine_core::{check_range, ConfigError, EngineConfig};
+use engine_core::limits::check_range;
+use engine_core::{ConfigError, EngineConfig};
 
 /// Limits of an [`ExecutionEngineFactory`](crate::ExecutionEngineFactory), validated when built.
 ///

@@ -6,12 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-#[cfg(feature = "model-check")]
-use shuttle::sync::{Mutex, MutexGuard};
-#[cfg(not(feature = "model-check"))]
-use std::sync::{Mutex, MutexGuard};
-
-use engine_core::factory_only::assemble_engine;
+use engine_core::factory_only::{FactoryKey, KeyTaken};
 use engine_core::{
     AgentRegistry, EngineError, RunId, UserExecutionContext, UserExecutionEngine, UserId,
 };
@@ -20,10 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::FactoryConfig;
 use crate::hub::{EventHub, Subscription};
+use crate::privileged;
+use crate::sync::{lock, Mutex};
 
 /// Why the factory refused or failed a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FactoryError {
+    /// Code outside engine-factory took the engine construction key before the first factory
+    /// was created, so no factory can build engines in this process.
+    #[error("cannot create the engine factory: {0}")]
+    KeyTaken(#[from] KeyTaken),
     /// The user already holds `limit` live engines.
     #[error("user {user} has reached the engine limit ({limit}/{limit} engines, max_engines_per_user = {limit}); close an engine or let the reaper remove idle ones")]
     UserLimitReached {
@@ -50,6 +52,7 @@ pub enum FactoryError {
 
 /// A snapshot of the factory's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FactoryMetrics {
     /// Engines created since start.
     pub engines_created: u64,
@@ -79,6 +82,7 @@ pub struct FactoryMetrics {
 
 /// What [`ExecutionEngineFactory::shutdown`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShutdownReport {
     /// Engines shut down.
     pub engines_closed: usize,
@@ -86,7 +90,7 @@ pub struct ShutdownReport {
     pub deadline_exceeded: bool,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counters {
     created: AtomicU64,
     cleaned: AtomicU64,
@@ -111,6 +115,7 @@ struct State {
 }
 
 struct FactoryInner {
+    key: &'static FactoryKey,
     config: FactoryConfig,
     registry: AgentRegistry,
     hub: EventHub,
@@ -118,10 +123,6 @@ struct FactoryInner {
     counters: Counters,
     reaper_started: AtomicBool,
     reaper_stop: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl FactoryInner {
@@ -159,12 +160,12 @@ impl FactoryInner {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let registry = AgentRegistry::builder().agent("hello", || Hello).build()?;
-/// let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry);
+/// let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry)?;
 /// let ctx = UserExecutionContext::new("alice", "thread-1", "run-1")?;
 /// let mut events = factory.subscribe(ctx.user_id());
 /// let engine = factory.create_for_user(&ctx)?;
 /// let outcome = engine.execute(&ctx, "hello", "world").await?;
-/// assert_eq!(outcome.result.as_deref(), Some("hello, world"));
+/// assert_eq!(outcome.result(), Some("hello, world"));
 /// let first = events.recv().await.unwrap();
 /// assert_eq!(first.event.kind(), "agent_started");
 /// engine.close().await;
@@ -188,11 +189,18 @@ impl std::fmt::Debug for ExecutionEngineFactory {
 
 impl ExecutionEngineFactory {
     /// A factory with `config` (validated by its builder) and the agents of `registry`. The
-    /// background reaper starts with the first engine.
-    pub fn new(config: FactoryConfig, registry: AgentRegistry) -> Self {
+    /// background reaper starts with the first engine. Any number of factories may exist; they
+    /// share the process's one engine construction key.
+    ///
+    /// # Errors
+    /// [`FactoryError::KeyTaken`] when other code took the key first (see
+    /// [`engine_core::factory_only`]); the message names where.
+    pub fn new(config: FactoryConfig, registry: AgentRegistry) -> Result<Self, FactoryError> {
+        let key = privileged::key()?;
         let hub = EventHub::new(config.subscriber_buffer(), config.backpressure_deadline());
-        Self {
+        Ok(Self {
             inner: Arc::new(FactoryInner {
+                key,
                 config,
                 registry,
                 hub,
@@ -201,7 +209,7 @@ impl ExecutionEngineFactory {
                 reaper_started: AtomicBool::new(false),
                 reaper_stop: CancellationToken::new(),
             }),
-        }
+        })
     }
 
     /// The factory's configuration.
@@ -271,12 +279,9 @@ impl ExecutionEngineFactory {
         }
         let user = context.user_id();
         let limit = inner.config.max_engines_per_user();
+        // Only the factory stops engines, and it removes their slots first: every slot here is
+        // a live engine.
         let slots = state.users.entry(user.clone()).or_default();
-        // Engines shut down directly (not through the factory) no longer count.
-        let before = slots.len();
-        slots.retain(|_, s| s.engine.is_active());
-        let gone = (before - slots.len()) as u64;
-        inner.counters.cleaned.fetch_add(gone, Ordering::Relaxed);
         let result = if slots.values().any(|s| &s.run_id == context.run_id()) {
             Err(FactoryError::DuplicateRun {
                 user: user.clone(),
@@ -288,7 +293,8 @@ impl ExecutionEngineFactory {
                 limit,
             })
         } else {
-            assemble_engine(
+            privileged::assemble(
+                inner.key,
                 context.clone(),
                 inner.config.engine().clone(),
                 inner.registry.clone(),
@@ -352,9 +358,9 @@ impl ExecutionEngineFactory {
         self.inner.hub.subscribe(user)
     }
 
-    /// The factory's event hub (for stats and subscriber counts).
-    pub fn hub(&self) -> &EventHub {
-        &self.inner.hub
+    /// Live subscriptions of `user`.
+    pub fn subscriber_count(&self, user: &UserId) -> usize {
+        self.inner.hub.subscriber_count(user)
     }
 
     /// Live engines of `user`.
@@ -377,8 +383,8 @@ impl ExecutionEngineFactory {
         n
     }
 
-    /// Removes engines that were shut down, and idle engines older than the TTL (an engine with
-    /// runs in flight is left until they end). Returns how many were removed. The background
+    /// Removes engines older than the TTL that have no run in flight (one with runs in flight
+    /// is left until they end). Returns how many were removed. The background
     /// reaper calls this every `reaper_interval`.
     pub fn reap_now(&self) -> usize {
         reap(&self.inner)
@@ -447,12 +453,14 @@ impl ExecutionEngineFactory {
         if engines.is_empty() {
             return true;
         }
+        let key = self.inner.key;
         for e in &engines {
-            e.begin_shutdown();
+            privileged::begin_shutdown(key, e);
         }
         let n = engines.len() as u64;
         self.inner.counters.cleaned.fetch_add(n, Ordering::Relaxed);
-        let all = futures_util::future::join_all(engines.iter().map(UserExecutionEngine::shutdown));
+        let all =
+            futures_util::future::join_all(engines.iter().map(|e| privileged::shutdown(key, e)));
         // Without a tokio runtime there are no timers (and no runs to wait for): just await.
         let within_deadline = if tokio::runtime::Handle::try_current().is_ok() {
             tokio::time::timeout(self.inner.config.shutdown_deadline(), all)
@@ -507,35 +515,29 @@ impl ExecutionEngineFactory {
 
 fn reap(inner: &FactoryInner) -> usize {
     let ttl = inner.config.engine_ttl();
-    let mut inactive = 0u64;
     let mut expired: Vec<UserExecutionEngine> = Vec::new();
     {
         let mut state = lock(&inner.state);
         state.users.retain(|_, slots| {
             slots.retain(|_, slot| {
                 let e = &slot.engine;
-                if !e.is_active() {
-                    inactive += 1;
-                    false
-                } else if e.age() > ttl && e.active_run_count() == 0 {
+                let keep = e.age() <= ttl || e.active_run_count() > 0;
+                if !keep {
                     expired.push(e.clone());
-                    false
-                } else {
-                    true
                 }
+                keep
             });
             !slots.is_empty()
         });
     }
     for e in &expired {
-        e.begin_shutdown();
+        privileged::begin_shutdown(inner.key, e);
     }
+    let n = expired.len() as u64;
     let c = &inner.counters;
-    let total = inactive + expired.len() as u64;
-    c.cleaned.fetch_add(total, Ordering::Relaxed);
-    c.timeout_cleanups
-        .fetch_add(expired.len() as u64, Ordering::Relaxed);
-    usize::try_from(total).unwrap_or(usize::MAX)
+    c.cleaned.fetch_add(n, Ordering::Relaxed);
+    c.timeout_cleanups.fetch_add(n, Ordering::Relaxed);
+    expired.len()
 }
 
 /// An engine on loan from the factory. Dereferences to [`UserExecutionEngine`].
@@ -567,7 +569,7 @@ impl EngineHandle {
     /// slot.
     pub async fn close(mut self) {
         self.release_slot();
-        self.engine.shutdown().await;
+        privileged::shutdown(self.factory.key, &self.engine).await;
     }
 
     /// Frees the slot once (counting the cleanup unless the reaper or `cleanup_user` already
@@ -586,7 +588,7 @@ impl EngineHandle {
                 .cleaned
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.engine.begin_shutdown();
+        privileged::begin_shutdown(self.factory.key, &self.engine);
     }
 }
 

@@ -8,22 +8,20 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use engine_core::{Delivery, DeliveryError, EventEnvelope, EventSink, UserId};
 use tokio::sync::mpsc;
 
-type Tx = mpsc::Sender<Arc<EventEnvelope>>;
+use crate::sync::{lock, read, write, Mutex};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+type Tx = mpsc::Sender<Arc<EventEnvelope>>;
 
 /// Counters of the hub, over all users (no per-user data).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HubStats {
+pub(crate) struct HubStats {
     /// Users with a live channel (an engine or a subscriber).
     pub users: usize,
     /// Live subscriptions.
@@ -70,7 +68,7 @@ impl Drop for UserChannel {
 
 /// Routes events to subscribers, per user. Cheap to clone; owned by the factory.
 #[derive(Clone)]
-pub struct EventHub {
+pub(crate) struct EventHub {
     inner: Arc<HubInner>,
 }
 
@@ -115,16 +113,12 @@ impl EventHub {
     /// A subscription to `user`'s events: it yields only envelopes whose `user_id` is `user`.
     /// Several subscriptions per user are allowed; each receives every event. After the hub is
     /// closed, a new subscription ends immediately.
-    pub fn subscribe(&self, user: &UserId) -> Subscription {
+    pub(crate) fn subscribe(&self, user: &UserId) -> Subscription {
         let channel = self.channel(user);
         let (tx, rx) = mpsc::channel(self.inner.buffer);
         let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
         if !self.inner.closed.load(Ordering::Acquire) {
-            channel
-                .subscribers
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((id, tx));
+            write(&channel.subscribers).push((id, tx));
         }
         Subscription {
             user: user.clone(),
@@ -145,35 +139,22 @@ impl EventHub {
     }
 
     /// Counters over all users.
-    pub fn stats(&self) -> HubStats {
+    pub(crate) fn stats(&self) -> HubStats {
         let users = lock(&self.inner.users);
         let live: Vec<Arc<UserChannel>> = users.values().filter_map(Weak::upgrade).collect();
         drop(users);
         HubStats {
             users: live.len(),
-            subscribers: live
-                .iter()
-                .map(|c| {
-                    c.subscribers
-                        .read()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .len()
-                })
-                .sum(),
+            subscribers: live.iter().map(|c| read(&c.subscribers).len()).sum(),
             delivered: self.inner.counters.delivered.load(Ordering::Relaxed),
             dropped: self.inner.counters.dropped.load(Ordering::Relaxed),
         }
     }
 
     /// Number of live subscriptions of `user`.
-    pub fn subscriber_count(&self, user: &UserId) -> usize {
+    pub(crate) fn subscriber_count(&self, user: &UserId) -> usize {
         let channel = lock(&self.inner.users).get(user).and_then(Weak::upgrade);
-        channel.map_or(0, |c| {
-            c.subscribers
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .len()
-        })
+        channel.map_or(0, |c| read(&c.subscribers).len())
     }
 
     /// Ends every subscription (after buffered events are read) and refuses new ones.
@@ -184,11 +165,7 @@ impl EventHub {
             .filter_map(Weak::upgrade)
             .collect();
         for channel in live {
-            channel
-                .subscribers
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clear();
+            write(&channel.subscribers).clear();
         }
     }
 }
@@ -219,11 +196,7 @@ impl EventSink for HubSink {
         let mut full: Vec<Tx> = Vec::new();
         let mut delivered = 0u64;
         let subscribers = {
-            let subs = self
-                .channel
-                .subscribers
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let subs = read(&self.channel.subscribers);
             for (_, tx) in subs.iter() {
                 match tx.try_send(Arc::clone(&event)) {
                     Ok(()) => delivered += 1,
@@ -316,11 +289,7 @@ impl futures_core::Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(channel) = self.channel.take() {
-            channel
-                .subscribers
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .retain(|(id, _)| *id != self.id);
+            write(&channel.subscribers).retain(|(id, _)| *id != self.id);
         }
     }
 }

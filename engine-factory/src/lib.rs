@@ -2,7 +2,7 @@
 //!
 //! [`ExecutionEngineFactory`] validates contexts, admits engines under per-user limits, hands
 //! each engine an event sink bound to its own user, routes events to per-user
-//! [`Subscription`]s through its [`EventHub`], reaps idle and expired engines, and shuts down
+//! [`Subscription`]s through its event hub, reaps idle and expired engines, and shuts down
 //! gracefully.
 //!
 //! ```
@@ -22,13 +22,13 @@
 //! let factory = ExecutionEngineFactory::new(
 //!     FactoryConfig::builder().max_engines_per_user(2).build()?,
 //!     AgentRegistry::builder().agent("echo", || Echo).build()?,
-//! );
+//! )?;
 //! let ctx = UserExecutionContext::new("alice", "thread-1", "run-1")?;
 //! let run = ctx.clone();
 //! let answer = factory
 //!     .scope(&ctx, |engine| async move { engine.execute(&run, "echo", "hi").await })
 //!     .await??;
-//! assert_eq!(answer.result.as_deref(), Some("hi"));
+//! assert_eq!(answer.result(), Some("hi"));
 //! assert_eq!(factory.metrics().active_engines, 0, "scope closed the engine");
 //! # Ok(())
 //! # }
@@ -39,9 +39,11 @@
 mod config;
 mod factory;
 mod hub;
+mod privileged;
+mod sync;
 
 pub use config::{FactoryConfig, FactoryConfigBuilder};
 pub use factory::{
     EngineHandle, ExecutionEngineFactory, FactoryError, FactoryMetrics, ShutdownReport,
 };
-pub use hub::{EventHub, HubStats, Subscription};
+pub use hub::Subscription;

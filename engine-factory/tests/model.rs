@@ -20,6 +20,7 @@ fn factory(limit: usize) -> ExecutionEngineFactory {
             .unwrap(),
         AgentRegistry::builder().build().unwrap(),
     )
+    .expect("factory")
 }
 
 fn ctx(user: &str, run: usize) -> UserExecutionContext {

@@ -5,7 +5,7 @@
 //! use engine_gateway::{demo::demo_registry, Gateway, GatewayConfig};
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let gateway = Gateway::new(GatewayConfig::development(), demo_registry());
+//! let gateway = Gateway::new(GatewayConfig::development(), demo_registry()).expect("gateway");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! gateway.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
@@ -56,6 +56,7 @@ pub use server::Gateway;
 
 use std::time::Duration;
 
+use engine_core::EngineConfig;
 use engine_factory::FactoryConfig;
 
 /// Gateway limits and keys.
@@ -84,6 +85,19 @@ pub struct GatewayConfig {
     pub session_idle: Duration,
 }
 
+/// The gateway's engine limits: 3 runs at once per user and 4 more waiting; the engine refuses
+/// the next with `too_many_runs`.
+fn default_factory_config() -> FactoryConfig {
+    let engine = EngineConfig::builder()
+        .max_queued_runs(4)
+        .build()
+        .unwrap_or_default();
+    FactoryConfig::builder()
+        .engine(engine)
+        .build()
+        .unwrap_or_default()
+}
+
 impl GatewayConfig {
     /// Development defaults with a random secret and `/dev/token` enabled.
     pub fn development() -> Self {
@@ -100,7 +114,7 @@ impl GatewayConfig {
             max_connections_per_user: 5,
             replay_buffer: 1000,
             connection_queue: 1024,
-            factory: FactoryConfig::default(),
+            factory: default_factory_config(),
             dev_token_ttl: Duration::from_secs(12 * 3600),
             session_idle: Duration::from_secs(600),
         }

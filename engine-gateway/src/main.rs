@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => GatewayConfig::development(),
     };
     let development = config.development;
-    let gateway = Gateway::new(config, demo_registry());
+    let gateway = Gateway::new(config, demo_registry())?;
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let local = listener.local_addr()?;
     println!("engine-gateway listening on http://{local}/");

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use engine_core::{AgentRegistry, RunId, ThreadId, UserExecutionContext, UserId};
+use engine_core::{AgentRegistry, EngineError, RunId, ThreadId, UserExecutionContext, UserId};
 use engine_factory::{ExecutionEngineFactory, FactoryError};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -62,9 +62,12 @@ struct DevTokenQuery {
 
 impl Gateway {
     /// A gateway over a new factory with `registry`'s agents (the page uses `assistant`).
-    pub fn new(config: GatewayConfig, registry: AgentRegistry) -> Self {
-        let factory = ExecutionEngineFactory::new(config.factory.clone(), registry);
-        Self {
+    ///
+    /// # Errors
+    /// [`FactoryError::KeyTaken`] when the factory cannot be created in this process.
+    pub fn new(config: GatewayConfig, registry: AgentRegistry) -> Result<Self, FactoryError> {
+        let factory = ExecutionEngineFactory::new(config.factory.clone(), registry)?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 keys: TokenKeys::new(&config.jwt_secret),
                 config,
@@ -75,7 +78,7 @@ impl Gateway {
                 close_connections: CancellationToken::new(),
                 pumps: tokio_util::task::TaskTracker::new(),
             }),
-        }
+        })
     }
 
     /// The token keys (to issue tokens in tests or an auth service).
@@ -345,22 +348,23 @@ impl Gateway {
         let Some(engine) = engine.as_ref() else {
             return ServerFrame::error("internal", "no engine");
         };
-        let limit = engine.config().max_concurrent_runs();
-        if engine.active_run_count() >= limit {
-            return ServerFrame::error(
-                "too_many_runs",
-                format!(
-                    "{limit} runs are already in progress; wait for one to finish or cancel one"
-                ),
-            );
-        }
+        // Registered before the run starts so its first event finds it; forgotten again if the
+        // engine refuses the run.
         lock(&session.replay).register(ctx.run_id());
         match engine.spawn(&ctx, "assistant", text) {
             Ok(_detached) => ServerFrame::RunAccepted {
                 run_id: ctx.run_id().clone(),
                 client_request_id,
             },
-            Err(e) => ServerFrame::error("internal", e.to_string()),
+            Err(e) => {
+                lock(&session.replay).forget(ctx.run_id());
+                // The engine decides how many runs a user may have; the gateway reports it.
+                let code = match e {
+                    EngineError::QueueFull { .. } => "too_many_runs",
+                    _ => "internal",
+                };
+                ServerFrame::error(code, e.to_string())
+            }
         }
     }
 }

@@ -50,6 +50,13 @@ impl Replay {
         }
     }
 
+    /// Forgets a run registered for a run the engine then refused.
+    pub(crate) fn forget(&mut self, run: &RunId) {
+        if self.runs.remove(run).is_some() {
+            self.run_order.retain(|r| r != run);
+        }
+    }
+
     /// Remembers a run as the user's (before its first event arrives).
     pub(crate) fn register(&mut self, run: &RunId) {
         if !self.runs.contains_key(run) {

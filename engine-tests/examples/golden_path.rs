@@ -14,7 +14,8 @@ const MESSAGES: [&str; 2] = ["what is 6 * 7?", "what time is it, and what is 100
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), demo_registry());
+    let factory =
+        ExecutionEngineFactory::new(FactoryConfig::default(), demo_registry()).expect("factory");
     let users = ["alice", "bob", "carol", "dave"];
     let mut tasks = Vec::new();
     for user in users {
@@ -44,11 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string(&**e)?);
         }
         for a in answers {
-            println!(
-                "--> {}: {}",
-                a.status.as_str(),
-                a.result.as_deref().unwrap_or("-")
-            );
+            println!("--> {}: {}", a.status().as_str(), a.result().unwrap_or("-"));
         }
         assert!(
             received.iter().all(|e| e.user_id.as_str() == *user),

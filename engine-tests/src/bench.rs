@@ -96,7 +96,7 @@ pub fn bench_factory(subscriber_buffer: usize) -> ExecutionEngineFactory {
         .engine(engine)
         .build()
         .unwrap_or_else(|e| unreachable!("{e}"));
-    ExecutionEngineFactory::new(config, bench_registry())
+    ExecutionEngineFactory::new(config, bench_registry()).expect("factory")
 }
 
 /// `n` users named `bench-user-<i>`, each with a root context.

@@ -8,12 +8,12 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let factory = ExecutionEngineFactory::new(FactoryConfig::default(), demo_registry());
+//! let factory = ExecutionEngineFactory::new(FactoryConfig::default(), demo_registry()).expect("factory");
 //! let ctx = UserExecutionContext::new("alice", "thread-1", "run-1")?;
 //! let mut events = factory.subscribe(ctx.user_id());
 //! let engine = factory.create_for_user(&ctx)?;
 //! let outcome = engine.execute(&ctx, "assistant", "what is 6 * 7?").await?;
-//! assert!(outcome.result.unwrap().contains("42"));
+//! assert!(outcome.result().unwrap().contains("42"));
 //! let received: Vec<_> = std::iter::from_fn(|| events.try_recv()).collect();
 //! check_run(&received)?;
 //! # Ok(())

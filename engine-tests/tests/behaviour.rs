@@ -5,10 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine_core::limits::{
+    ALLOWED_DEFAULTS, FORBIDDEN_PREFIXES, FORBIDDEN_VALUES, MAX_OPERATION_DEPTH, QUEUED_NOTICE,
+};
 use engine_core::{
     AgentEvent, ContextError, EngineConfig, EngineError, IdRejection, RunStatus, ToolStatus,
-    UserExecutionContext, UserId, ALLOWED_DEFAULTS, FORBIDDEN_PREFIXES, FORBIDDEN_VALUES,
-    MAX_OPERATION_DEPTH, QUEUED_NOTICE,
+    UserExecutionContext, UserId,
 };
 use engine_factory::{ExecutionEngineFactory, FactoryConfig, FactoryError};
 use engine_tests::{by_run, check_run, drain, script_registry, terminal_status, Observations};
@@ -23,7 +25,10 @@ fn ctx(user: &str, run: &str) -> UserExecutionContext {
 
 fn factory_with(config: FactoryConfig) -> (ExecutionEngineFactory, Arc<Observations>) {
     let (registry, observed) = script_registry();
-    (ExecutionEngineFactory::new(config, registry), observed)
+    (
+        ExecutionEngineFactory::new(config, registry).expect("factory"),
+        observed,
+    )
 }
 
 fn engine_config(
@@ -51,7 +56,7 @@ async fn per_user_limits_are_exact_independent_and_released() {
     assert!(bob.is_active(), "bob unaffected by alice's limit");
     a1.close().await;
     let a3 = f.create_for_user(&ctx("alice", "r3")).unwrap();
-    a2.shutdown().await; // a closed engine does not count either
+    a2.close().await; // a closed engine does not count either
     let _a4 = f.create_for_user(&ctx("alice", "r4")).unwrap();
     drop((a3, bob));
 
@@ -244,8 +249,8 @@ async fn timeouts_errors_and_panics_end_with_the_right_status() {
         .execute(&base.new_run(), "script", "sleep:5000")
         .await
         .unwrap();
-    assert_eq!(out.status, RunStatus::TimedOut);
-    assert!(out.error.unwrap().contains("timed out"));
+    assert_eq!(out.status(), RunStatus::TimedOut);
+    assert!(out.error().unwrap().contains("timed out"));
     assert_eq!(engine.stats().timed_out_runs, 1);
 
     for script in ["fail:model refused", "panic:agent bug"] {
@@ -253,9 +258,9 @@ async fn timeouts_errors_and_panics_end_with_the_right_status() {
             .execute(&base.new_run(), "script", script)
             .await
             .unwrap();
-        assert_eq!(out.status, RunStatus::Failed, "{script}");
+        assert_eq!(out.status(), RunStatus::Failed, "{script}");
         assert!(out
-            .error
+            .error()
             .unwrap()
             .contains(script.split(':').nth(1).unwrap()));
     }
@@ -264,7 +269,7 @@ async fn timeouts_errors_and_panics_end_with_the_right_status() {
         .execute(&base.new_run(), "script", "think:still here")
         .await
         .unwrap();
-    assert_eq!(out.status, RunStatus::Completed, "engine still usable");
+    assert_eq!(out.status(), RunStatus::Completed, "engine still usable");
 
     let out = engine
         .execute(
@@ -274,7 +279,7 @@ async fn timeouts_errors_and_panics_end_with_the_right_status() {
         )
         .await
         .unwrap();
-    assert_eq!(out.status, RunStatus::Completed);
+    assert_eq!(out.status(), RunStatus::Completed);
     let runs = by_run(&drain(&mut sub));
     let statuses: Vec<ToolStatus> = runs[&out.run_id]
         .iter()
@@ -314,8 +319,8 @@ async fn cancellation_running_queued_and_unknown() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     engine.cancel(queued.run_id()).unwrap();
     engine.cancel(running.run_id()).unwrap();
-    assert_eq!(h.outcome().await.unwrap().status, RunStatus::Cancelled);
-    assert_eq!(q.outcome().await.unwrap().status, RunStatus::Cancelled);
+    assert_eq!(h.outcome().await.unwrap().status(), RunStatus::Cancelled);
+    assert_eq!(q.outcome().await.unwrap().status(), RunStatus::Cancelled);
     assert_eq!(
         observed.tool_saw_cancel.load(Ordering::SeqCst),
         1,
@@ -331,7 +336,7 @@ async fn cancellation_running_queued_and_unknown() {
     let w = engine.spawn(&waiting, "script", "wait_cancel").unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     w.cancel();
-    assert_eq!(w.outcome().await.unwrap().status, RunStatus::Cancelled);
+    assert_eq!(w.outcome().await.unwrap().status(), RunStatus::Cancelled);
     assert_eq!(
         observed.agent_saw_cancel.load(Ordering::SeqCst),
         1,
@@ -411,9 +416,10 @@ async fn shutdown_and_reaper() {
         let e = f.create_for_user(&c).unwrap();
         handles.push((e.spawn(&c, "script", "sleep:100000").unwrap(), e));
     }
-    // Reaper: an engine shut down by its owner and an expired idle one are removed and counted.
+    // An engine closed by its owner leaves at once; the reaper removes an expired idle one.
     let dead = f.create_for_user(&ctx("dead", "r1")).unwrap();
-    dead.shutdown().await;
+    dead.close().await;
+    assert_eq!(f.active_engines(&uid("dead")), 0);
     let idle = f.create_for_user(&ctx("idle", "r1")).unwrap();
     tokio::time::sleep(Duration::from_secs(75)).await;
     assert_eq!(f.active_engines(&uid("dead")), 0);
@@ -431,7 +437,7 @@ async fn shutdown_and_reaper() {
     let report = f.shutdown().await;
     assert_eq!(report.engines_closed, 4);
     for (h, e) in handles {
-        assert_eq!(h.outcome().await.unwrap().status, RunStatus::Cancelled);
+        assert_eq!(h.outcome().await.unwrap().status(), RunStatus::Cancelled);
         assert!(!e.is_active());
     }
     for sub in &mut subs {

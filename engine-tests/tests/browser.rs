@@ -76,7 +76,7 @@ async fn the_page_sends_a_message_and_shows_the_answer() {
         eprintln!("skipped: no Chromium found (install Debian's `chromium` or set CHROMIUM)");
         return;
     };
-    let gateway = Gateway::new(GatewayConfig::development(), demo_registry());
+    let gateway = Gateway::new(GatewayConfig::development(), demo_registry()).expect("gateway");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use engine_core::UserId;
+use engine_core::{EngineConfig, UserId};
+use engine_factory::FactoryConfig;
 use engine_gateway::{Gateway, GatewayConfig};
 use engine_tests::script_registry;
 use futures_util::{SinkExt, StreamExt};
@@ -29,7 +30,7 @@ async fn start(tune: impl FnOnce(&mut GatewayConfig)) -> Server {
     config.development = true;
     tune(&mut config);
     let (registry, _) = script_registry();
-    let gateway = Gateway::new(config, registry);
+    let gateway = Gateway::new(config, registry).expect("gateway");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -386,7 +387,10 @@ async fn malformed_frames_get_error_frames_and_the_connection_stays() {
 async fn connection_message_and_run_limits_are_answered() {
     let server = start(|c| {
         c.max_connections_per_user = 2;
-        c.messages_per_minute = 4;
+        c.messages_per_minute = 5;
+        // 3 runs at once and 1 waiting: the engine refuses the 5th message.
+        let engine = EngineConfig::builder().max_queued_runs(1).build().unwrap();
+        c.factory = FactoryConfig::builder().engine(engine).build().unwrap();
     })
     .await;
     let _a = server.connect("frank").await;
@@ -396,7 +400,7 @@ async fn connection_message_and_run_limits_are_answered() {
         .await;
     assert!(matches!(third, Err(tungstenite::Error::Http(r)) if r.status().as_u16() == 429));
     let mut codes = BTreeMap::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         send(
             &mut b,
             json!({"type":"user_message","thread_id":"t","text":"sleep:2000"}),
@@ -414,8 +418,9 @@ async fn connection_message_and_run_limits_are_answered() {
             .to_owned();
         *codes.entry(key).or_insert(0) += 1;
     }
-    // 3 runs at once (the engine's limit), the 4th refused, the 5th over 4 per minute.
-    assert_eq!(codes.get("run_accepted"), Some(&3), "{codes:?}");
+    // 3 runs at once and 1 queued (the engine's limits), the 5th refused by the engine, the 6th
+    // over 5 per minute.
+    assert_eq!(codes.get("run_accepted"), Some(&4), "{codes:?}");
     assert_eq!(codes.get("too_many_runs"), Some(&1), "{codes:?}");
     assert_eq!(codes.get("rate_limited"), Some(&1), "{codes:?}");
     server.stop().await;

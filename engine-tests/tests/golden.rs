@@ -34,7 +34,7 @@ fn kinds(events: &[Arc<EventEnvelope>], kind: &str) -> usize {
 async fn fifteen_users_ten_runs_each_see_only_their_own_data() {
     const USERS: usize = 15;
     let (registry, _) = script_registry();
-    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry);
+    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry).expect("factory");
     let tasks: Vec<_> = (0..USERS)
         .map(|u| {
             let f = factory.clone();
@@ -71,8 +71,8 @@ async fn fifteen_users_ten_runs_each_see_only_their_own_data() {
             assert_eq!(terminal_status(run), Some(RunStatus::Completed));
         }
         for (i, o) in outcomes.iter().enumerate() {
-            assert_eq!(o.status, RunStatus::Completed);
-            let answer = o.result.as_deref().unwrap();
+            assert_eq!(o.status(), RunStatus::Completed);
+            let answer = o.result().unwrap();
             assert!(answer.contains(&format!("answer for {user}")), "{answer}");
             assert!(answer.contains(&format!("secret-{user}-{i}")), "{answer}");
             assert!(
@@ -108,7 +108,7 @@ async fn fifteen_users_ten_runs_each_see_only_their_own_data() {
 async fn eight_users_six_tool_runs_and_one_users_failing_tool_stays_its_own() {
     const USERS: usize = 8;
     let (registry, _) = script_registry();
-    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry);
+    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry).expect("factory");
     let tasks: Vec<_> = (0..USERS)
         .map(|u| {
             let f = factory.clone();
@@ -160,11 +160,11 @@ async fn eight_users_six_tool_runs_and_one_users_failing_tool_stays_its_own() {
         }
         for o in &outcomes {
             assert_eq!(
-                o.status,
+                o.status(),
                 RunStatus::Completed,
                 "tool failures do not fail the run"
             );
-            let answer = o.result.as_deref().unwrap();
+            let answer = o.result().unwrap();
             assert!(answer.contains(&format!("\"who\":\"{user}\"")), "{answer}");
             assert_eq!(contains_other_user(answer, u, USERS), None);
         }
@@ -176,7 +176,7 @@ async fn eight_users_six_tool_runs_and_one_users_failing_tool_stays_its_own() {
 async fn hundred_fifty_users_thirty_events_each_in_order() {
     const USERS: usize = 150;
     let (registry, _) = script_registry();
-    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry);
+    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry).expect("factory");
     // agent_started + 28 thoughts + agent_completed = 30 events.
     let script: String = (0..28).map(|i| format!("think:step {i};")).collect();
     let mut subs: Vec<_> = (0..USERS)
@@ -197,7 +197,7 @@ async fn hundred_fifty_users_thirty_events_each_in_order() {
         })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap().status, RunStatus::Completed);
+        assert_eq!(t.await.unwrap().status(), RunStatus::Completed);
     }
     for (u, sub) in subs.iter_mut().enumerate() {
         let events = drain(sub);
@@ -215,7 +215,8 @@ async fn hundred_fifty_users_thirty_events_each_in_order() {
 /// every run well-formed.
 #[tokio::test]
 async fn golden_path_with_four_agents() {
-    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), demo_registry());
+    let factory =
+        ExecutionEngineFactory::new(FactoryConfig::default(), demo_registry()).expect("factory");
     let mut all = Vec::new();
     for (u, message) in [
         "what is 6 * 7?",
@@ -237,7 +238,7 @@ async fn golden_path_with_four_agents() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(out.status, RunStatus::Completed);
+        assert_eq!(out.status(), RunStatus::Completed);
         let events = drain(&mut sub);
         check_run(&events).unwrap();
         all.extend(events);
@@ -261,7 +262,8 @@ async fn slow_gone_or_absent_consumers_never_stop_runs() {
             .build()
             .unwrap(),
         registry,
-    );
+    )
+    .expect("factory");
     let script: String = (0..10).map(|i| format!("think:{i};")).collect();
 
     // Never reads: the first 4 events are buffered, the other 8 are dropped.
@@ -272,7 +274,7 @@ async fn slow_gone_or_absent_consumers_never_stop_runs() {
         .execute(&ctx, "script", script.clone())
         .await
         .unwrap();
-    assert_eq!(out.status, RunStatus::Completed);
+    assert_eq!(out.status(), RunStatus::Completed);
     assert_eq!((out.events_delivered, out.events_dropped), (4, 8));
     let seqs: Vec<u64> = drain(&mut stuck).iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
@@ -296,7 +298,7 @@ async fn slow_gone_or_absent_consumers_never_stop_runs() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     drop(gone);
     let out = h.outcome().await.unwrap();
-    assert_eq!(out.status, RunStatus::Completed);
+    assert_eq!(out.status(), RunStatus::Completed);
     assert!(out.events_dropped >= 2, "{out:?}");
 
     // Nobody subscribed: every event is counted as dropped.
@@ -304,7 +306,7 @@ async fn slow_gone_or_absent_consumers_never_stop_runs() {
     let engine3 = factory.create_for_user(&ctx).unwrap();
     let out = engine3.execute(&ctx, "script", "think:x").await.unwrap();
     assert_eq!(
-        (out.status, out.events_delivered, out.events_dropped),
+        (out.status(), out.events_delivered, out.events_dropped),
         (RunStatus::Completed, 0, 3)
     );
 

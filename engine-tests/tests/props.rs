@@ -58,7 +58,8 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .build()
             .unwrap(),
         registry,
-    );
+    )
+    .expect("factory");
     let mut subs: Vec<_> = (0..USERS)
         .map(|u| f.subscribe(&UserId::new(user(u)).unwrap()))
         .collect();

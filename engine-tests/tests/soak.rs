@@ -58,7 +58,7 @@ fn soak_many_users_random_fates_nothing_leaks() {
         let factory = ExecutionEngineFactory::new(
             FactoryConfig::builder().subscriber_buffer(1024).build().unwrap(),
             registry,
-        );
+        ).expect("factory");
         let tasks: Vec<_> = (0..users)
             .map(|u| {
                 let f = factory.clone();
@@ -118,11 +118,11 @@ fn soak_many_users_random_fates_nothing_leaks() {
                     Fate::Fail | Fate::Panic => RunStatus::Failed,
                     Fate::Cancel => RunStatus::Cancelled,
                 };
-                assert_eq!(out.status, want, "{uid}: {fate:?} -> {out:?}");
+                assert_eq!(out.status(), want, "{uid}: {fate:?} -> {out:?}");
                 let stream = &per_run[&out.run_id];
                 check_run(stream).unwrap_or_else(|e| panic!("{uid} run {}: {e}", out.run_id));
                 assert_eq!(terminal_status(stream), Some(want));
-                if let Some(answer) = &out.result {
+                if let Some(answer) = out.result() {
                     assert!(answer.contains(uid.as_str()), "{uid} got {answer}");
                 }
             }

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::limits::{QUEUED_NOTICE, REDACTED};
 use crate::{
-    Agent, BoxError, Delivery, DeliveryError, EventEnvelope, Tool, ToolContext, ToolError,
-    UserExecutionContext,
+    Agent, AgentEvent, BoxError, Delivery, DeliveryError, EventEnvelope, RunContext, RunStatus,
+    Tool, ToolContext, ToolError, ToolStatus, UserExecutionContext,
 };
 
 #[derive(Clone, Copy, PartialEq)]
@@ -244,9 +245,9 @@ async fn golden_run_emits_ordered_events_and_an_answer() {
         Step::Think("answering"),
     ]);
     let out = f.engine.execute(&f.ctx, "script", "hello").await.unwrap();
-    assert_eq!(out.status, RunStatus::Completed);
+    assert_eq!(out.status(), RunStatus::Completed);
     assert!(out.is_success());
-    let answer = out.result.clone().unwrap();
+    let answer = out.result().unwrap().to_owned();
     assert!(answer.starts_with("hello|"), "{answer}");
     assert!(answer.contains("\"user\":\"alice\""));
     assert_eq!(
@@ -270,7 +271,7 @@ async fn golden_run_emits_ordered_events_and_an_answer() {
         AgentEvent::ToolExecuting {
             arguments, call_id, ..
         } => {
-            assert_eq!(arguments["api_token"], crate::REDACTED);
+            assert_eq!(arguments["api_token"], REDACTED);
             assert_eq!(*call_id, 1);
         }
         other => panic!("{other:?}"),
@@ -332,7 +333,7 @@ async fn duplicate_active_run_is_refused_and_cancel_unknown_is_typed() {
         f.engine.cancel(&unknown).unwrap_err(),
         EngineError::UnknownRun { run_id: unknown }
     );
-    assert_eq!(h.outcome().await.unwrap().status, RunStatus::Completed);
+    assert_eq!(h.outcome().await.unwrap().status(), RunStatus::Completed);
     // Once finished, the run id may be used again.
     assert!(f.engine.execute(&f.ctx, "script", "c").await.is_ok());
 }
@@ -351,7 +352,7 @@ async fn concurrency_limit_queues_runs_and_reports_the_wait() {
     let mut waited = 0;
     for h in handles {
         let out = h.outcome().await.unwrap();
-        assert_eq!(out.status, RunStatus::Completed);
+        assert_eq!(out.status(), RunStatus::Completed);
         if out.queue_wait >= Duration::from_millis(150) {
             waited += 1;
         }
@@ -394,12 +395,8 @@ async fn timeout_ends_the_run_timed_out_and_closes_the_open_tool_call() {
         .unwrap();
     let f = fixture_with(vec![Step::Tool("slow", json!({}))], config, SinkMode::Ok);
     let out = f.engine.execute(&f.ctx, "script", "x").await.unwrap();
-    assert_eq!(out.status, RunStatus::TimedOut);
-    assert!(out
-        .error
-        .as_deref()
-        .unwrap()
-        .contains("timed out after 0.1s"));
+    assert_eq!(out.status(), RunStatus::TimedOut);
+    assert!(out.error().unwrap().contains("timed out after 0.1s"));
     let events = f.sink.of_run(f.ctx.run_id());
     assert_well_formed(&events);
     assert_eq!(tool_statuses(&events), [ToolStatus::Timeout]);
@@ -415,12 +412,8 @@ async fn agent_error_and_panic_fail_only_that_run() {
     ] {
         let f = fixture(vec![step]);
         let out = f.engine.execute(&f.ctx, "script", "x").await.unwrap();
-        assert_eq!(out.status, RunStatus::Failed);
-        assert!(
-            out.error.as_deref().unwrap().contains(needle),
-            "{:?}",
-            out.error
-        );
+        assert_eq!(out.status(), RunStatus::Failed);
+        assert!(out.error().unwrap().contains(needle), "{:?}", out.error());
         let events = f.sink.of_run(f.ctx.run_id());
         assert_well_formed(&events);
         assert_eq!(terminal_status(&events), RunStatus::Failed);
@@ -429,7 +422,7 @@ async fn agent_error_and_panic_fail_only_that_run() {
         let next = f.ctx.new_run();
         let out = f.engine.execute(&next, "script", "y").await.unwrap();
         assert_eq!(
-            out.status,
+            out.status(),
             RunStatus::Failed,
             "same script fails again, but runs"
         );
@@ -457,11 +450,11 @@ async fn tool_failures_are_reported_with_their_status() {
     );
     let out = f.engine.execute(&f.ctx, "script", "x").await.unwrap();
     assert_eq!(
-        out.status,
+        out.status(),
         RunStatus::Completed,
         "tool errors do not fail the run"
     );
-    let answer = out.result.unwrap();
+    let answer = out.result().unwrap();
     assert!(
         answer.contains("tool slow timed out after 50 ms"),
         "{answer}"
@@ -505,7 +498,7 @@ async fn cancelling_a_running_run_reaches_agent_and_tool() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     f.engine.cancel(f.ctx.run_id()).unwrap();
     let out = h.outcome().await.unwrap();
-    assert_eq!(out.status, RunStatus::Cancelled);
+    assert_eq!(out.status(), RunStatus::Cancelled);
     assert_eq!(
         seen.load(Ordering::SeqCst),
         1,
@@ -520,7 +513,7 @@ async fn cancelling_a_running_run_reaches_agent_and_tool() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     h.cancel();
     let out = h.outcome().await.unwrap();
-    assert_eq!(out.status, RunStatus::Cancelled);
+    assert_eq!(out.status(), RunStatus::Cancelled);
     assert_eq!(
         g.tool_saw_cancel.load(Ordering::SeqCst),
         1,
@@ -545,9 +538,12 @@ async fn cancelling_a_queued_run_never_starts_the_agent() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     f.engine.cancel(queued_ctx.run_id()).unwrap();
     let out = queued.outcome().await.unwrap();
-    assert_eq!(out.status, RunStatus::Cancelled);
+    assert_eq!(out.status(), RunStatus::Cancelled);
     assert_eq!(out.execution_time, Duration::ZERO);
-    assert_eq!(first.outcome().await.unwrap().status, RunStatus::Completed);
+    assert_eq!(
+        first.outcome().await.unwrap().status(),
+        RunStatus::Completed
+    );
     assert_eq!(
         f.starts.load(Ordering::SeqCst),
         1,
@@ -573,7 +569,7 @@ async fn history_keeps_the_newest_runs() {
     }
     let history = f.engine.history();
     assert_eq!(history.len(), 100);
-    assert_eq!(history[0].result.as_deref(), Some("m10"));
+    assert_eq!(history[0].result(), Some("m10"));
     assert_eq!(history.last().unwrap().run_id, last.unwrap());
     let stats = f.engine.stats();
     assert_eq!(stats.total_runs, 110);
@@ -620,7 +616,7 @@ async fn delivery_failures_never_fail_a_run_and_are_counted() {
             mode,
         );
         let out = f.engine.execute(&f.ctx, "script", "x").await.unwrap();
-        assert_eq!(out.status, RunStatus::Completed);
+        assert_eq!(out.status(), RunStatus::Completed);
         assert_eq!(out.events_delivered, 0);
         assert_eq!(out.events_dropped, 5);
         assert_eq!(f.engine.stats().events_dropped, 5);

@@ -1,0 +1,168 @@
+//! How runs end: [`RunOutcome`] (one run, its [`RunEnd`]) and [`EngineStats`] (an engine's
+//! counters), with the accumulator that keeps the stats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::event::RunStatus;
+use crate::ids::{RunId, ThreadId};
+
+/// How a run ended, with exactly the data that ending has: an answer only when it completed, an
+/// error or reason otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunEnd {
+    /// The agent returned an answer.
+    Completed {
+        /// The agent's answer.
+        answer: String,
+    },
+    /// The agent returned an error or panicked.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+    /// The run exceeded the run timeout.
+    TimedOut {
+        /// Which limit elapsed.
+        error: String,
+    },
+    /// The run was cancelled (by id, by its handle, or by the engine stopping).
+    Cancelled {
+        /// When and how it was cancelled.
+        reason: String,
+    },
+}
+
+impl RunEnd {
+    /// The status carried by the run's terminal event.
+    pub fn status(&self) -> RunStatus {
+        match self {
+            Self::Completed { .. } => RunStatus::Completed,
+            Self::Failed { .. } => RunStatus::Failed,
+            Self::TimedOut { .. } => RunStatus::TimedOut,
+            Self::Cancelled { .. } => RunStatus::Cancelled,
+        }
+    }
+    /// The answer, for a completed run.
+    pub fn answer(&self) -> Option<&str> {
+        match self {
+            Self::Completed { answer } => Some(answer),
+            _ => None,
+        }
+    }
+    /// The error or cancellation reason, for any other ending.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Self::Completed { .. } => None,
+            Self::Failed { error } | Self::TimedOut { error } => Some(error),
+            Self::Cancelled { reason } => Some(reason),
+        }
+    }
+}
+
+/// How one run ended, as returned to the caller and kept in the engine's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOutcome {
+    /// The run.
+    pub run_id: RunId,
+    /// The run's thread.
+    pub thread_id: ThreadId,
+    /// The agent that ran.
+    pub agent_name: Arc<str>,
+    /// How it ended, with its answer or error.
+    pub end: RunEnd,
+    /// Time spent waiting for a concurrency slot.
+    pub queue_wait: Duration,
+    /// Time the agent ran (zero if it never started).
+    pub execution_time: Duration,
+    /// Events the sink accepted.
+    pub events_delivered: u64,
+    /// Events the sink dropped (visible to the consumer as sequence gaps).
+    pub events_dropped: u64,
+}
+
+impl RunOutcome {
+    /// How the run ended.
+    pub fn status(&self) -> RunStatus {
+        self.end.status()
+    }
+    /// Whether the run ended with status `completed`.
+    pub fn is_success(&self) -> bool {
+        matches!(self.end, RunEnd::Completed { .. })
+    }
+    /// The agent's answer, for a completed run.
+    pub fn result(&self) -> Option<&str> {
+        self.end.answer()
+    }
+    /// The error or cancellation reason, for any other ending.
+    pub fn error(&self) -> Option<&str> {
+        self.end.error()
+    }
+}
+
+/// Counters of one engine. Everything in it is about this engine's own user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Runs accepted.
+    pub total_runs: u64,
+    /// Runs refused because the engine already held its most runs (queue full).
+    pub rejected_runs: u64,
+    /// Runs that ended `completed`.
+    pub completed_runs: u64,
+    /// Runs that ended `failed`.
+    pub failed_runs: u64,
+    /// Runs that ended `timed_out`.
+    pub timed_out_runs: u64,
+    /// Runs that ended `cancelled`.
+    pub cancelled_runs: u64,
+    /// Runs accepted and not yet ended (queued or executing).
+    pub active_runs: usize,
+    /// Mean queue wait of finished runs.
+    pub avg_queue_wait: Duration,
+    /// Longest queue wait of a finished run.
+    pub max_queue_wait: Duration,
+    /// Mean agent execution time of finished runs.
+    pub avg_execution_time: Duration,
+    /// Longest agent execution time of a finished run.
+    pub max_execution_time: Duration,
+    /// Events the sink accepted, over finished runs.
+    pub events_delivered: u64,
+    /// Events dropped, over finished runs.
+    pub events_dropped: u64,
+    /// Runs currently in the history.
+    pub history_len: usize,
+}
+
+/// Keeps [`EngineStats`] with the running totals its means need.
+#[derive(Debug, Default)]
+pub(crate) struct StatsAcc {
+    pub(crate) stats: EngineStats,
+    finished: u32,
+    queue_total: Duration,
+    exec_total: Duration,
+}
+
+impl StatsAcc {
+    /// Counts one finished run.
+    pub(crate) fn record(&mut self, outcome: &RunOutcome) {
+        let s = &mut self.stats;
+        match outcome.end {
+            RunEnd::Completed { .. } => s.completed_runs += 1,
+            RunEnd::Failed { .. } => s.failed_runs += 1,
+            RunEnd::TimedOut { .. } => s.timed_out_runs += 1,
+            RunEnd::Cancelled { .. } => s.cancelled_runs += 1,
+        }
+        s.events_delivered += outcome.events_delivered;
+        s.events_dropped += outcome.events_dropped;
+        s.max_queue_wait = s.max_queue_wait.max(outcome.queue_wait);
+        s.max_execution_time = s.max_execution_time.max(outcome.execution_time);
+        self.finished += 1;
+        self.queue_total += outcome.queue_wait;
+        self.exec_total += outcome.execution_time;
+        s.avg_queue_wait = self.queue_total / self.finished;
+        s.avg_execution_time = self.exec_total / self.finished;
+    }
+}

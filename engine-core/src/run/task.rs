@@ -1,0 +1,208 @@
+//! [`Run`]: the lifecycle of one accepted run inside its own task — `agent_started`, the wait for
+//! a concurrency slot, the agent under its timeout and cancellation, the terminal event, and the
+//! record in the engine's history and stats.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::SemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::UserExecutionContext;
+use crate::engine::EngineInner;
+use crate::error::panic_message;
+use crate::event::{AgentEvent, RunStatus, ToolStatus};
+use crate::limits::QUEUED_NOTICE;
+use crate::outcome::{RunEnd, RunOutcome};
+use crate::run::emit::{millis, within, Emitter};
+use crate::run::RunContext;
+use crate::sync::lock;
+
+/// One accepted run, moved into its task.
+pub(crate) struct Run {
+    pub(crate) engine: Arc<EngineInner>,
+    pub(crate) context: UserExecutionContext,
+    pub(crate) agent_name: Arc<str>,
+    pub(crate) input: String,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Run {
+    /// Runs to the end. Whatever happens inside, the run emits `agent_started` first and exactly
+    /// one `agent_completed` last, and is recorded and released in the engine.
+    pub(crate) async fn execute(self) -> RunOutcome {
+        let engine = &self.engine;
+        let config = &engine.config;
+        let accepted = Instant::now();
+        let mut rc = RunContext::new(
+            Arc::clone(&self.agent_name),
+            self.context.clone(),
+            engine.registry.clone(),
+            Arc::clone(&engine.sink),
+            self.cancel.clone(),
+            config.tool_timeout(),
+            config.delivery_timeout(),
+        );
+        rc.emitter()
+            .emit(AgentEvent::AgentStarted {
+                agent_name: Arc::clone(&self.agent_name),
+            })
+            .await;
+
+        let permit = self.wait_for_slot(rc.emitter()).await;
+        let queue_wait = accepted.elapsed();
+        let mut execution_time = Duration::ZERO;
+        let end = match permit {
+            None => RunEnd::Cancelled {
+                reason: "cancelled while queued; the agent never started".into(),
+            },
+            Some(permit) => {
+                let started = Instant::now();
+                let end = self.run_agent(&mut rc).await;
+                execution_time = started.elapsed();
+                drop(permit);
+                end
+            }
+        };
+
+        let status = end.status();
+        if status != RunStatus::Completed && status != RunStatus::Cancelled {
+            tracing::warn!(status = status.as_str(), "run did not complete");
+            rc.emitter()
+                .emit(AgentEvent::AgentError {
+                    message: end.error().unwrap_or_default().to_owned(),
+                })
+                .await;
+        }
+        rc.emitter()
+            .emit(AgentEvent::AgentCompleted {
+                agent_name: Arc::clone(&self.agent_name),
+                status,
+                success: status == RunStatus::Completed,
+                result: end.answer().map(str::to_owned),
+                error: end.error().map(str::to_owned),
+                duration_ms: millis(accepted.elapsed()),
+            })
+            .await;
+        let emitter = rc.emitter();
+        let outcome = RunOutcome {
+            run_id: self.context.run_id().clone(),
+            thread_id: self.context.thread_id().clone(),
+            agent_name: Arc::clone(&self.agent_name),
+            end,
+            queue_wait,
+            execution_time,
+            events_delivered: emitter.delivered,
+            events_dropped: emitter.dropped,
+        };
+        self.finish(&outcome);
+        tracing::debug!(status = status.as_str(), "run ended");
+        outcome
+    }
+
+    /// Waits for a concurrency slot; `None` if the run was cancelled while queued. Emits the
+    /// "queued" notice once the wait passes `queue_notice_after`.
+    async fn wait_for_slot<'a>(&'a self, emitter: &mut Emitter) -> Option<SemaphorePermit<'a>> {
+        let semaphore = &self.engine.semaphore;
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        // Fast path: a free slot needs no timer for the queued notice.
+        if let Ok(permit) = semaphore.try_acquire() {
+            return Some(permit);
+        }
+        let acquire = semaphore.acquire();
+        tokio::pin!(acquire);
+        let notice = tokio::time::sleep(self.engine.config.queue_notice_after());
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => return None,
+            permit = &mut acquire => return permit.ok(),
+            () = notice => {}
+        }
+        emitter
+            .emit(AgentEvent::AgentThinking {
+                reasoning: std::borrow::Cow::Borrowed(QUEUED_NOTICE),
+            })
+            .await;
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            permit = acquire => permit.ok(),
+        }
+    }
+
+    async fn run_agent(&self, rc: &mut RunContext) -> RunEnd {
+        let registry = &self.engine.registry;
+        let name = &self.agent_name;
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| registry.create_agent(name)));
+        let mut agent = match made {
+            Ok(Some(agent)) => agent,
+            Ok(None) => {
+                return RunEnd::Failed {
+                    error: format!("agent `{name}` is not registered"),
+                }
+            }
+            Err(panic) => {
+                return RunEnd::Failed {
+                    error: format!(
+                        "agent `{name}` panicked while being created: {}",
+                        panic_message(&*panic)
+                    ),
+                }
+            }
+        };
+        let timeout = self.engine.config.run_timeout();
+        let result = {
+            let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
+            let run = within(timeout, run);
+            // Biased toward the agent: an agent that watches for cancellation returns first.
+            tokio::select! {
+                biased;
+                r = run => Some(r),
+                () = self.cancel.cancelled() => None,
+            }
+        };
+        let end = match result {
+            None => RunEnd::Cancelled {
+                reason: "run cancelled".into(),
+            },
+            Some(Err(_)) => RunEnd::TimedOut {
+                error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
+            },
+            Some(Ok(Err(panic))) => RunEnd::Failed {
+                error: format!("agent `{name}` panicked: {}", panic_message(&*panic)),
+            },
+            Some(Ok(Ok(_))) if self.cancel.is_cancelled() => RunEnd::Cancelled {
+                reason: "run cancelled".into(),
+            },
+            Some(Ok(Ok(Err(e)))) => RunEnd::Failed {
+                error: format!("agent `{name}` failed: {e}"),
+            },
+            Some(Ok(Ok(Ok(answer)))) => RunEnd::Completed { answer },
+        };
+        let open_status = match &end {
+            RunEnd::TimedOut { .. } => ToolStatus::Timeout,
+            _ => ToolStatus::Cancelled,
+        };
+        rc.close_open_call(open_status, "the run ended while the tool was executing")
+            .await;
+        end
+    }
+
+    /// Records the outcome in history and stats and releases the run id, under one lock.
+    fn finish(&self, outcome: &RunOutcome) {
+        let engine = &self.engine;
+        let mut state = lock(&engine.state);
+        state.acc.record(outcome);
+        state.history.push_back(outcome.clone());
+        while state.history.len() > engine.config.history_limit() {
+            state.history.pop_front();
+        }
+        state.last_activity = Instant::now();
+        state.runs.remove(&outcome.run_id);
+    }
+}

@@ -1,0 +1,187 @@
+//! The per-run [`ToolDispatcher`]: name resolution, the permission policy, the tool timeout,
+//! cancellation, panic containment, and the `tool_executing` / `tool_completed` pair of every
+//! call.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::UserExecutionContext;
+use crate::error::{panic_message, ToolError};
+use crate::event::{AgentEvent, ToolStatus};
+use crate::limits::MAX_RESULT_CHARS;
+use crate::registry::AgentRegistry;
+use crate::run::emit::{millis, within, Emitter};
+use crate::sanitize::{sanitize_arguments, sanitize_result, truncate_str};
+use crate::tool::{Tool, ToolContext};
+
+/// A tool call that has emitted `tool_executing` but not yet `tool_completed`.
+pub(super) struct OpenCall {
+    call_id: u32,
+    tool_name: Arc<str>,
+    started: Instant,
+}
+
+/// The per-run tool dispatcher: resolves tool names, applies the permission policy, the tool
+/// timeout and cancellation, contains panics, and emits the `tool_executing` /
+/// `tool_completed` pair of every call. One exists per run and is dropped with it.
+pub struct ToolDispatcher {
+    pub(super) registry: AgentRegistry,
+    pub(super) context: UserExecutionContext,
+    pub(super) cancel: CancellationToken,
+    pub(super) tool_timeout: Duration,
+    pub(super) next_call_id: u32,
+    pub(super) open: Option<OpenCall>,
+    pub(super) calls: u32,
+}
+
+impl std::fmt::Debug for ToolDispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolDispatcher")
+            .field("run_id", self.context.run_id())
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolDispatcher {
+    /// Names of the tools this run may see (registered tools, sorted; the permission policy is
+    /// applied per call).
+    pub fn tool_names(&self) -> Vec<&str> {
+        self.registry.tool_names().collect()
+    }
+    /// Whether a tool of this name is registered.
+    pub fn has_tool(&self, name: &str) -> bool {
+        self.registry.tool(name).is_some()
+    }
+    /// Whether the run's user may call this tool under the permission policy.
+    pub fn is_allowed(&self, name: &str) -> bool {
+        self.registry.is_allowed(self.context.user_id(), name)
+    }
+    /// Tool calls made so far in this run.
+    pub fn calls_made(&self) -> u32 {
+        self.calls
+    }
+
+    pub(super) async fn dispatch(
+        &mut self,
+        emitter: &mut Emitter,
+        name: &str,
+        args: Value,
+    ) -> Result<Value, ToolError> {
+        self.next_call_id += 1;
+        self.calls += 1;
+        let call_id = self.next_call_id;
+        // The registry's shared name when the tool exists; unknown names are copied once.
+        let entry = self.registry.tool_entry(name);
+        let tool_name = entry
+            .as_ref()
+            .map_or_else(|| Arc::from(name), |(n, _)| Arc::clone(n));
+        self.open = Some(OpenCall {
+            call_id,
+            tool_name: Arc::clone(&tool_name),
+            started: Instant::now(),
+        });
+        emitter
+            .emit(AgentEvent::ToolExecuting {
+                tool_name,
+                call_id,
+                arguments: sanitize_arguments(&args),
+            })
+            .await;
+        let outcome = self.invoke(name, entry.map(|(_, t)| t), args).await;
+        let (status, result, error) = match &outcome {
+            Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
+            Err(e) => {
+                let status = match e {
+                    ToolError::PermissionDenied { .. } => ToolStatus::PermissionDenied,
+                    ToolError::Timeout { .. } => ToolStatus::Timeout,
+                    ToolError::Cancelled { .. } => ToolStatus::Cancelled,
+                    _ => ToolStatus::Error,
+                };
+                (
+                    status,
+                    None,
+                    Some(truncate_str(&e.to_string(), MAX_RESULT_CHARS)),
+                )
+            }
+        };
+        self.complete_open(emitter, status, result, error).await;
+        outcome
+    }
+
+    async fn invoke(
+        &self,
+        name: &str,
+        tool: Option<Arc<dyn Tool>>,
+        args: Value,
+    ) -> Result<Value, ToolError> {
+        let Some(tool) = tool else {
+            return Err(ToolError::NotFound { name: name.into() });
+        };
+        if !self.is_allowed(name) {
+            return Err(ToolError::PermissionDenied {
+                name: name.into(),
+                user: self.context.user_id().clone(),
+            });
+        }
+        if self.cancel.is_cancelled() {
+            return Err(ToolError::Cancelled { name: name.into() });
+        }
+        let tool_ctx = ToolContext::new(self.context.clone(), self.cancel.clone());
+        let call = AssertUnwindSafe(tool.call(args, &tool_ctx)).catch_unwind();
+        let call = within(self.tool_timeout, call);
+        // Biased toward the tool: a tool that watches its ToolContext sees the cancellation and
+        // may return before the call is abandoned.
+        let result = tokio::select! {
+            biased;
+            r = call => r,
+            () = self.cancel.cancelled() => return Err(ToolError::Cancelled { name: name.into() }),
+        };
+        match result {
+            Err(_) => Err(ToolError::Timeout {
+                name: name.into(),
+                timeout_ms: u64::try_from(self.tool_timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+            Ok(Err(panic)) => Err(ToolError::Panicked {
+                name: name.into(),
+                message: panic_message(&*panic),
+            }),
+            Ok(Ok(Err(e))) if self.cancel.is_cancelled() => {
+                tracing::debug!(tool = name, error = %e, "tool returned after cancellation");
+                Err(ToolError::Cancelled { name: name.into() })
+            }
+            Ok(Ok(Err(e))) => Err(ToolError::Failed {
+                name: name.into(),
+                message: e.to_string(),
+            }),
+            Ok(Ok(Ok(v))) => Ok(v),
+        }
+    }
+
+    pub(super) async fn complete_open(
+        &mut self,
+        emitter: &mut Emitter,
+        status: ToolStatus,
+        result: Option<Value>,
+        error: Option<String>,
+    ) {
+        if let Some(open) = self.open.take() {
+            emitter
+                .emit(AgentEvent::ToolCompleted {
+                    tool_name: open.tool_name,
+                    call_id: open.call_id,
+                    status,
+                    result,
+                    error,
+                    duration_ms: millis(open.started.elapsed()),
+                })
+                .await;
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The [`Tool`] trait, what a tool sees of its run ([`ToolContext`]), and the optional
+//! [`ToolPermissionPolicy`].
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::BoxError;
+use crate::context::UserExecutionContext;
+use crate::ids::UserId;
+
+/// What a tool sees of the run that called it.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    context: UserExecutionContext,
+    cancel: CancellationToken,
+}
+
+impl ToolContext {
+    pub(crate) fn new(context: UserExecutionContext, cancel: CancellationToken) -> Self {
+        Self { context, cancel }
+    }
+    /// The context of the calling run (user, thread, run, request).
+    pub fn context(&self) -> &UserExecutionContext {
+        &self.context
+    }
+    /// Whether the calling run was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+    /// Resolves when the calling run is cancelled.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+}
+
+/// A tool an agent may call with JSON arguments. Tools are shared by all runs (behind an `Arc`),
+/// so a tool must keep no per-user mutable state; per-call data arrives in the arguments and the
+/// [`ToolContext`].
+///
+/// ```
+/// use engine_core::{async_trait, BoxError, Tool, ToolContext};
+/// use serde_json::{json, Value};
+///
+/// struct Add;
+///
+/// #[async_trait]
+/// impl Tool for Add {
+///     async fn call(&self, args: Value, _ctx: &ToolContext) -> Result<Value, BoxError> {
+///         let a = args["a"].as_f64().ok_or("argument `a` must be a number")?;
+///         let b = args["b"].as_f64().ok_or("argument `b` must be a number")?;
+///         Ok(json!(a + b))
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Tool: Send + Sync + 'static {
+    /// Performs the call. An `Err` or a panic is reported as a `tool_completed` with status
+    /// `error` and returned to the agent as a [`ToolError`](crate::ToolError).
+    async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, BoxError>;
+}
+
+/// Decides whether a user may call a tool. Denied calls do not run; the agent gets
+/// [`ToolError::PermissionDenied`](crate::ToolError::PermissionDenied) and the user sees a
+/// `tool_completed` with status `permission_denied`.
+///
+/// Any `Fn(&UserId, &str) -> bool` closure is a policy:
+///
+/// ```
+/// use engine_core::{AgentRegistry, UserId};
+///
+/// let registry = AgentRegistry::builder()
+///     .permission_policy(|user: &UserId, tool: &str| tool != "shell" || user.as_str() == "admin")
+///     .build()?;
+/// # Ok::<(), engine_core::RegistryError>(())
+/// ```
+pub trait ToolPermissionPolicy: Send + Sync + 'static {
+    /// `true` when `user` may call `tool`.
+    fn is_allowed(&self, user: &UserId, tool: &str) -> bool;
+}
+
+impl<F> ToolPermissionPolicy for F
+where
+    F: Fn(&UserId, &str) -> bool + Send + Sync + 'static,
+{
+    fn is_allowed(&self, user: &UserId, tool: &str) -> bool {
+        self(user, tool)
+    }
+}
