@@ -297,3 +297,48 @@ pub const PROVEN: &[&str] = &[
     "UserContextFactory",
     "EngineConfig",
 ];
+
+/// Searching `cargo doc` for a legacy name lands on its replacement: every alias's canonical
+/// type carries the legacy name in a `#[doc(alias(...))]` (unless the names are equal).
+#[test]
+fn every_legacy_name_is_a_doc_alias_of_its_replacement() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut sources = String::new();
+    for dir in ["engine-core/src", "engine-factory/src"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    sources.push_str(&std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+    }
+    let table = xtask::legacy::aliases();
+    assert_eq!(table.len(), 22);
+    for (legacy, canonical) in &table {
+        let name = canonical.name();
+        if legacy == name {
+            continue;
+        }
+        let decl = ["pub struct ", "pub enum "]
+            .iter()
+            .find_map(|kw| sources.find(&format!("{kw}{name} ")))
+            .or_else(|| sources.find(&format!("pub struct {name}<")))
+            .unwrap_or_else(|| panic!("declaration of {name} not found"));
+        // The attributes right above the declaration.
+        let above = &sources[..decl];
+        let attrs = &above[above.rfind("\n\n").unwrap_or(0)..];
+        let start = attrs
+            .find("#[doc(alias(")
+            .unwrap_or_else(|| panic!("{name} has no #[doc(alias(...))]"));
+        let alias = &attrs[start..start + attrs[start..].find("))]").unwrap()];
+        assert!(
+            alias.contains(&format!("\"{legacy}\"")),
+            "{name}'s doc aliases lack {legacy}: {alias}"
+        );
+    }
+}

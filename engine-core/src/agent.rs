@@ -10,7 +10,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// An AI agent: answers one input message, thinking and calling tools through its
 /// [`RunContext`].
 ///
-/// A fresh instance is created for every run (see [`AgentRegistry`]), so fields of `self` are
+/// A fresh instance is created for every run (see [`AgentRegistry`](crate::AgentRegistry)), so fields of `self` are
 /// never shared between runs or users.
 ///
 /// ```

@@ -189,6 +189,7 @@ impl std::fmt::Debug for UserExecutionContext {
 /// Builds a [`UserExecutionContext`]; all validation happens in [`build`](Self::build).
 #[derive(Debug, Default, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
+#[doc(alias("UserExecutionContextFactory", "UserContextFactory"))]
 pub struct UserExecutionContextBuilder {
     user_id: Option<String>,
     thread_id: Option<String>,

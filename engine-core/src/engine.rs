@@ -60,6 +60,18 @@ impl RunHandle {
 /// the event sink) belongs to its user, and every run is checked against that user before it
 /// starts. Cloning is cheap and yields another handle to the same engine.
 #[derive(Clone)]
+#[doc(alias(
+    "ExecutionEngine",
+    "SupervisorExecutionEngine",
+    "ConsolidatedExecutionEngine",
+    "RequestScopedExecutionEngine",
+    "ExecutionEngineWithWebSocketEvents",
+    "MCPEnhancedExecutionEngine",
+    "SupervisorExecutionEngineAdapter",
+    "ConsolidatedExecutionEngineWrapper",
+    "GenericExecutionEngineAdapter",
+    "ExecutionEngineAdapter"
+))]
 pub struct UserExecutionEngine {
     inner: Arc<EngineInner>,
 }
@@ -187,7 +199,7 @@ impl UserExecutionEngine {
     /// # Errors
     /// [`EngineError::EngineInactive`], [`EngineError::UserMismatch`],
     /// [`EngineError::UnknownAgent`], [`EngineError::DuplicateRun`] or
-    /// [`EngineError::QueueFull`], all before anything runs or is emitted. A run that starts always yields `Ok` with its [`RunStatus`].
+    /// [`EngineError::QueueFull`], all before anything runs or is emitted. A run that starts always yields `Ok` with its [`RunStatus`](crate::RunStatus).
     pub async fn execute(
         &self,
         context: &UserExecutionContext,

@@ -50,6 +50,7 @@ pub struct ConfigError {
 /// [`RunStatus`](crate::RunStatus) and a terminal event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+#[doc(alias("UserExecutionEngineError"))]
 pub enum EngineError {
     /// The engine was shut down, closed or reaped; obtain a new one from the factory.
     #[error("engine for user {user} is inactive (shut down or closed); create a new engine through the factory")]

@@ -21,6 +21,7 @@ use crate::sync::{lock, Mutex};
 /// Why the factory refused or failed a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+#[doc(alias("ExecutionEngineFactoryError"))]
 pub enum FactoryError {
     /// Code outside engine-factory took the engine construction key before the first factory
     /// was created, so no factory can build engines in this process.
@@ -174,6 +175,11 @@ impl FactoryInner {
 /// # }
 /// ```
 #[derive(Clone)]
+#[doc(alias(
+    "UnifiedExecutionEngineFactory",
+    "UserExecutionEngineFactory",
+    "UserScopedEngineFactory"
+))]
 pub struct ExecutionEngineFactory {
     inner: Arc<FactoryInner>,
 }

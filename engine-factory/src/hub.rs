@@ -242,7 +242,7 @@ impl EventSink for HubSink {
 
 /// A stream of one user's events, from [`ExecutionEngineFactory::subscribe`](crate::ExecutionEngineFactory::subscribe).
 ///
-/// Read it with [`recv`](Self::recv) or as a [`futures_core::Stream`]. It ends (`None`) when
+/// Read it with [`recv`](Self::recv) or as a [`futures_core::Stream`](https://docs.rs/futures-core/0.3/futures_core/stream/trait.Stream.html). It ends (`None`) when
 /// the factory shuts down. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {

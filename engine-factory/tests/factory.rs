@@ -455,3 +455,23 @@ async fn full_subscribers_of_one_user_are_waited_on_together_not_one_after_anoth
         "two tabs missed two events each"
     );
 }
+
+#[test]
+fn factories_share_the_key_and_nobody_else_can_take_it() {
+    let a = factory_with(FactoryConfig::default());
+    let b = factory_with(FactoryConfig::default());
+    #[expect(
+        deprecated,
+        reason = "this test plays a bypass after the factory took the key"
+    )]
+    let bypass = engine_core::factory_only::take_factory_key();
+    let taken = bypass.expect_err("the factory holds the key");
+    assert!(
+        taken.taken_at.file().contains("engine-factory"),
+        "taken by the factory: {taken}"
+    );
+    // Both factories still build engines.
+    let ea = a.create_for_user(&ctx("alice", "run-1")).unwrap();
+    let eb = b.create_for_user(&ctx("alice", "run-1")).unwrap();
+    assert!(ea.is_active() && eb.is_active());
+}

@@ -35,7 +35,9 @@
 //!   already evicted from the per-user replay buffer;
 //! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,
 //!   `frame_too_large`, `rate_limited`, `too_many_runs`, `unknown_run`, `bad_request`,
-//!   `shutting_down`, `internal`. The connection stays open. (A frame larger than four times
+//!   `shutting_down`, `internal`. `too_many_runs` is the engine's own limit
+//!   (`EngineError::QueueFull`: by default 3 runs of a user at once and 4 waiting), reported,
+//!   not decided, by the gateway. The connection stays open. (A frame larger than four times
 //!   `max_frame_bytes` is refused by the WebSocket layer itself, which closes the connection
 //!   with code 1009.)
 //!

@@ -190,6 +190,61 @@ fn config_ranges_are_refused_naming_the_field() {
     }
 }
 
+/// A flood of 10,000 messages to an engine with one slot and two queue places: three are
+/// accepted, every other is refused with `QueueFull` before emitting anything, and the engine
+/// never holds more than its limit. After the flood the engine accepts runs again.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_runs_is_bounded_by_the_queue_limit() {
+    let (f, _) = factory_with(engine_config(|b| {
+        b.max_concurrent_runs(1).max_queued_runs(2)
+    }));
+    let base = ctx("alice", "r0");
+    let mut sub = f.subscribe(base.user_id());
+    let engine = f.create_for_user(&base).unwrap();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10_000 {
+        match engine.spawn(&base.new_run(), "script", "sleep:1000") {
+            Ok(h) => accepted.push(h),
+            Err(EngineError::QueueFull {
+                max_concurrent_runs,
+                max_queued_runs,
+            }) => {
+                assert_eq!((max_concurrent_runs, max_queued_runs), (1, 2));
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+        assert!(
+            engine.active_run_count() <= 3,
+            "the engine holds at most 1 + 2 runs"
+        );
+    }
+    assert_eq!((accepted.len(), refused), (3, 9_997));
+    let err = engine
+        .spawn(&base.new_run(), "script", "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_concurrent_runs + max_queued_runs"),
+        "{err}"
+    );
+    assert_eq!(engine.stats().rejected_runs, 9_998);
+    let accepted_ids: Vec<_> = accepted.iter().map(|h| h.run_id().clone()).collect();
+    for h in accepted {
+        assert_eq!(h.outcome().await.unwrap().status(), RunStatus::Completed);
+    }
+    // Only the accepted runs emitted anything.
+    let runs = by_run(&drain(&mut sub));
+    assert_eq!(runs.len(), 3);
+    for id in &accepted_ids {
+        check_run(&runs[id]).unwrap();
+    }
+    // Room again once the runs ended.
+    let again = engine.execute(&base.new_run(), "script", "think:ok").await;
+    assert_eq!(again.unwrap().status(), RunStatus::Completed);
+}
+
 /// 8. Concurrency limit 3 with 6 runs of 200 ms; the queued notice after 1 s.
 #[tokio::test(start_paused = true)]
 async fn concurrency_limit_queues_and_announces_long_waits() {

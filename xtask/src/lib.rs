@@ -27,6 +27,7 @@
 
 pub mod baseline;
 pub mod bench;
+pub mod doclinks;
 pub mod fix;
 pub mod legacy;
 pub mod model;

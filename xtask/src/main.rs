@@ -54,6 +54,9 @@ enum Command {
     },
     /// Check this workspace's own invariants.
     Tidy,
+    /// Build this workspace's docs (warnings denied) with cross-crate links resolved on the
+    /// first build, and fail on any link left unresolved in the HTML.
+    Doc,
     /// Run the benchmarks briefly (under 2 minutes) and print `name  ours  baseline  ratio`.
     Bench,
 }
@@ -62,6 +65,81 @@ enum Command {
 enum Format {
     Human,
     Json,
+}
+
+fn doc() -> Result<u8, XtaskError> {
+    let root = this_workspace();
+    let meta = cargo_metadata::MetadataCommand::new()
+        .manifest_path(root.join("Cargo.toml"))
+        .no_deps()
+        .exec()
+        .map_err(|e| XtaskError::Metadata {
+            manifest: root.join("Cargo.toml").display().to_string(),
+            message: e.to_string(),
+        })?;
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| XtaskError::Io {
+            path,
+            message: e.to_string(),
+        }
+    };
+    let doc_dir = meta.target_directory.as_std_path().join("doc");
+    // rustdoc links to another crate only if that crate's docs exist when it starts, and
+    // `cargo doc --workspace` runs crates in parallel: document them one by one, dependencies
+    // first (see xtask::doclinks).
+    let packages = meta.workspace_packages();
+    let names: Vec<&str> = packages.iter().map(|p| p.name.as_str()).collect();
+    let mut order: Vec<&str> = Vec::new();
+    while order.len() < packages.len() {
+        let before = order.len();
+        for p in &packages {
+            let ready = p.dependencies.iter().all(|d| {
+                !names.contains(&d.name.as_str())
+                    || d.kind == cargo_metadata::DependencyKind::Development
+                    || order.contains(&d.name.as_str())
+            });
+            if ready && !order.contains(&p.name.as_str()) {
+                order.push(p.name.as_str());
+            }
+        }
+        if order.len() == before {
+            return Err(XtaskError::Usage(
+                "workspace dependencies form a cycle".into(),
+            ));
+        }
+    }
+    for package in &order {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["doc", "--no-deps", "--package", package])
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .current_dir(&root)
+            .status()
+            .map_err(io(Path::new("cargo doc")))?;
+        if !status.success() {
+            return Ok(1);
+        }
+    }
+    let crates: Vec<String> = packages
+        .iter()
+        .flat_map(|p| &p.targets)
+        .filter(|t| t.is_lib())
+        .map(|t| t.name.replace('-', "_"))
+        .collect();
+    let problems = xtask::doclinks::check(&doc_dir, &crates).map_err(io(&doc_dir))?;
+    for p in &problems {
+        println!("{p}");
+    }
+    if problems.is_empty() {
+        println!(
+            "doc: {} crates documented, no unresolved link",
+            crates.len()
+        );
+        Ok(0)
+    } else {
+        println!("doc: {} unresolved link(s)", problems.len());
+        Ok(1)
+    }
 }
 
 fn this_workspace() -> PathBuf {
@@ -84,6 +162,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, XtaskError> {
     match cli.command {
         Command::Bench => bench(),
+        Command::Doc => doc(),
         Command::Tidy => {
             let problems = xtask::tidy::tidy(&this_workspace())?;
             for p in &problems {

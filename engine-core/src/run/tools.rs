@@ -30,6 +30,12 @@ pub(super) struct OpenCall {
 /// The per-run tool dispatcher: resolves tool names, applies the permission policy, the tool
 /// timeout and cancellation, contains panics, and emits the `tool_executing` /
 /// `tool_completed` pair of every call. One exists per run and is dropped with it.
+#[doc(alias(
+    "ToolExecutionEngine",
+    "UnifiedToolExecutionEngine",
+    "UnifiedToolDispatcher",
+    "RequestScopedToolDispatcher"
+))]
 pub struct ToolDispatcher {
     pub(super) registry: AgentRegistry,
     pub(super) context: UserExecutionContext,
