@@ -15,6 +15,7 @@ pub struct Claims {
 
 /// Why a token was refused (answered with HTTP 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// No token in the `Authorization: Bearer` header or the `token` query parameter.
     #[error("missing bearer token (send `Authorization: Bearer <token>` or `?token=<token>`)")]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A frame from the client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum ClientFrame {
     /// Start a run answering `text` in `thread_id`.
     UserMessage {
@@ -36,6 +37,7 @@ pub enum ClientFrame {
 /// A frame to the client.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ServerFrame {
     /// The authenticated user, sent once after the upgrade.
     Welcome {
