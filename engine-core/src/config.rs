@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::limits::check_range;
+use crate::multitask::MultitaskPolicy;
 
 /// Limits of one [`UserExecutionEngine`](crate::UserExecutionEngine).
 ///
@@ -31,6 +32,8 @@ pub struct EngineConfig {
     history_limit: usize,
     queue_notice_after: Duration,
     delivery_timeout: Duration,
+    multitask: MultitaskPolicy,
+    approval_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +46,8 @@ impl Default for EngineConfig {
             history_limit: 100,
             queue_notice_after: Duration::from_secs(1),
             delivery_timeout: Duration::from_millis(200),
+            multitask: MultitaskPolicy::Enqueue,
+            approval_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -64,8 +69,13 @@ impl EngineConfig {
     pub const DELIVERY_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(1)..=Duration::from_secs(60);
 
+    /// Allowed range of [`approval_timeout`](Self::approval_timeout).
+    pub const APPROVAL_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_millis(10)..=Duration::from_secs(24 * 3600);
+
     /// A builder starting from the defaults (3 concurrent runs, 32 queued, 25 s run timeout,
-    /// 30 s tool timeout, history 100, queued notice after 1 s, 200 ms delivery timeout).
+    /// 30 s tool timeout, history 100, queued notice after 1 s, 200 ms delivery timeout,
+    /// `enqueue` for a second message on a busy thread, 5 min to answer an approval).
     pub fn builder() -> EngineConfigBuilder {
         EngineConfigBuilder(Self::default())
     }
@@ -104,6 +114,17 @@ impl EngineConfig {
     /// Longest the engine waits on its sink for one event before counting it dropped.
     pub fn delivery_timeout(&self) -> Duration {
         self.delivery_timeout
+    }
+    /// What a run does when its thread is busy, unless the request chooses
+    /// ([`RunOptions::multitask`](crate::RunOptions::multitask)).
+    pub fn multitask(&self) -> MultitaskPolicy {
+        self.multitask
+    }
+    /// Longest a tool call waits for the user's approval; then it ends with status `timeout`.
+    /// The wait does not count against the [`run_timeout`](Self::run_timeout): a run's own
+    /// time is what it spends working, not what it spends waiting for its user.
+    pub fn approval_timeout(&self) -> Duration {
+        self.approval_timeout
     }
 }
 
@@ -148,6 +169,16 @@ impl EngineConfigBuilder {
         self.0.delivery_timeout = v;
         self
     }
+    /// Sets [`EngineConfig::multitask`] (default `enqueue`).
+    pub fn multitask(mut self, v: MultitaskPolicy) -> Self {
+        self.0.multitask = v;
+        self
+    }
+    /// Sets [`EngineConfig::approval_timeout`] (10 ms..=24 h).
+    pub fn approval_timeout(mut self, v: Duration) -> Self {
+        self.0.approval_timeout = v;
+        self
+    }
     /// Checks every field against its range.
     ///
     /// # Errors
@@ -180,6 +211,11 @@ impl EngineConfigBuilder {
             "delivery_timeout",
             c.delivery_timeout,
             EngineConfig::DELIVERY_TIMEOUT,
+        )?;
+        check_range(
+            "approval_timeout",
+            c.approval_timeout,
+            EngineConfig::APPROVAL_TIMEOUT,
         )?;
         Ok(c)
     }
@@ -244,6 +280,11 @@ mod tests {
                 EngineConfig::builder().delivery_timeout(Duration::from_secs(61)),
                 "delivery_timeout",
                 "1ms..=60s",
+            ),
+            (
+                EngineConfig::builder().approval_timeout(Duration::ZERO),
+                "approval_timeout",
+                "10ms..=86400s",
             ),
         ];
         for (builder, field, range) in cases {

@@ -16,8 +16,10 @@ use crate::config::EngineConfig;
 use crate::context::UserExecutionContext;
 use crate::error::EngineError;
 use crate::ids::{RunId, UserId};
+use crate::multitask::{ApprovalDecision, MultitaskPolicy, RunOptions};
 use crate::outcome::{EngineStats, RunOutcome, StatsAcc};
 use crate::registry::AgentRegistry;
+use crate::run::control::RunControl;
 use crate::run::task::Run;
 use crate::sink::EventSink;
 use crate::sync::lock;
@@ -97,7 +99,7 @@ pub(crate) struct EngineState {
     pub(crate) last_activity: Instant,
     /// Accepted runs not yet ended (queued or executing): at most
     /// [`EngineConfig::max_accepted_runs`].
-    pub(crate) runs: HashMap<RunId, CancellationToken>,
+    pub(crate) runs: HashMap<RunId, Arc<RunControl>>,
     pub(crate) history: VecDeque<RunOutcome>,
     pub(crate) acc: StatsAcc,
 }
@@ -209,7 +211,8 @@ impl UserExecutionEngine {
         self.spawn(context, agent, input)?.outcome().await
     }
 
-    /// Starts `agent` on `input` and returns a handle to await or cancel it.
+    /// Starts `agent` on `input` and returns a handle to await or cancel it. A busy thread is
+    /// handled by the engine's [`EngineConfig::multitask`] policy.
     ///
     /// # Errors
     /// As [`execute`](Self::execute), plus [`EngineError::NoRuntime`] outside a tokio runtime.
@@ -218,6 +221,51 @@ impl UserExecutionEngine {
         context: &UserExecutionContext,
         agent: &str,
         input: impl Into<String>,
+    ) -> Result<RunHandle, EngineError> {
+        self.spawn_with(context, agent, input, RunOptions::new())
+    }
+
+    /// Like [`spawn`](Self::spawn), with per-run [`RunOptions`] (the [`MultitaskPolicy`] for
+    /// a thread that already has a live run).
+    ///
+    /// ```
+    /// # use engine_core::{async_trait, Agent, AgentRegistry, BoxError, RunContext, UserExecutionContext};
+    /// use engine_core::{MultitaskPolicy, RunOptions, RunStatus};
+    /// # use engine_factory::{ExecutionEngineFactory, FactoryConfig};
+    /// # struct Slow;
+    /// # #[async_trait]
+    /// # impl Agent for Slow {
+    /// #     async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+    /// #         ctx.cancelled().await;
+    /// #         Ok(input.to_owned())
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let registry = AgentRegistry::builder().agent("slow", || Slow).build()?;
+    /// # let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry)?;
+    /// let first = UserExecutionContext::new("alice", "thread-1", "run-1")?;
+    /// let engine = factory.create_for_user(&first)?;
+    /// let answering = engine.spawn(&first, "slow", "a long question")?;
+    /// // The user writes again on the same thread: stop the old answer, start the new one.
+    /// let second = first.new_run();
+    /// let interrupt = RunOptions::new().multitask(MultitaskPolicy::Interrupt);
+    /// let next = engine.spawn_with(&second, "slow", "never mind", interrupt)?;
+    /// assert_eq!(answering.outcome().await?.status(), RunStatus::Cancelled);
+    /// # next.cancel();
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn), plus [`EngineError::ThreadBusy`] under
+    /// [`MultitaskPolicy::Reject`].
+    pub fn spawn_with(
+        &self,
+        context: &UserExecutionContext,
+        agent: &str,
+        input: impl Into<String>,
+        options: RunOptions,
     ) -> Result<RunHandle, EngineError> {
         let inner = &self.inner;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -235,7 +283,11 @@ impl UserExecutionEngine {
                 available: inner.registry.agent_names().collect::<Vec<_>>().join(", "),
             });
         };
-        let cancel = CancellationToken::new();
+        let policy = options
+            .multitask_policy()
+            .unwrap_or(inner.config.multitask());
+        let control = Arc::new(RunControl::new(context.thread_id().clone()));
+        let mut after = Vec::new();
         {
             let mut state = lock(&inner.state);
             // Checked under the runs lock so shutdown (which takes it to cancel) cannot miss a run.
@@ -249,6 +301,22 @@ impl UserExecutionEngine {
                     run_id: context.run_id().clone(),
                 });
             }
+            // The thread's live runs, unless this run ignores them. Collected only when there
+            // are some (an empty Vec does not allocate).
+            if policy != MultitaskPolicy::Parallel {
+                after = state
+                    .runs
+                    .values()
+                    .filter(|r| r.thread_id == *context.thread_id())
+                    .map(|r| r.done.clone())
+                    .collect();
+            }
+            if policy == MultitaskPolicy::Reject && !after.is_empty() {
+                return Err(EngineError::ThreadBusy {
+                    thread_id: context.thread_id().clone(),
+                    live_runs: after.len(),
+                });
+            }
             // One policy for a flood of messages: the engine holds at most this many runs, and
             // refuses the next before it emits anything.
             let config = &inner.config;
@@ -259,7 +327,16 @@ impl UserExecutionEngine {
                     max_queued_runs: config.max_queued_runs(),
                 });
             }
-            state.runs.insert(context.run_id().clone(), cancel.clone());
+            if policy == MultitaskPolicy::Interrupt {
+                for r in state.runs.values() {
+                    if r.thread_id == *context.thread_id() {
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            state
+                .runs
+                .insert(context.run_id().clone(), Arc::clone(&control));
             state.acc.stats.total_runs += 1;
             state.last_activity = Instant::now();
         }
@@ -275,7 +352,8 @@ impl UserExecutionEngine {
             context: context.clone(),
             agent_name,
             input: input.into(),
-            cancel: cancel.clone(),
+            control: Arc::clone(&control),
+            after,
         };
         // Boxed so the (large) run state machine is moved as a pointer, not copied, on its way
         // into the task.
@@ -286,7 +364,7 @@ impl UserExecutionEngine {
         );
         Ok(RunHandle {
             run_id: context.run_id().clone(),
-            cancel,
+            cancel: control.cancel.clone(),
             join,
         })
     }
@@ -298,14 +376,52 @@ impl UserExecutionEngine {
     /// [`EngineError::UnknownRun`] when no active run has this id.
     pub fn cancel(&self, run_id: &RunId) -> Result<(), EngineError> {
         match lock(&self.inner.state).runs.get(run_id) {
-            Some(token) => {
-                token.cancel();
+            Some(run) => {
+                run.cancel.cancel();
                 Ok(())
             }
             None => Err(EngineError::UnknownRun {
                 run_id: run_id.clone(),
             }),
         }
+    }
+
+    /// Answers a tool call of this engine's run `run_id` that waits for the user's approval
+    /// (announced by its `approval_requested` event): approve runs the tool, deny gives the
+    /// agent [`ToolError::Denied`](crate::ToolError::Denied). Either way the run emits
+    /// `approval_decided`, then the call's `tool_completed`.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownRun`] when this engine has no active run with this id (another
+    /// user's run included), [`EngineError::UnknownApproval`] when the run has no call
+    /// `call_id` waiting.
+    pub fn approve(
+        &self,
+        run_id: &RunId,
+        call_id: u32,
+        decision: ApprovalDecision,
+    ) -> Result<(), EngineError> {
+        let run = lock(&self.inner.state).runs.get(run_id).cloned();
+        let Some(run) = run else {
+            return Err(EngineError::UnknownRun {
+                run_id: run_id.clone(),
+            });
+        };
+        if run.decide(call_id, decision) {
+            Ok(())
+        } else {
+            Err(EngineError::UnknownApproval {
+                run_id: run_id.clone(),
+                call_id,
+            })
+        }
+    }
+
+    /// The tool calls of `run_id` waiting for the user's approval, by call id (empty when the
+    /// run is not active or waits for nothing).
+    pub fn pending_approvals(&self, run_id: &RunId) -> Vec<u32> {
+        let run = lock(&self.inner.state).runs.get(run_id).cloned();
+        run.map(|r| r.pending_approvals()).unwrap_or_default()
     }
 
     /// Finished runs, oldest first, at most [`EngineConfig::history_limit`].
@@ -329,8 +445,8 @@ impl UserExecutionEngine {
         let was_active = {
             let state = lock(&self.inner.state);
             let was_active = self.inner.active.swap(false, Ordering::AcqRel);
-            for token in state.runs.values() {
-                token.cancel();
+            for run in state.runs.values() {
+                run.cancel.cancel();
             }
             was_active
         };

@@ -1,6 +1,6 @@
 //! Typed errors. Every message names what was wrong and, where it helps, what to do instead.
 
-use crate::ids::{IdError, RunId, UserId};
+use crate::ids::{IdError, RunId, ThreadId, UserId};
 
 /// A [`UserExecutionContext`](crate::UserExecutionContext) could not be built or derived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +97,23 @@ pub enum EngineError {
         /// The engine's `max_queued_runs`.
         max_queued_runs: usize,
     },
+    /// The thread already has a live run and the run asked for
+    /// [`MultitaskPolicy::Reject`](crate::MultitaskPolicy::Reject); nothing was emitted.
+    #[error("thread {thread_id} already has {live_runs} run(s) in progress; wait for the answer, or send with multitask `enqueue` or `interrupt`")]
+    ThreadBusy {
+        /// The busy thread.
+        thread_id: ThreadId,
+        /// Its live runs.
+        live_runs: usize,
+    },
+    /// The run is active but has no tool call with this id waiting for approval.
+    #[error("run {run_id} has no tool call {call_id} waiting for approval (already decided, timed out, or never asked)")]
+    UnknownApproval {
+        /// The run.
+        run_id: RunId,
+        /// The call number.
+        call_id: u32,
+    },
     /// No active run has this id.
     #[error("no active run {run_id} on this engine (finished, never started, or another user's)")]
     UnknownRun {
@@ -141,6 +158,20 @@ pub enum ToolError {
         /// The tool.
         name: String,
         /// The timeout that elapsed, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The user denied the call; the tool did not run.
+    #[error("the user denied the call of tool {name}")]
+    Denied {
+        /// The tool.
+        name: String,
+    },
+    /// Nobody approved or denied the call within the approval timeout; the tool did not run.
+    #[error("tool {name} waited {timeout_ms} ms for the user's approval and did not run")]
+    ApprovalTimeout {
+        /// The tool.
+        name: String,
+        /// The approval timeout, in milliseconds.
         timeout_ms: u64,
     },
     /// The run was cancelled while the tool ran.

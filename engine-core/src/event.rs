@@ -59,11 +59,26 @@ pub enum ToolStatus {
     PermissionDenied,
     /// The run was cancelled while the tool ran.
     Cancelled,
+    /// The tool needed the user's approval and the user denied it; the tool did not run.
+    Denied,
+}
+
+/// How a wait for the user's approval ended. Carried by [`AgentEvent::ApprovalDecided`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ApprovalOutcome {
+    /// The user approved: the tool runs.
+    Approved,
+    /// The user denied: the tool does not run.
+    Denied,
+    /// Nobody answered within the approval timeout: the tool does not run.
+    TimedOut,
 }
 
 /// One lifecycle event. Serialized with a `type` tag in snake_case
-/// (`agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`,
-/// `agent_error`).
+/// (`agent_started`, `agent_thinking`, `answer_delta`, `tool_executing`, `approval_requested`,
+/// `approval_decided`, `tool_completed`, `agent_completed`, `agent_error`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -78,6 +93,12 @@ pub enum AgentEvent {
         /// What the agent is doing.
         reasoning: Cow<'static, str>,
     },
+    /// A piece of the answer, as the agent produces it. For a run that ends `completed`, the
+    /// deltas concatenated in sequence order equal the final result.
+    AnswerDelta {
+        /// The next piece of the answer text.
+        delta: String,
+    },
     /// A tool call starts. Arguments are redacted and truncated.
     ToolExecuting {
         /// The tool.
@@ -86,6 +107,23 @@ pub enum AgentEvent {
         call_id: u32,
         /// The (sanitized) arguments.
         arguments: Value,
+    },
+    /// A tool call (announced by its `tool_executing`) waits for the user to approve or deny
+    /// it through the engine (`UserExecutionEngine::approve`).
+    ApprovalRequested {
+        /// The tool.
+        tool_name: Arc<str>,
+        /// The call number of the matching `tool_executing`; the user answers for this id.
+        call_id: u32,
+        /// The (sanitized) arguments, as in `tool_executing`.
+        arguments: Value,
+    },
+    /// The wait for approval of a call ended (then its `tool_completed` follows).
+    ApprovalDecided {
+        /// The call number.
+        call_id: u32,
+        /// How it ended.
+        outcome: ApprovalOutcome,
     },
     /// A tool call ended, whatever happened.
     ToolCompleted {
@@ -135,6 +173,9 @@ impl AgentEvent {
         match self {
             Self::AgentStarted { .. } => "agent_started",
             Self::AgentThinking { .. } => "agent_thinking",
+            Self::AnswerDelta { .. } => "answer_delta",
+            Self::ApprovalRequested { .. } => "approval_requested",
+            Self::ApprovalDecided { .. } => "approval_decided",
             Self::ToolExecuting { .. } => "tool_executing",
             Self::ToolCompleted { .. } => "tool_completed",
             Self::AgentCompleted { .. } => "agent_completed",
@@ -218,6 +259,16 @@ mod tests {
             },
             AgentEvent::AgentError {
                 message: "m".into(),
+            },
+            AgentEvent::AnswerDelta { delta: "d".into() },
+            AgentEvent::ApprovalRequested {
+                tool_name: "t".into(),
+                call_id: 2,
+                arguments: json!({}),
+            },
+            AgentEvent::ApprovalDecided {
+                call_id: 2,
+                outcome: ApprovalOutcome::TimedOut,
             },
         ];
         for k in kinds {

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use crate::agent::Agent;
 use crate::ids::UserId;
 use crate::tool::{Tool, ToolPermissionPolicy};
@@ -28,6 +30,12 @@ pub enum RegistryError {
     },
 }
 
+/// A registered tool and whether its calls wait for approval.
+struct RegisteredTool {
+    tool: Arc<dyn Tool>,
+    approval: bool,
+}
+
 type AgentMaker = Arc<dyn Fn() -> Box<dyn Agent> + Send + Sync>;
 
 /// Agents and tools known to the engines: read-only after [`build`](AgentRegistryBuilder::build),
@@ -40,7 +48,7 @@ pub struct AgentRegistry {
 
 struct RegistryInner {
     agents: BTreeMap<Arc<str>, AgentMaker>,
-    tools: BTreeMap<Arc<str>, Arc<dyn Tool>>,
+    tools: BTreeMap<Arc<str>, RegisteredTool>,
     policy: Option<Arc<dyn ToolPermissionPolicy>>,
 }
 
@@ -66,7 +74,7 @@ impl AgentRegistry {
         self.inner.agents.get(name).map(|make| make())
     }
     pub(crate) fn tool(&self, name: &str) -> Option<&Arc<dyn Tool>> {
-        self.inner.tools.get(name)
+        self.inner.tools.get(name).map(|t| &t.tool)
     }
     /// The registered (shared) name of an agent, so runs need not copy it.
     pub(crate) fn agent_name(&self, name: &str) -> Option<Arc<str>> {
@@ -80,7 +88,16 @@ impl AgentRegistry {
         self.inner
             .tools
             .get_key_value(name)
-            .map(|(k, t)| (Arc::clone(k), Arc::clone(t)))
+            .map(|(k, t)| (Arc::clone(k), Arc::clone(&t.tool)))
+    }
+    /// Whether `user`'s call of the (allowed) tool `name` with `args` must wait for approval.
+    pub(crate) fn needs_approval(&self, user: &UserId, name: &str, args: &Value) -> bool {
+        self.inner.tools.get(name).is_some_and(|t| t.approval)
+            || self
+                .inner
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.needs_approval(user, name, args))
     }
     pub(crate) fn is_allowed(&self, user: &UserId, tool: &str) -> bool {
         self.inner
@@ -105,7 +122,7 @@ impl std::fmt::Debug for AgentRegistry {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct AgentRegistryBuilder {
     agents: Vec<(String, AgentMaker)>,
-    tools: Vec<(String, Arc<dyn Tool>)>,
+    tools: Vec<(String, RegisteredTool)>,
     policy: Option<Arc<dyn ToolPermissionPolicy>>,
 }
 
@@ -137,7 +154,26 @@ impl AgentRegistryBuilder {
     }
     /// Registers a tool under `name`.
     pub fn tool(mut self, name: impl Into<String>, tool: impl Tool) -> Self {
-        self.tools.push((name.into(), Arc::new(tool)));
+        self.tools.push((
+            name.into(),
+            RegisteredTool {
+                tool: Arc::new(tool),
+                approval: false,
+            },
+        ));
+        self
+    }
+    /// Registers a tool under `name` whose every call waits for the user's approval: the run
+    /// emits `approval_requested` and the tool runs only once the user approves it through
+    /// [`UserExecutionEngine::approve`](crate::UserExecutionEngine::approve).
+    pub fn tool_requiring_approval(mut self, name: impl Into<String>, tool: impl Tool) -> Self {
+        self.tools.push((
+            name.into(),
+            RegisteredTool {
+                tool: Arc::new(tool),
+                approval: true,
+            },
+        ));
         self
     }
     /// Sets the permission policy (default: every user may call every tool).

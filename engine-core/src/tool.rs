@@ -77,6 +77,29 @@ pub trait Tool: Send + Sync + 'static {
 pub trait ToolPermissionPolicy: Send + Sync + 'static {
     /// `true` when `user` may call `tool`.
     fn is_allowed(&self, user: &UserId, tool: &str) -> bool;
+
+    /// `true` when this call (by `user`, of `tool`, with `args`) must wait for the user's
+    /// approval before it runs, besides the tools registered with
+    /// [`AgentRegistryBuilder::tool_requiring_approval`](crate::AgentRegistryBuilder::tool_requiring_approval).
+    /// Asked only for allowed calls. The default asks for none.
+    ///
+    /// ```
+    /// use engine_core::{ToolPermissionPolicy, UserId};
+    /// use serde_json::Value;
+    ///
+    /// /// Transfers above 100 need the user's approval.
+    /// struct BigTransfers;
+    /// impl ToolPermissionPolicy for BigTransfers {
+    ///     fn is_allowed(&self, _user: &UserId, _tool: &str) -> bool { true }
+    ///     fn needs_approval(&self, _user: &UserId, tool: &str, args: &Value) -> bool {
+    ///         tool == "transfer" && args["amount"].as_f64().unwrap_or(0.0) > 100.0
+    ///     }
+    /// }
+    /// ```
+    fn needs_approval(&self, user: &UserId, tool: &str, args: &Value) -> bool {
+        let _ = (user, tool, args);
+        false
+    }
 }
 
 impl<F> ToolPermissionPolicy for F

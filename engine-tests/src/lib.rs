@@ -40,13 +40,17 @@ pub use engine_gateway::demo::{
 /// Checks the invariants of ONE run's events, as received by its user, in arrival order:
 /// one user, thread and run; sequence numbers contiguous from 1 (no drops expected);
 /// timestamps non-decreasing; `agent_started` first; exactly one `agent_completed`, last;
-/// every `tool_executing` paired with a `tool_completed` of the same call id.
+/// every `tool_executing` paired with a `tool_completed` of the same call id; an
+/// `approval_requested` / `approval_decided` only inside its call, in that order; and for a
+/// completed run that streamed, the `answer_delta`s concatenated equal the result.
 ///
 /// # Errors
 /// A description of the first violated invariant.
 pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
     let first = events.first().ok_or("no events")?;
     let mut open_calls = Vec::new();
+    let mut asked: Vec<u32> = Vec::new();
+    let mut streamed: Option<String> = None;
     for (i, e) in events.iter().enumerate() {
         let at = format!("event {i} (seq {}, {})", e.seq, e.event.kind());
         if e.user_id != first.user_id || e.run_id != first.run_id || e.thread_id != first.thread_id
@@ -67,6 +71,21 @@ pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
                 return Err(format!("{at}: terminal event is not last"))
             }
             (AgentEvent::ToolExecuting { call_id, .. }, _) => open_calls.push(*call_id),
+            (AgentEvent::AnswerDelta { delta }, _) => {
+                streamed.get_or_insert_with(String::new).push_str(delta);
+            }
+            (AgentEvent::ApprovalRequested { call_id, .. }, _) => {
+                if open_calls.last() != Some(call_id) || asked.contains(call_id) {
+                    return Err(format!("{at}: approval_requested outside its open call"));
+                }
+                asked.push(*call_id);
+            }
+            (AgentEvent::ApprovalDecided { call_id, .. }, _) => {
+                if open_calls.last() != Some(call_id) || asked.last() != Some(call_id) {
+                    return Err(format!("{at}: approval_decided without its request"));
+                }
+                asked.pop();
+            }
             (AgentEvent::ToolCompleted { call_id, .. }, _)
                 if open_calls.pop() != Some(*call_id) =>
             {
@@ -79,6 +98,16 @@ pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
         return Err(format!("tool calls {open_calls:?} never completed"));
     }
     match events.last().map(|e| &e.event) {
+        Some(AgentEvent::AgentCompleted {
+            status: engine_core::RunStatus::Completed,
+            result,
+            ..
+        }) => match (&streamed, result) {
+            (Some(text), Some(answer)) if text != answer => Err(format!(
+                "the deltas add up to {text:?}, the result is {answer:?}"
+            )),
+            _ => Ok(()),
+        },
         Some(AgentEvent::AgentCompleted { .. }) => Ok(()),
         _ => Err("the run has no terminal agent_completed".into()),
     }

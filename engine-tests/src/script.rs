@@ -11,9 +11,13 @@
 //! | `fail:MSG` | the agent returns an error |
 //! | `panic:MSG` | the agent panics |
 //! | `wait_cancel` | waits for cancellation, then says so and returns |
+//! | `say:TEXT` | streams TEXT as an `answer_delta` |
+//! | `answer:TEXT` | answers exactly TEXT (instead of the usual answer) |
 //!
 //! The answer names the user and lists tool results, so a leak of one user's answer into
-//! another's stream is detectable.
+//! another's stream is detectable. A script that streamed answers with the streamed text
+//! followed by the usual answer (so the engine streams the rest itself). The tool `guarded`
+//! echoes like `echo` but every call waits for the user's approval.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +51,7 @@ impl Agent for ScriptAgent {
     async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
         self.observed.agent_starts.fetch_add(1, Ordering::SeqCst);
         let mut notes = Vec::new();
+        let mut answer = None;
         for cmd in input.split(';').map(str::trim).filter(|c| !c.is_empty()) {
             let (op, arg) = cmd.split_once(':').unwrap_or((cmd, ""));
             match op {
@@ -59,6 +64,8 @@ impl Agent for ScriptAgent {
                         Err(e) => notes.push(format!("{name}!{e}")),
                     }
                 }
+                "say" => ctx.stream(arg.to_owned()).await,
+                "answer" => answer = Some(arg.to_owned()),
                 "fail" => return Err(arg.to_owned().into()),
                 "panic" => panic!("{arg}"),
                 "wait_cancel" => {
@@ -71,8 +78,12 @@ impl Agent for ScriptAgent {
                 other => return Err(format!("unknown script command {other:?}").into()),
             }
         }
+        if let Some(answer) = answer {
+            return Ok(answer);
+        }
         Ok(format!(
-            "answer for {} [{}]",
+            "{}answer for {} [{}]",
+            ctx.streamed(),
             ctx.context().user_id(),
             notes.join(", ")
         ))
@@ -133,7 +144,8 @@ impl Tool for SlowTool {
 }
 
 /// The script registry builder: the script agent under the names `script` and `assistant`
-/// (the name the gateway runs), tools `echo`, `fail`, `panic`, `slow`.
+/// (the name the gateway runs), tools `echo`, `fail`, `panic`, `slow`, and `guarded` (an echo
+/// whose calls wait for approval).
 pub fn script_registry_builder(observed: &Arc<Observations>) -> AgentRegistryBuilder {
     let for_agent = Arc::clone(observed);
     let for_assistant = Arc::clone(observed);
@@ -145,6 +157,7 @@ pub fn script_registry_builder(observed: &Arc<Observations>) -> AgentRegistryBui
             observed: Arc::clone(&for_assistant),
         })
         .tool("echo", EchoTool)
+        .tool_requiring_approval("guarded", EchoTool)
         .tool("fail", FailTool)
         .tool("panic", PanicTool)
         .tool(

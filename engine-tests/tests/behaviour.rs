@@ -9,8 +9,8 @@ use engine_core::limits::{
     ALLOWED_DEFAULTS, FORBIDDEN_PREFIXES, FORBIDDEN_VALUES, MAX_OPERATION_DEPTH, QUEUED_NOTICE,
 };
 use engine_core::{
-    AgentEvent, ContextError, EngineConfig, EngineError, IdRejection, RunStatus, ToolStatus,
-    UserExecutionContext, UserId,
+    AgentEvent, ContextError, EngineConfig, EngineError, IdRejection, MultitaskPolicy, RunStatus,
+    ToolStatus, UserExecutionContext, UserId,
 };
 use engine_factory::{ExecutionEngineFactory, FactoryConfig, FactoryError};
 use engine_tests::{by_run, check_run, drain, script_registry, terminal_status, Observations};
@@ -248,7 +248,11 @@ async fn a_flood_of_runs_is_bounded_by_the_queue_limit() {
 /// 8. Concurrency limit 3 with 6 runs of 200 ms; the queued notice after 1 s.
 #[tokio::test(start_paused = true)]
 async fn concurrency_limit_queues_and_announces_long_waits() {
-    let (f, _) = factory_with(engine_config(|b| b.max_concurrent_runs(3)));
+    // Runs of one thread side by side, so only the concurrency limit makes them wait.
+    let (f, _) = factory_with(engine_config(|b| {
+        b.max_concurrent_runs(3)
+            .multitask(MultitaskPolicy::Parallel)
+    }));
     let base = ctx("alice", "r0");
     let mut sub = f.subscribe(base.user_id());
     let engine = f.create_for_user(&base).unwrap();
@@ -270,7 +274,10 @@ async fn concurrency_limit_queues_and_announces_long_waits() {
     drop(drain(&mut sub));
 
     // One slot, a 1.5 s run ahead: the second run is told it is queued.
-    let (f, _) = factory_with(engine_config(|b| b.max_concurrent_runs(1)));
+    let (f, _) = factory_with(engine_config(|b| {
+        b.max_concurrent_runs(1)
+            .multitask(MultitaskPolicy::Parallel)
+    }));
     let mut sub = f.subscribe(base.user_id());
     let engine = f.create_for_user(&base).unwrap();
     let first = engine

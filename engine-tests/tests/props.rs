@@ -1,11 +1,16 @@
-//! Property tests: random sequences of create / execute / spawn / cancel / close /
-//! cleanup_user / shutdown over several users. Invariants: a user's live engines never exceed
-//! the limit and match what the caller holds; no event reaches another user; every started run
-//! has exactly one terminal event.
+//! Property tests: random sequences of create / execute / spawn (under every multitask policy,
+//! with streamed text and tool calls that wait for approval) / approve / approve another user's
+//! run / cancel / close / cleanup_user / shutdown over several users. Invariants: a user's live
+//! engines never exceed the limit and match what the caller holds; no event reaches another
+//! user; another user's approval is refused; every started run has exactly one terminal event,
+//! and its events pass `check_run` (approvals inside their calls, deltas adding up).
 
 use std::time::Duration;
 
-use engine_core::{RunHandle, RunId, UserExecutionContext, UserId};
+use engine_core::{
+    ApprovalDecision, EngineError, MultitaskPolicy, RunHandle, RunId, RunOptions,
+    UserExecutionContext, UserExecutionEngine, UserId,
+};
 use engine_factory::{EngineHandle, ExecutionEngineFactory, FactoryConfig, FactoryError};
 use engine_tests::{by_run, check_run, drain, script_registry};
 use proptest::prelude::*;
@@ -17,7 +22,9 @@ const LIMIT: usize = 2;
 enum Op {
     Create(usize),
     Execute(usize, usize, u8),
-    Spawn(usize, usize, u8),
+    Spawn(usize, usize, u8, u8),
+    Approve(usize, usize, bool),
+    ApproveOthers(usize, usize),
     Cancel(usize, usize),
     Close(usize, usize),
     CleanupUser(usize),
@@ -27,8 +34,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..USERS).prop_map(Op::Create),
-        4 => (0..USERS, 0..LIMIT, 0..4u8).prop_map(|(u, e, s)| Op::Execute(u, e, s)),
-        4 => (0..USERS, 0..LIMIT, 0..4u8).prop_map(|(u, e, s)| Op::Spawn(u, e, s)),
+        4 => (0..USERS, 0..LIMIT, 0..6u8).prop_map(|(u, e, s)| Op::Execute(u, e, s)),
+        4 => (0..USERS, 0..LIMIT, 0..6u8, 0..4u8).prop_map(|(u, e, s, p)| Op::Spawn(u, e, s, p)),
+        2 => (0..USERS, 0..8usize, any::<bool>()).prop_map(|(u, r, ok)| Op::Approve(u, r, ok)),
+        1 => (0..USERS, 0..8usize).prop_map(|(u, r)| Op::ApproveOthers(u, r)),
         2 => (0..USERS, 0..8usize).prop_map(|(u, r)| Op::Cancel(u, r)),
         2 => (0..USERS, 0..LIMIT).prop_map(|(u, e)| Op::Close(u, e)),
         1 => (0..USERS).prop_map(Op::CleanupUser),
@@ -41,8 +50,19 @@ fn script(kind: u8) -> &'static str {
         0 => "think:a;tool:echo",
         1 => "fail:nope",
         2 => "sleep:2;think:b",
-        _ => "wait_cancel",
+        3 => "wait_cancel",
+        4 => "say:checking ;tool:guarded;think:c",
+        _ => "say:one ;sleep:1;say:two ",
     }
+}
+
+/// Scripts that may wait indefinitely (for cancellation or for an approval).
+fn may_wait(kind: u8) -> bool {
+    matches!(kind, 3 | 4)
+}
+
+fn policy(p: u8) -> MultitaskPolicy {
+    MultitaskPolicy::ALL[usize::from(p) % MultitaskPolicy::ALL.len()]
 }
 
 fn user(u: usize) -> String {
@@ -65,6 +85,9 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .collect();
     let mut engines: Vec<Vec<EngineHandle>> = (0..USERS).map(|_| Vec::new()).collect();
     let mut spawned: Vec<Vec<RunHandle>> = (0..USERS).map(|_| Vec::new()).collect();
+    // Each spawned run's id and engine, to answer its approvals.
+    let mut owners: Vec<Vec<(RunId, UserExecutionEngine)>> =
+        (0..USERS).map(|_| Vec::new()).collect();
     let mut started: Vec<Vec<RunId>> = (0..USERS).map(|_| Vec::new()).collect();
     let mut next_run = 0;
     let mut shut_down = false;
@@ -84,7 +107,7 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Err(e) => prop_assert!(false, "unexpected {e}"),
                 }
             }
-            Op::Execute(u, e, s) | Op::Spawn(u, e, s) => {
+            Op::Execute(u, e, s) | Op::Spawn(u, e, s, _) => {
                 let Some(engine) = engines[u].get(e) else {
                     continue;
                 };
@@ -92,19 +115,55 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let ctx = engine
                     .context()
                     .with_run_id(RunId::new(format!("run-{next_run}")).unwrap());
-                match engine.spawn(&ctx, "script", script(s)) {
+                // A blocking execute runs beside the thread's other runs, so it never waits
+                // behind a run that waits for cancellation or approval.
+                let chosen = match op {
+                    Op::Spawn(.., p) => policy(p),
+                    _ => MultitaskPolicy::Parallel,
+                };
+                let options = RunOptions::new().multitask(chosen);
+                match engine.spawn_with(&ctx, "script", script(s), options) {
                     Ok(h) => {
                         started[u].push(ctx.run_id().clone());
-                        if matches!(op, Op::Execute(..)) && s != 3 {
+                        if matches!(op, Op::Execute(..)) && !may_wait(s) {
                             h.outcome().await.unwrap();
                         } else {
+                            owners[u].push((ctx.run_id().clone(), engine.engine().clone()));
                             spawned[u].push(h);
                         }
                     }
-                    Err(engine_core::EngineError::EngineInactive { .. }) => {
-                        prop_assert!(!engine.is_active())
+                    Err(EngineError::EngineInactive { .. }) => prop_assert!(!engine.is_active()),
+                    Err(EngineError::ThreadBusy { live_runs, .. }) => {
+                        prop_assert_eq!(chosen, MultitaskPolicy::Reject);
+                        prop_assert!(live_runs > 0);
                     }
                     Err(other) => prop_assert!(false, "unexpected {other}"),
+                }
+            }
+            Op::Approve(u, r, ok) => {
+                if let Some((run, engine)) = owners[u].get(r) {
+                    let decision = if ok {
+                        ApprovalDecision::Approve
+                    } else {
+                        ApprovalDecision::Deny
+                    };
+                    match engine.approve(run, 1, decision) {
+                        Ok(())
+                        | Err(EngineError::UnknownRun { .. })
+                        | Err(EngineError::UnknownApproval { .. }) => {}
+                        Err(other) => prop_assert!(false, "unexpected {other}"),
+                    }
+                }
+            }
+            Op::ApproveOthers(u, r) => {
+                // Any engine of another user refuses this user's run id, whatever its state.
+                let other = (u + 1) % USERS;
+                if let (Some((run, _)), Some(engine)) = (owners[u].get(r), engines[other].first()) {
+                    let refused = engine.approve(run, 1, ApprovalDecision::Approve);
+                    prop_assert!(
+                        matches!(refused, Err(EngineError::UnknownRun { .. })),
+                        "another user's approval: {refused:?}"
+                    );
                 }
             }
             Op::Cancel(u, r) => {

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::limits::{QUEUED_NOTICE, REDACTED};
+use crate::multitask::MultitaskPolicy;
 use crate::{
     Agent, AgentEvent, BoxError, Delivery, DeliveryError, EventEnvelope, RunContext, RunStatus,
     Tool, ToolContext, ToolError, ToolStatus, UserExecutionContext,
@@ -340,8 +341,10 @@ async fn duplicate_active_run_is_refused_and_cancel_unknown_is_typed() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrency_limit_queues_runs_and_reports_the_wait() {
+    // Runs of one thread side by side, so only the concurrency limit makes them wait.
     let config = EngineConfig::builder()
         .max_concurrent_runs(3)
+        .multitask(MultitaskPolicy::Parallel)
         .build()
         .unwrap();
     let f = fixture_with(vec![Step::Sleep(200)], config, SinkMode::Ok);
@@ -368,6 +371,7 @@ async fn concurrency_limit_queues_runs_and_reports_the_wait() {
 async fn a_run_queued_over_a_second_gets_the_queued_notice() {
     let config = EngineConfig::builder()
         .max_concurrent_runs(1)
+        .multitask(MultitaskPolicy::Parallel)
         .build()
         .unwrap();
     let f = fixture_with(vec![Step::Sleep(1500)], config, SinkMode::Ok);

@@ -17,6 +17,7 @@ use crate::error::panic_message;
 use crate::event::{AgentEvent, RunStatus, ToolStatus};
 use crate::limits::QUEUED_NOTICE;
 use crate::outcome::{RunEnd, RunOutcome};
+use crate::run::control::RunControl;
 use crate::run::emit::{millis, within, Emitter};
 use crate::run::RunContext;
 use crate::sync::lock;
@@ -27,24 +28,29 @@ pub(crate) struct Run {
     pub(crate) context: UserExecutionContext,
     pub(crate) agent_name: Arc<str>,
     pub(crate) input: String,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) control: Arc<RunControl>,
+    /// The `done` signals of the thread's earlier runs this run waits for (multitask `enqueue`
+    /// and `interrupt`); empty for `parallel` or an idle thread.
+    pub(crate) after: Vec<CancellationToken>,
 }
 
 impl Run {
     /// Runs to the end. Whatever happens inside, the run emits `agent_started` first and exactly
     /// one `agent_completed` last, and is recorded and released in the engine.
     pub(crate) async fn execute(self) -> RunOutcome {
+        // Whatever way this task ends (even dropped with its runtime), the thread's later runs
+        // stop waiting for it.
+        let _done = self.control.done.clone().drop_guard();
         let engine = &self.engine;
-        let config = &engine.config;
         let accepted = Instant::now();
+        self.wait_for_earlier_runs().await;
         let mut rc = RunContext::new(
             Arc::clone(&self.agent_name),
             self.context.clone(),
             engine.registry.clone(),
             Arc::clone(&engine.sink),
-            self.cancel.clone(),
-            config.tool_timeout(),
-            config.delivery_timeout(),
+            Arc::clone(&self.control),
+            &engine.config,
         );
         rc.emitter()
             .emit(AgentEvent::AgentStarted {
@@ -103,11 +109,23 @@ impl Run {
         outcome
     }
 
+    /// Waits until the thread's earlier runs (those this run must follow) have ended, or until
+    /// this run is cancelled.
+    async fn wait_for_earlier_runs(&self) {
+        for earlier in &self.after {
+            tokio::select! {
+                biased;
+                () = self.control.cancel.cancelled() => return,
+                () = earlier.cancelled() => {}
+            }
+        }
+    }
+
     /// Waits for a concurrency slot; `None` if the run was cancelled while queued. Emits the
     /// "queued" notice once the wait passes `queue_notice_after`.
     async fn wait_for_slot<'a>(&'a self, emitter: &mut Emitter) -> Option<SemaphorePermit<'a>> {
         let semaphore = &self.engine.semaphore;
-        if self.cancel.is_cancelled() {
+        if self.control.cancel.is_cancelled() {
             return None;
         }
         // Fast path: a free slot needs no timer for the queued notice.
@@ -119,7 +137,7 @@ impl Run {
         let notice = tokio::time::sleep(self.engine.config.queue_notice_after());
         tokio::select! {
             biased;
-            () = self.cancel.cancelled() => return None,
+            () = self.control.cancel.cancelled() => return None,
             permit = &mut acquire => return permit.ok(),
             () = notice => {}
         }
@@ -130,7 +148,7 @@ impl Run {
             .await;
         tokio::select! {
             biased;
-            () = self.cancel.cancelled() => None,
+            () = self.control.cancel.cancelled() => None,
             permit = acquire => permit.ok(),
         }
     }
@@ -158,12 +176,12 @@ impl Run {
         let timeout = self.engine.config.run_timeout();
         let result = {
             let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
-            let run = within(timeout, run);
+            let run = within_run_timeout(timeout, &self.control, run);
             // Biased toward the agent: an agent that watches for cancellation returns first.
             tokio::select! {
                 biased;
                 r = run => Some(r),
-                () = self.cancel.cancelled() => None,
+                () = self.control.cancel.cancelled() => None,
             }
         };
         let end = match result {
@@ -176,13 +194,16 @@ impl Run {
             Some(Ok(Err(panic))) => RunEnd::Failed {
                 error: format!("agent `{name}` panicked: {}", panic_message(&*panic)),
             },
-            Some(Ok(Ok(_))) if self.cancel.is_cancelled() => RunEnd::Cancelled {
+            Some(Ok(Ok(_))) if self.control.cancel.is_cancelled() => RunEnd::Cancelled {
                 reason: "run cancelled".into(),
             },
             Some(Ok(Ok(Err(e)))) => RunEnd::Failed {
                 error: format!("agent `{name}` failed: {e}"),
             },
-            Some(Ok(Ok(Ok(answer)))) => RunEnd::Completed { answer },
+            Some(Ok(Ok(Ok(answer)))) => match rc.finish_stream(&answer).await {
+                Ok(()) => RunEnd::Completed { answer },
+                Err(error) => RunEnd::Failed { error },
+            },
         };
         let open_status = match &end {
             RunEnd::TimedOut { .. } => ToolStatus::Timeout,
@@ -204,5 +225,32 @@ impl Run {
         }
         state.last_activity = Instant::now();
         state.runs.remove(&outcome.run_id);
+    }
+}
+
+/// The run timeout around the agent: like [`within`], but time spent waiting for the user's
+/// approval of a tool call does not count (see `EngineConfig::approval_timeout`).
+async fn within_run_timeout<F: std::future::Future>(
+    limit: Duration,
+    control: &RunControl,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let started = Instant::now();
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let deadline = started + limit + control.approval_wait();
+        match within(
+            deadline.saturating_duration_since(Instant::now()),
+            fut.as_mut(),
+        )
+        .await
+        {
+            Ok(out) => return Ok(out),
+            // Extended while the user was asked: go on until the extended deadline.
+            Err(elapsed) if started + limit + control.approval_wait() <= Instant::now() => {
+                return Err(elapsed)
+            }
+            Err(_) => {}
+        }
     }
 }

@@ -9,13 +9,15 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::context::UserExecutionContext;
 use crate::error::{panic_message, ToolError};
+use crate::event::ApprovalOutcome;
 use crate::event::{AgentEvent, ToolStatus};
 use crate::limits::MAX_RESULT_CHARS;
+use crate::multitask::ApprovalDecision;
 use crate::registry::AgentRegistry;
+use crate::run::control::RunControl;
 use crate::run::emit::{millis, within, Emitter};
 use crate::sanitize::{sanitize_arguments, sanitize_result, truncate_str};
 use crate::tool::{Tool, ToolContext};
@@ -39,8 +41,9 @@ pub(super) struct OpenCall {
 pub struct ToolDispatcher {
     pub(super) registry: AgentRegistry,
     pub(super) context: UserExecutionContext,
-    pub(super) cancel: CancellationToken,
+    pub(super) control: Arc<RunControl>,
     pub(super) tool_timeout: Duration,
+    pub(super) approval_timeout: Duration,
     pub(super) next_call_id: u32,
     pub(super) open: Option<OpenCall>,
     pub(super) calls: u32,
@@ -93,14 +96,34 @@ impl ToolDispatcher {
             tool_name: Arc::clone(&tool_name),
             started: Instant::now(),
         });
+        let checked = self.check(name, entry.is_some());
+        let approval = checked.is_ok()
+            && self
+                .registry
+                .needs_approval(self.context.user_id(), name, &args);
+        let arguments = sanitize_arguments(&args);
+        // The approval request shows the same arguments; copied only when there is one.
+        let shown = approval.then(|| arguments.clone());
         emitter
             .emit(AgentEvent::ToolExecuting {
-                tool_name,
+                tool_name: Arc::clone(&tool_name),
                 call_id,
-                arguments: sanitize_arguments(&args),
+                arguments,
             })
             .await;
-        let outcome = self.invoke(name, entry.map(|(_, t)| t), args).await;
+        let outcome = match (checked, shown) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(shown)) => {
+                match self
+                    .wait_for_approval(emitter, name, tool_name, call_id, shown)
+                    .await
+                {
+                    Ok(()) => self.invoke(name, entry.map(|(_, t)| t), args).await,
+                    Err(e) => Err(e),
+                }
+            }
+            (Ok(()), None) => self.invoke(name, entry.map(|(_, t)| t), args).await,
+        };
         let (status, result, error) = match &outcome {
             Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
             Err(e) => {
@@ -108,6 +131,8 @@ impl ToolDispatcher {
                     ToolError::PermissionDenied { .. } => ToolStatus::PermissionDenied,
                     ToolError::Timeout { .. } => ToolStatus::Timeout,
                     ToolError::Cancelled { .. } => ToolStatus::Cancelled,
+                    ToolError::Denied { .. } => ToolStatus::Denied,
+                    ToolError::ApprovalTimeout { .. } => ToolStatus::Timeout,
                     _ => ToolStatus::Error,
                 };
                 (
@@ -121,6 +146,72 @@ impl ToolDispatcher {
         outcome
     }
 
+    /// The checks before a call may run or ask for approval: the tool exists, the user may
+    /// call it, the run is not cancelled.
+    fn check(&self, name: &str, exists: bool) -> Result<(), ToolError> {
+        if !exists {
+            return Err(ToolError::NotFound { name: name.into() });
+        }
+        if !self.is_allowed(name) {
+            return Err(ToolError::PermissionDenied {
+                name: name.into(),
+                user: self.context.user_id().clone(),
+            });
+        }
+        if self.control.cancel.is_cancelled() {
+            return Err(ToolError::Cancelled { name: name.into() });
+        }
+        Ok(())
+    }
+
+    /// Emits `approval_requested`, waits for the user's decision (or the approval timeout, or
+    /// the run's cancellation), and emits `approval_decided` unless the run was cancelled.
+    async fn wait_for_approval(
+        &self,
+        emitter: &mut Emitter,
+        name: &str,
+        tool_name: Arc<str>,
+        call_id: u32,
+        arguments: Value,
+    ) -> Result<(), ToolError> {
+        // Registered before the event goes out, so an answer that comes at once finds it.
+        let decision = self.control.await_approval(call_id);
+        emitter
+            .emit(AgentEvent::ApprovalRequested {
+                tool_name,
+                call_id,
+                arguments,
+            })
+            .await;
+        let waited = tokio::select! {
+            biased;
+            () = self.control.cancel.cancelled() => None,
+            d = tokio::time::timeout(self.approval_timeout, decision) => Some(d),
+        };
+        self.control.end_approval(call_id);
+        let (outcome, result) = match waited {
+            None => return Err(ToolError::Cancelled { name: name.into() }),
+            Some(Ok(Ok(ApprovalDecision::Approve))) => (ApprovalOutcome::Approved, Ok(())),
+            // A sender dropped without a decision cannot happen while the run is live; treat it
+            // as a denial rather than running an unapproved tool.
+            Some(Ok(Ok(_) | Err(_))) => (
+                ApprovalOutcome::Denied,
+                Err(ToolError::Denied { name: name.into() }),
+            ),
+            Some(Err(_)) => (
+                ApprovalOutcome::TimedOut,
+                Err(ToolError::ApprovalTimeout {
+                    name: name.into(),
+                    timeout_ms: millis(self.approval_timeout),
+                }),
+            ),
+        };
+        emitter
+            .emit(AgentEvent::ApprovalDecided { call_id, outcome })
+            .await;
+        result
+    }
+
     async fn invoke(
         &self,
         name: &str,
@@ -130,16 +221,7 @@ impl ToolDispatcher {
         let Some(tool) = tool else {
             return Err(ToolError::NotFound { name: name.into() });
         };
-        if !self.is_allowed(name) {
-            return Err(ToolError::PermissionDenied {
-                name: name.into(),
-                user: self.context.user_id().clone(),
-            });
-        }
-        if self.cancel.is_cancelled() {
-            return Err(ToolError::Cancelled { name: name.into() });
-        }
-        let tool_ctx = ToolContext::new(self.context.clone(), self.cancel.clone());
+        let tool_ctx = ToolContext::new(self.context.clone(), self.control.cancel.clone());
         let call = AssertUnwindSafe(tool.call(args, &tool_ctx)).catch_unwind();
         let call = within(self.tool_timeout, call);
         // Biased toward the tool: a tool that watches its ToolContext sees the cancellation and
@@ -147,7 +229,7 @@ impl ToolDispatcher {
         let result = tokio::select! {
             biased;
             r = call => r,
-            () = self.cancel.cancelled() => return Err(ToolError::Cancelled { name: name.into() }),
+            () = self.control.cancel.cancelled() => return Err(ToolError::Cancelled { name: name.into() }),
         };
         match result {
             Err(_) => Err(ToolError::Timeout {
@@ -158,7 +240,7 @@ impl ToolDispatcher {
                 name: name.into(),
                 message: panic_message(&*panic),
             }),
-            Ok(Ok(Err(e))) if self.cancel.is_cancelled() => {
+            Ok(Ok(Err(e))) if self.control.cancel.is_cancelled() => {
                 tracing::debug!(tool = name, error = %e, "tool returned after cancellation");
                 Err(ToolError::Cancelled { name: name.into() })
             }
