@@ -1,13 +1,15 @@
 //! The demo agent registry the gateway serves by default: an `assistant` that thinks in
-//! steps, calls real tools (`calculator`, `clock`, `text_stats`) and answers.
+//! steps, calls real tools (`calculator`, `clock`, `text_stats`, and `save_note`, which waits
+//! for the user's approval) and streams its answer word by word.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine_core::{async_trait, Agent, AgentRegistry, BoxError, RunContext, Tool, ToolContext};
 use serde_json::{json, Value};
 
 /// The demo assistant: thinks, calls the calculator when the message contains arithmetic,
-/// the clock when it mentions time, text statistics always, and answers.
+/// the clock when it mentions time, `save_note` (which asks the user first) when it says
+/// "remember", text statistics always, and streams its answer word by word.
 #[derive(Debug, Default)]
 pub struct DemoAssistant;
 
@@ -26,14 +28,36 @@ impl Agent for DemoAssistant {
             let now = ctx.call_tool("clock", json!({})).await?;
             parts.push(format!("the time is {}", now["unix_seconds"]));
         }
+        if input.to_lowercase().contains("remember") {
+            match ctx.call_tool("save_note", json!({ "text": input })).await {
+                Ok(saved) => parts.push(format!("noted ({} characters)", saved["chars"])),
+                Err(e) => parts.push(format!("not noted ({e})")),
+            }
+        }
         let stats = ctx
             .call_tool("text_stats", json!({ "text": input }))
             .await?;
         ctx.think("Composing the answer").await;
         parts.push(format!("your message has {} words", stats["words"]));
-        Ok(parts.join("; "))
+        let answer = parts.join("; ");
+        // Streamed the way a model produces text: a word at a time.
+        for (i, word) in answer.split(' ').enumerate() {
+            if i > 0 {
+                tokio::time::sleep(WORD_DELAY).await;
+            }
+            let piece = if i == 0 {
+                word.to_owned()
+            } else {
+                format!(" {word}")
+            };
+            ctx.stream(piece).await;
+        }
+        Ok(answer)
     }
 }
+
+/// The pause between two streamed words of the demo answer.
+const WORD_DELAY: Duration = Duration::from_millis(15);
 
 /// Finds the first `a op b` (op in `+ - * /`) in a message.
 fn find_arithmetic(input: &str) -> Option<String> {
@@ -105,7 +129,23 @@ impl Tool for TextStats {
     }
 }
 
-/// The demo registry: agent `assistant` and tools `calculator`, `clock`, `text_stats`.
+/// "Saves" a note for the user (it keeps nothing: a demo of a tool with side effects, so every
+/// call waits for the user's approval).
+#[derive(Debug, Default)]
+pub struct SaveNote;
+
+#[async_trait]
+impl Tool for SaveNote {
+    async fn call(&self, args: Value, _ctx: &ToolContext) -> Result<Value, BoxError> {
+        let text = args["text"]
+            .as_str()
+            .ok_or("argument `text` must be a string")?;
+        Ok(json!({ "saved": true, "chars": text.chars().count() }))
+    }
+}
+
+/// The demo registry: agent `assistant` and tools `calculator`, `clock`, `text_stats` and
+/// `save_note` (which needs the user's approval).
 pub fn demo_registry() -> AgentRegistry {
     demo_registry_builder()
         .build()
@@ -119,6 +159,7 @@ pub fn demo_registry_builder() -> engine_core::AgentRegistryBuilder {
         .tool("calculator", Calculator)
         .tool("clock", Clock)
         .tool("text_stats", TextStats)
+        .tool_requiring_approval("save_note", SaveNote)
 }
 
 #[cfg(test)]

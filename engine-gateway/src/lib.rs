@@ -22,20 +22,30 @@
 //!
 //! # Protocol (JSON text frames)
 //! Client -> server:
-//! - `{"type":"user_message","thread_id":"t1","text":"what is 6 * 7?","client_request_id":"c1"}`
+//! - `{"type":"user_message","thread_id":"t1","text":"what is 6 * 7?","client_request_id":"c1","multitask":"enqueue"}`
+//!   (`client_request_id` and `multitask` are optional; `multitask` says what to do if the
+//!   thread still has a run in progress: `enqueue` (default: start after it), `interrupt`
+//!   (cancel it; its terminal event comes first), `reject` (answer `thread_busy`) or `parallel`;
+//!   any other value is a `bad_frame`);
 //! - `{"type":"cancel","run_id":"run_..."}`
 //! - `{"type":"resume","run_id":"run_...","after_seq":3}`
+//! - `{"type":"approve","run_id":"run_...","call_id":2,"decision":"approve"}` (or `"deny"`)
+//!   answers the `approval_requested` event of a tool call; any tab of the user may answer.
 //!
 //! Server -> client:
 //! - `{"type":"welcome","user_id":"alice"}` once, after the upgrade;
 //! - `{"type":"run_accepted","run_id":"run_...","client_request_id":"c1"}`;
 //! - `{"type":"event","user_id":..,"thread_id":..,"run_id":..,"seq":1,"timestamp_us":..,"event":{"type":"agent_started",..}}`
-//!   for every engine event of the user, on every connection of the user;
+//!   for every engine event of the user, on every connection of the user. Besides the lifecycle
+//!   events: `answer_delta` (`delta`: the next piece of the answer; for a completed run the
+//!   deltas add up to its `result`), `approval_requested` (`tool_name`, `call_id`, `arguments`)
+//!   and `approval_decided` (`call_id`, `outcome`: `approved`, `denied` or `timed_out`). A client
+//!   that reconnects and resumes a run sees a still-pending `approval_requested` again;
 //! - `{"type":"gap","run_id":..,"from_seq":1,"to_seq":40}` when a `resume` asks for events
 //!   already evicted from the per-user replay buffer;
 //! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,
-//!   `frame_too_large`, `rate_limited`, `too_many_runs`, `unknown_run`, `bad_request`,
-//!   `shutting_down`, `internal`. `too_many_runs` is the engine's own limit
+//!   `frame_too_large`, `rate_limited`, `too_many_runs`, `thread_busy`, `unknown_run`,
+//!   `unknown_approval`, `bad_request`, `shutting_down`, `internal`. `too_many_runs` is the engine's own limit
 //!   (`EngineError::QueueFull`: by default 3 runs of a user at once and 4 waiting), reported,
 //!   not decided, by the gateway. The connection stays open. (A frame larger than four times
 //!   `max_frame_bytes` is refused by the WebSocket layer itself, which closes the connection

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use engine_core::{EventEnvelope, RunId};
+use engine_core::{ApprovalDecision, EventEnvelope, MultitaskPolicy, RunId};
 use serde::{Deserialize, Serialize};
 
 /// A frame from the client.
@@ -19,6 +19,19 @@ pub enum ClientFrame {
         /// Echoed back in `run_accepted`, to match the run to the message.
         #[serde(default)]
         client_request_id: Option<String>,
+        /// What to do if the thread still has a run in progress: `enqueue` (the default),
+        /// `interrupt`, `reject` or `parallel`. Any other value is a `bad_frame`.
+        #[serde(default)]
+        multitask: Option<MultitaskPolicy>,
+    },
+    /// Answer a tool call of one of the user's runs that waits for approval.
+    Approve {
+        /// The run.
+        run_id: String,
+        /// The `call_id` of its `approval_requested` event.
+        call_id: u32,
+        /// `approve` or `deny`.
+        decision: ApprovalDecision,
     },
     /// Cancel one of the user's runs.
     Cancel {

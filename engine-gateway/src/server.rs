@@ -11,7 +11,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use engine_core::{AgentRegistry, EngineError, RunId, ThreadId, UserExecutionContext, UserId};
+use engine_core::{
+    AgentRegistry, EngineError, RunId, RunOptions, ThreadId, UserExecutionContext, UserId,
+};
 use engine_factory::{ExecutionEngineFactory, FactoryError};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -246,7 +248,9 @@ impl Gateway {
             Err(e) => {
                 return Some(ServerFrame::error(
                     "bad_frame",
-                    format!("cannot read frame: {e}; expected user_message, cancel or resume"),
+                    format!(
+                        "cannot read frame: {e}; expected user_message, cancel, resume or approve"
+                    ),
                 ))
             }
         };
@@ -263,10 +267,40 @@ impl Gateway {
                 thread_id,
                 text,
                 client_request_id,
-            } => Some(
-                self.start_run(session, conn, &thread_id, text, client_request_id)
-                    .await,
-            ),
+                multitask,
+            } => {
+                let options =
+                    multitask.map_or_else(RunOptions::new, |p| RunOptions::new().multitask(p));
+                Some(
+                    self.start_run(session, conn, &thread_id, text, client_request_id, options)
+                        .await,
+                )
+            }
+            ClientFrame::Approve {
+                run_id,
+                call_id,
+                decision,
+            } => {
+                let Ok(run) = RunId::new(&run_id) else {
+                    return Some(ServerFrame::error(
+                        "bad_request",
+                        "run_id is not a valid run id",
+                    ));
+                };
+                let engine = session.engine.lock().await;
+                // Only this user's engine is asked: another user's run id is unknown here.
+                match engine.as_ref().map(|e| e.approve(&run, call_id, decision)) {
+                    Some(Ok(())) => None,
+                    Some(Err(EngineError::UnknownApproval { .. })) => Some(ServerFrame::error(
+                        "unknown_approval",
+                        format!("run {run_id} has no tool call {call_id} waiting for approval"),
+                    )),
+                    _ => Some(ServerFrame::error(
+                        "unknown_run",
+                        format!("no active run {run_id} of yours"),
+                    )),
+                }
+            }
             ClientFrame::Cancel { run_id } => {
                 let Ok(run) = RunId::new(&run_id) else {
                     return Some(ServerFrame::error(
@@ -310,6 +344,7 @@ impl Gateway {
         thread_id: &str,
         text: String,
         client_request_id: Option<String>,
+        options: RunOptions,
     ) -> ServerFrame {
         let cfg = &self.inner.config;
         if !session.allow_message(cfg.messages_per_minute) {
@@ -351,7 +386,7 @@ impl Gateway {
         // Registered before the run starts so its first event finds it; forgotten again if the
         // engine refuses the run.
         lock(&session.replay).register(ctx.run_id());
-        match engine.spawn(&ctx, "assistant", text) {
+        match engine.spawn_with(&ctx, "assistant", text, options) {
             Ok(_detached) => ServerFrame::RunAccepted {
                 run_id: ctx.run_id().clone(),
                 client_request_id,
@@ -361,6 +396,7 @@ impl Gateway {
                 // The engine decides how many runs a user may have; the gateway reports it.
                 let code = match e {
                     EngineError::QueueFull { .. } => "too_many_runs",
+                    EngineError::ThreadBusy { .. } => "thread_busy",
                     _ => "internal",
                 };
                 ServerFrame::error(code, e.to_string())

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use engine_core::{AgentEvent, EventEnvelope};
 
 pub use engine_gateway::demo::{
-    demo_registry, demo_registry_builder, Calculator, Clock, DemoAssistant, TextStats,
+    demo_registry, demo_registry_builder, Calculator, Clock, DemoAssistant, SaveNote, TextStats,
 };
 
 /// Checks the invariants of ONE run's events, as received by its user, in arrival order:

@@ -1,5 +1,8 @@
 //! A real browser on the gateway's page: headless Chromium loads `/`, connects as a
-//! development user, sends "what is 6 * 7?" and the answer arrives in the page.
+//! development user and sends a message whose answer needs a tool the user must approve; the
+//! test clicks Approve, watches the answer stream in, then switches the tab to another user (the
+//! first user's runs vanish and their new events never show), and drops the socket to see the
+//! page reconnect and finish a run it was showing.
 //!
 //! Chromium is driven over the DevTools protocol (a WebSocket, with tokio-tungstenite). `.ci/run`
 //! installs Debian's `chromium` when missing; outside CI the test is skipped (with a message)
@@ -67,7 +70,7 @@ impl Cdp {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_sends_a_message_and_shows_the_answer() {
+async fn the_page_streams_asks_for_approval_switches_users_and_reconnects() {
     let Some(browser) = chromium() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -90,7 +93,8 @@ async fn the_page_sends_a_message_and_shows_the_answer() {
 
     let profile =
         std::env::temp_dir().join(format!("engine-gateway-chromium-{}", std::process::id()));
-    let page = format!("http://{addr}/?user=alice&send=what%20is%206%20*%207");
+    let page =
+        format!("http://{addr}/?user=alice&send=please%20remember%3A%20what%20is%206%20*%207");
     let mut child = tokio::process::Command::new(&browser)
         .args([
             "--headless",
@@ -146,44 +150,193 @@ async fn the_page_sends_a_message_and_shows_the_answer() {
         .as_str()
         .unwrap()
         .to_owned();
-    let read = |expr: &str| json!({ "expression": expr, "returnByValue": true });
-    let mut answer = String::new();
-    for _ in 0..100 {
-        let r = cdp
-            .call(
-                Some(&session),
-                "Runtime.evaluate",
-                read("document.getElementById('answer').textContent"),
-            )
-            .await;
-        answer = r["result"]["value"].as_str().unwrap_or_default().to_owned();
-        if !answer.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log = cdp
-        .call(
-            Some(&session),
-            "Runtime.evaluate",
-            read("document.getElementById('log').innerText"),
-        )
-        .await["result"]["value"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let mut page = Page { cdp, session };
+    let result = scenario(&mut page, &gateway, addr).await;
     let _ = child.kill().await;
     let _ = stop.send(());
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&profile);
-    assert!(
-        answer.contains("6 * 7 = 42"),
-        "answer: {answer:?}\nlog:\n{log}"
-    );
-    assert!(log.contains("assistant started"), "{log}");
-    assert!(
-        log.contains("calculator"),
-        "the tool call is rendered: {log}"
-    );
-    assert!(log.contains("completed"), "{log}");
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+struct Page {
+    cdp: Cdp,
+    session: String,
+}
+
+impl Page {
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .cdp
+            .call(
+                Some(&self.session),
+                "Runtime.evaluate",
+                json!({ "expression": expr, "returnByValue": true }),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    /// Polls `expr` every 50 ms until it is truthy (10 s at most); the last value otherwise.
+    async fn wait(&mut self, what: &str, expr: &str) -> Result<Value, String> {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            last = self.eval(expr).await;
+            if !(last.is_null() || last == json!(false) || last == json!("") || last == json!(0)) {
+                return Ok(last);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let page = self.eval("document.body.innerText").await;
+        Err(format!(
+            "{what}: still {last} after 10 s; the page shows:\n{page}"
+        ))
+    }
+}
+
+const ANSWER: &str =
+    "document.querySelector('.run .answer') && document.querySelector('.run .answer').textContent";
+
+async fn scenario(
+    page: &mut Page,
+    gateway: &Gateway,
+    addr: std::net::SocketAddr,
+) -> Result<(), String> {
+    // 1. The message needs `save_note`: the page shows Approve / Deny and no answer yet.
+    page.wait(
+        "approval buttons",
+        "document.querySelectorAll('.approval button').length === 2",
+    )
+    .await?;
+    let before = page.eval(ANSWER).await;
+    if before != json!("") {
+        return Err(format!("an answer before the approval: {before}"));
+    }
+    // Record every state of the answer as it grows, then approve.
+    page.eval(
+        "window.snaps = []; new MutationObserver(() => { const a = document.querySelector('.run .answer'); \
+         if (a) window.snaps.push(a.textContent); }).observe(document.getElementById('runs'), \
+         { subtree: true, childList: true, characterData: true }); true",
+    )
+    .await;
+    page.eval("document.querySelector('.approval button.approve').click(); true")
+        .await;
+    page.wait(
+        "the run completes",
+        "document.querySelector('.run').dataset.status === 'completed'",
+    )
+    .await?;
+    let answer = page
+        .eval(ANSWER)
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !(answer.contains("6 * 7 = 42") && answer.contains("noted")) {
+        return Err(format!("answer: {answer:?}"));
+    }
+    let snaps: Vec<String> =
+        serde_json::from_value(page.eval("window.snaps").await).unwrap_or_default();
+    let partial: std::collections::BTreeSet<&String> = snaps
+        .iter()
+        .filter(|s| !s.is_empty() && s.len() < answer.len() && answer.starts_with(s.as_str()))
+        .collect();
+    if partial.len() < 3 {
+        return Err(format!("the answer did not grow in place: {snaps:?}"));
+    }
+    let steps = page
+        .eval("document.querySelector('.run .steps').innerText")
+        .await;
+    let steps = steps.as_str().unwrap_or_default();
+    for expected in ["calculator", "save_note", "approved", "success"] {
+        if !steps.contains(expected) {
+            return Err(format!("the card lacks {expected:?}: {steps}"));
+        }
+    }
+
+    // 2. Switch the tab to carol: alice's run vanishes, and alice's new events never show.
+    page.eval("document.getElementById('user').value = 'carol'; document.getElementById('connect').click(); true")
+        .await;
+    page.wait(
+        "connected as carol",
+        "document.getElementById('status').textContent === 'connected as carol'",
+    )
+    .await?;
+    let cards = page.eval("document.querySelectorAll('.run').length").await;
+    if cards != json!(0) {
+        return Err(format!("alice's runs still shown after switching: {cards}"));
+    }
+    let alice = gateway
+        .keys()
+        .issue(&engine_core::UserId::new("alice").unwrap(), 600)
+        .unwrap();
+    let (mut alice_ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={alice}"))
+            .await
+            .unwrap();
+    alice_ws
+        .send(Message::Text(
+            json!({"type":"user_message","thread_id":"t","text":"what time is it?"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    // Wait until alice's run has ended on her own socket; the page must still show nothing.
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), alice_ws.next())
+            .await
+            .map_err(|_| "alice's run did not end".to_string())?
+            .ok_or("alice's socket closed")?
+            .map_err(|e| e.to_string())?;
+        if let Message::Text(t) = frame {
+            if t.as_str().contains("agent_completed") {
+                break;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shown = page.eval("document.getElementById('runs').innerText").await;
+    if shown != json!("") {
+        return Err(format!("carol's tab shows alice's events: {shown}"));
+    }
+
+    // 3. Carol's run waits for approval; the socket drops; the page reconnects, resumes the run,
+    //    and the Approve button still finishes it.
+    page.eval("document.getElementById('message').value = 'remember this'; document.getElementById('send').click(); true")
+        .await;
+    page.wait(
+        "carol's approval",
+        "document.querySelectorAll('.approval button.approve').length === 1",
+    )
+    .await?;
+    page.eval("ws.close(); true").await;
+    page.wait(
+        "reconnecting",
+        "document.getElementById('status').textContent.includes('reconnecting')",
+    )
+    .await?;
+    page.wait(
+        "reconnected",
+        "document.getElementById('status').textContent === 'connected as carol'",
+    )
+    .await?;
+    page.eval("document.querySelector('.approval button.approve').click(); true")
+        .await;
+    page.wait(
+        "carol's run completes",
+        "document.querySelector('.run').dataset.status === 'completed'",
+    )
+    .await?;
+    let answer = page.eval(ANSWER).await;
+    if !answer.as_str().unwrap_or_default().contains("noted") {
+        return Err(format!("carol's answer: {answer}"));
+    }
+    let cards = page.eval("document.querySelectorAll('.run').length").await;
+    if cards != json!(1) {
+        return Err(format!("after the reconnect the run shows {cards} times"));
+    }
+    Ok(())
 }

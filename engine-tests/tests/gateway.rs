@@ -501,3 +501,234 @@ async fn idle_sessions_are_swept_and_leave_nothing_behind() {
     assert_eq!(next_json(&mut ws).await["code"], "unknown_run");
     server.stop().await;
 }
+
+/// Sends a message and returns its run id (frames before `run_accepted` are dropped).
+async fn start_run(ws: &mut Ws, thread: &str, text: &str, multitask: Option<&str>) -> String {
+    let mut frame = json!({"type":"user_message","thread_id":thread,"text":text});
+    if let Some(m) = multitask {
+        frame["multitask"] = json!(m);
+    }
+    send(ws, frame).await;
+    loop {
+        let f = next_json(ws).await;
+        match f["type"].as_str() {
+            Some("run_accepted") => return f["run_id"].as_str().unwrap().to_owned(),
+            Some("error") => panic!("refused: {f}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads events until every run in `runs` has ended; returns `(run index, kind)` in order.
+async fn order_of(ws: &mut Ws, runs: &[&str]) -> Vec<(usize, String)> {
+    let mut order = Vec::new();
+    let mut ended = 0;
+    while ended < runs.len() {
+        let f = next_json(ws).await;
+        if f["type"] != "event" {
+            continue;
+        }
+        let Some(i) = runs.iter().position(|r| f["run_id"] == *r) else {
+            continue;
+        };
+        let kind = f["event"]["type"].as_str().unwrap().to_owned();
+        ended += usize::from(kind == "agent_completed");
+        order.push((i, kind));
+    }
+    order
+}
+
+fn pos(order: &[(usize, String)], run: usize, kind: &str) -> usize {
+    order
+        .iter()
+        .position(|(r, k)| *r == run && k == kind)
+        .unwrap_or_else(|| panic!("run {run} has no {kind}: {order:?}"))
+}
+
+#[tokio::test]
+async fn multitask_policies_over_the_wire() {
+    let server = start(|_| {}).await;
+    let mut ws = server.connect("mia").await;
+
+    // enqueue (the default): b starts after a ended.
+    let a = start_run(&mut ws, "t", "sleep:150;think:a", None).await;
+    let b = start_run(&mut ws, "t", "think:b", Some("enqueue")).await;
+    let order = order_of(&mut ws, &[&a, &b]).await;
+    assert!(
+        pos(&order, 0, "agent_completed") < pos(&order, 1, "agent_started"),
+        "{order:?}"
+    );
+
+    // interrupt: a is cancelled, its terminal comes before b's start.
+    let a = start_run(&mut ws, "t", "wait_cancel", None).await;
+    let b = start_run(&mut ws, "t", "think:b", Some("interrupt")).await;
+    let order = order_of(&mut ws, &[&a, &b]).await;
+    assert!(
+        pos(&order, 0, "agent_completed") < pos(&order, 1, "agent_started"),
+        "{order:?}"
+    );
+
+    // reject: refused while a runs, with thread_busy and no events.
+    let a = start_run(&mut ws, "t", "sleep:150", None).await;
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":"x","multitask":"reject"}),
+    )
+    .await;
+    let refused = loop {
+        let f = next_json(&mut ws).await;
+        if f["type"] == "error" {
+            break f;
+        }
+        assert_ne!(f["type"], "run_accepted", "{f}");
+    };
+    assert_eq!(refused["code"], "thread_busy", "{refused}");
+    order_of(&mut ws, &[&a]).await;
+
+    // An unknown policy is a bad frame.
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":"x","multitask":"later"}),
+    )
+    .await;
+    let bad = next_json(&mut ws).await;
+    assert_eq!(bad["code"], "bad_frame", "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("later"), "{bad}");
+    server.stop().await;
+}
+
+/// The deltas and approval events of one run, as `kind` or `kind:detail`.
+fn story(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let ev = &e["event"];
+            match ev["type"].as_str().unwrap() {
+                "answer_delta" => format!("answer_delta:{}", ev["delta"].as_str().unwrap()),
+                "approval_decided" => {
+                    format!("approval_decided:{}", ev["outcome"].as_str().unwrap())
+                }
+                "tool_completed" => format!("tool_completed:{}", ev["status"].as_str().unwrap()),
+                other => other.to_owned(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_streamed_answer_reaches_both_tabs_identically_and_no_other_user() {
+    let server = start(|_| {}).await;
+    let mut tab1 = server.connect("nia").await;
+    let mut tab2 = server.connect("nia").await;
+    let mut other = server.connect("oscar").await;
+    let run = start_run(&mut tab1, "t", "say:one;say:-two;say:-three", None).await;
+    let seen1 = until_completed(&mut tab1, &run).await;
+    let seen2 = until_completed(&mut tab2, &run).await;
+    assert_eq!(story(&seen1), story(&seen2));
+    let deltas: String = seen1
+        .iter()
+        .filter(|e| e["event"]["type"] == "answer_delta")
+        .map(|e| e["event"]["delta"].as_str().unwrap())
+        .collect();
+    let result = seen1.last().unwrap()["event"]["result"].as_str().unwrap();
+    assert!(deltas.starts_with("one-two-three"), "{deltas}");
+    assert_eq!(deltas, result);
+    // Oscar's own run goes through; nothing of nia's reached him before it.
+    let mine = start_run(&mut other, "t", "think:mine", None).await;
+    loop {
+        let f = next_json(&mut other).await;
+        assert_ne!(f["run_id"], json!(run), "oscar got nia's event: {f}");
+        if f["run_id"] == json!(mine) && f["event"]["type"] == "agent_completed" {
+            break;
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn approvals_from_another_tab_after_a_reconnect_and_not_from_another_user() {
+    let server = start(|_| {}).await;
+    let mut tab1 = server.connect("pia").await;
+    let mut tab2 = server.connect("pia").await;
+    let mut intruder = server.connect("quinn").await;
+
+    // Asked in tab 1, approved from tab 2.
+    let run = start_run(&mut tab1, "t", "tool:guarded", None).await;
+    let call = loop {
+        let f = next_json(&mut tab2).await;
+        if f["event"]["type"] == "approval_requested" {
+            break f["event"]["call_id"].as_u64().unwrap();
+        }
+    };
+    // Another user cannot answer it (nor tell it exists).
+    send(
+        &mut intruder,
+        json!({"type":"approve","run_id":run,"call_id":call,"decision":"approve"}),
+    )
+    .await;
+    let refused = next_json(&mut intruder).await;
+    assert_eq!(refused["code"], "unknown_run", "{refused}");
+    send(
+        &mut tab2,
+        json!({"type":"approve","run_id":run,"call_id":call,"decision":"approve"}),
+    )
+    .await;
+    let events = until_completed(&mut tab1, &run).await;
+    let told = story(&events);
+    assert!(
+        told.contains(&"approval_decided:approved".to_owned()),
+        "{told:?}"
+    );
+    assert!(
+        told.contains(&"tool_completed:success".to_owned()),
+        "{told:?}"
+    );
+
+    // Asked, the tab drops, a new connection resumes the run, sees the request, and denies it.
+    let run = start_run(&mut tab1, "t", "tool:guarded", None).await;
+    loop {
+        let f = next_json(&mut tab1).await;
+        if f["event"]["type"] == "approval_requested" {
+            break;
+        }
+    }
+    drop(tab1);
+    let mut back = server.connect("pia").await;
+    send(
+        &mut back,
+        json!({"type":"resume","run_id":run,"after_seq":0}),
+    )
+    .await;
+    let call = loop {
+        let f = next_json(&mut back).await;
+        if f["run_id"] == json!(run) && f["event"]["type"] == "approval_requested" {
+            break f["event"]["call_id"].as_u64().unwrap();
+        }
+    };
+    send(
+        &mut back,
+        json!({"type":"approve","run_id":run,"call_id":call,"decision":"deny"}),
+    )
+    .await;
+    let events = until_completed(&mut back, &run).await;
+    let told = story(&events);
+    assert!(
+        told.contains(&"tool_completed:denied".to_owned()),
+        "{told:?}"
+    );
+    // A decision for a call that no longer waits is answered, not ignored.
+    send(
+        &mut back,
+        json!({"type":"approve","run_id":run,"call_id":call,"decision":"deny"}),
+    )
+    .await;
+    let late = loop {
+        let f = next_json(&mut back).await;
+        if f["type"] == "error" {
+            break f;
+        }
+    };
+    assert_eq!(late["code"], "unknown_run", "{late}");
+    drop(tab2);
+    server.stop().await;
+}
