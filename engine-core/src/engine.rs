@@ -18,6 +18,7 @@ use crate::error::EngineError;
 use crate::ids::{RunId, UserId};
 use crate::multitask::{ApprovalDecision, MultitaskPolicy, RunOptions};
 use crate::outcome::{EngineStats, RunOutcome, StatsAcc};
+use crate::pipeline::{Pipeline, PIPELINE_AGENT};
 use crate::registry::AgentRegistry;
 use crate::run::control::RunControl;
 use crate::run::task::Run;
@@ -271,18 +272,79 @@ impl UserExecutionEngine {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(EngineError::NoRuntime);
         };
+        self.check_user(context)?;
+        let Some(agent_name) = inner.registry.agent_name(agent) else {
+            return Err(self.unknown_agent(agent));
+        };
+        self.start(runtime, context, agent_name, None, input.into(), options)
+    }
+
+    /// Starts a [`Pipeline`] on `input` as one run: each step runs as a sub-agent, announced by
+    /// a `progress_update`; the outcome's [`steps`](RunOutcome::steps) tell how each ended.
+    ///
+    /// # Errors
+    /// As [`spawn_with`](Self::spawn_with); [`EngineError::InvalidPipeline`] for a pipeline
+    /// with no step or more than [`Pipeline::MAX_STEPS`], [`EngineError::UnknownAgent`] for a
+    /// step naming an unregistered agent (both before anything is emitted).
+    pub fn spawn_pipeline(
+        &self,
+        context: &UserExecutionContext,
+        pipeline: Pipeline,
+        input: impl Into<String>,
+        options: RunOptions,
+    ) -> Result<RunHandle, EngineError> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(EngineError::NoRuntime);
+        };
+        self.check_user(context)?;
+        let n = pipeline.steps().len();
+        if n == 0 || n > Pipeline::MAX_STEPS {
+            return Err(EngineError::InvalidPipeline {
+                reason: format!("it has {n} steps; give 1 to {}", Pipeline::MAX_STEPS),
+            });
+        }
+        if let Some(step) = pipeline
+            .steps()
+            .iter()
+            .find(|s| !self.inner.registry.has_agent(s.agent()))
+        {
+            return Err(self.unknown_agent(step.agent()));
+        }
+        let name: Arc<str> = Arc::from(PIPELINE_AGENT);
+        let pipeline = Some(Arc::new(pipeline));
+        self.start(runtime, context, name, pipeline, input.into(), options)
+    }
+
+    fn unknown_agent(&self, agent: &str) -> EngineError {
+        let registry = &self.inner.registry;
+        EngineError::UnknownAgent {
+            name: agent.to_owned(),
+            available: registry.agent_names().collect::<Vec<_>>().join(", "),
+        }
+    }
+
+    fn check_user(&self, context: &UserExecutionContext) -> Result<(), EngineError> {
         if context.user_id() != self.user_id() {
             return Err(EngineError::UserMismatch {
                 engine_user: self.user_id().clone(),
                 context_user: context.user_id().clone(),
             });
         }
-        let Some(agent_name) = inner.registry.agent_name(agent) else {
-            return Err(EngineError::UnknownAgent {
-                name: agent.to_owned(),
-                available: inner.registry.agent_names().collect::<Vec<_>>().join(", "),
-            });
-        };
+        Ok(())
+    }
+
+    /// Admits and spawns one run (agent or pipeline) under the engine's limits and the run's
+    /// multitask policy.
+    fn start(
+        &self,
+        runtime: tokio::runtime::Handle,
+        context: &UserExecutionContext,
+        agent_name: Arc<str>,
+        pipeline: Option<Arc<Pipeline>>,
+        input: String,
+        options: RunOptions,
+    ) -> Result<RunHandle, EngineError> {
+        let inner = &self.inner;
         let policy = options
             .multitask_policy()
             .unwrap_or(inner.config.multitask());
@@ -345,13 +407,14 @@ impl UserExecutionEngine {
             user_id = %context.user_id(),
             thread_id = %context.thread_id(),
             run_id = %context.run_id(),
-            agent = agent,
+            agent = &*agent_name,
         );
         let run = Run {
             engine: Arc::clone(inner),
             context: context.clone(),
             agent_name,
-            input: input.into(),
+            pipeline,
+            input,
             control: Arc::clone(&control),
             after,
         };

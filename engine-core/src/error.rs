@@ -114,6 +114,12 @@ pub enum EngineError {
         /// The call number.
         call_id: u32,
     },
+    /// A pipeline cannot run as given.
+    #[error("invalid pipeline: {reason}")]
+    InvalidPipeline {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No active run has this id.
     #[error("no active run {run_id} on this engine (finished, never started, or another user's)")]
     UnknownRun {

@@ -5,8 +5,8 @@
 //! within the run. Serialized to JSON, an envelope looks like:
 //!
 //! ```json
-//! {"user_id":"alice","thread_id":"t1","run_id":"r1","seq":1,"timestamp_us":1764093935000000,
-//!  "event":{"type":"agent_started","agent_name":"assistant"}}
+//! {"user_id":"alice","thread_id":"t1","run_id":"r1","request_id":"req_5f0c...","seq":1,
+//!  "timestamp_us":1764093935000000,"event":{"type":"agent_started","agent_name":"assistant"}}
 //! ```
 
 use std::borrow::Cow;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ids::{RunId, ThreadId, UserId};
+use crate::ids::{RequestId, RunId, ThreadId, UserId};
 
 /// How a run ended. Carried by the single terminal [`AgentEvent::AgentCompleted`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,7 +78,12 @@ pub enum ApprovalOutcome {
 
 /// One lifecycle event. Serialized with a `type` tag in snake_case
 /// (`agent_started`, `agent_thinking`, `answer_delta`, `tool_executing`, `approval_requested`,
-/// `approval_decided`, `tool_completed`, `agent_completed`, `agent_error`).
+/// `approval_decided`, `tool_completed`, `sub_agent_started`, `sub_agent_completed`,
+/// `progress_update`, `agent_death`, `agent_completed`, `agent_error`).
+///
+/// Which agent of the run emitted an event is the envelope's
+/// [`request_id`](EventEnvelope::request_id): the run's own request for the top-level agent, the
+/// sub-agent's request (announced by its `sub_agent_started`) for a sub-agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -159,7 +164,57 @@ pub enum AgentEvent {
         /// Wall time from acceptance to end, queue time included.
         duration_ms: u64,
     },
-    /// An error inside the run (agent error, panic or timeout), reported before the terminal
+    /// A sub-agent starts inside the run (emitted by its parent agent): its events carry
+    /// `request_id` in their envelope, until its `sub_agent_completed`.
+    SubAgentStarted {
+        /// The sub-agent.
+        agent_name: Arc<str>,
+        /// The sub-agent's request (a child of the parent's).
+        request_id: RequestId,
+        /// The request of the agent that started it.
+        parent_request_id: RequestId,
+        /// Nesting depth: 1 for a sub-agent of the top-level agent.
+        depth: u32,
+    },
+    /// A sub-agent ended, whatever happened (exactly one per `sub_agent_started`, before the
+    /// run's terminal event).
+    SubAgentCompleted {
+        /// The sub-agent.
+        agent_name: Arc<str>,
+        /// Its request.
+        request_id: RequestId,
+        /// How it ended.
+        status: RunStatus,
+        /// Its answer, for `completed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+        /// The error, otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Wall time of the sub-agent.
+        duration_ms: u64,
+    },
+    /// A pipeline run starts its next step.
+    ProgressUpdate {
+        /// The step, from 1.
+        step: u32,
+        /// The number of steps.
+        of: u32,
+        /// The step's agent.
+        agent_name: Arc<str>,
+    },
+    /// An agent died: it panicked (or was created by a constructor that panicked), as opposed to
+    /// returning an error. Then its normal ending follows (`sub_agent_completed` or the run's
+    /// `agent_completed`, status `failed`).
+    AgentDeath {
+        /// The agent.
+        agent_name: Arc<str>,
+        /// The request of the agent that died.
+        request_id: RequestId,
+        /// The panic message.
+        reason: String,
+    },
+    /// An error inside the run (agent error or timeout), reported before the terminal
     /// `agent_completed`.
     AgentError {
         /// What went wrong.
@@ -176,6 +231,10 @@ impl AgentEvent {
             Self::AnswerDelta { .. } => "answer_delta",
             Self::ApprovalRequested { .. } => "approval_requested",
             Self::ApprovalDecided { .. } => "approval_decided",
+            Self::SubAgentStarted { .. } => "sub_agent_started",
+            Self::SubAgentCompleted { .. } => "sub_agent_completed",
+            Self::ProgressUpdate { .. } => "progress_update",
+            Self::AgentDeath { .. } => "agent_death",
             Self::ToolExecuting { .. } => "tool_executing",
             Self::ToolCompleted { .. } => "tool_completed",
             Self::AgentCompleted { .. } => "agent_completed",
@@ -199,6 +258,9 @@ pub struct EventEnvelope {
     pub thread_id: ThreadId,
     /// The run.
     pub run_id: RunId,
+    /// The request of the agent that emitted the event: the run's own request for the
+    /// top-level agent, a sub-agent's request for its events.
+    pub request_id: RequestId,
     /// 1 for the first event of a run, +1 for each next one; a consumer that sees a jump knows
     /// events were dropped.
     pub seq: u64,
@@ -219,6 +281,7 @@ mod tests {
             user_id: UserId::new("alice").unwrap(),
             thread_id: ThreadId::new("t1").unwrap(),
             run_id: RunId::new("r1").unwrap(),
+            request_id: RequestId::new("q1").unwrap(),
             seq: 1,
             timestamp_us: 5,
             event: AgentEvent::AgentCompleted {

@@ -81,6 +81,25 @@ pub struct RunOutcome {
     pub events_delivered: u64,
     /// Events the sink dropped (visible to the consumer as sequence gaps).
     pub events_dropped: u64,
+    /// For a pipeline run, each step in order; empty for an agent run.
+    pub steps: Vec<StepOutcome>,
+}
+
+/// How one step of a pipeline run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepOutcome {
+    /// The step's agent.
+    pub agent_name: Arc<str>,
+    /// How it ended; `None` when it never ran (an earlier step failed and the pipeline does
+    /// not continue on error, or the run ended first).
+    pub end: Option<RunEnd>,
+}
+
+impl StepOutcome {
+    pub(crate) fn new(agent_name: Arc<str>, end: Option<RunEnd>) -> Self {
+        Self { agent_name, end }
+    }
 }
 
 impl RunOutcome {

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use engine_core::{async_trait, Agent, AgentRegistry, BoxError, RunContext, Tool, ToolContext};
+use engine_core::{
+    async_trait, Agent, AgentRegistry, BoxError, RunContext, SubAgentCall, Tool, ToolContext,
+};
 use serde_json::{json, Value};
 
 /// The demo assistant: thinks, calls the calculator when the message contains arithmetic,
@@ -144,8 +146,96 @@ impl Tool for SaveNote {
     }
 }
 
-/// The demo registry: agent `assistant` and tools `calculator`, `clock`, `text_stats` and
-/// `save_note` (which needs the user's approval).
+/// A specialist of the supervisor's team: thinks twice and calls one demo tool on the message.
+#[derive(Debug, Clone)]
+pub struct Specialist {
+    role: &'static str,
+    tool: &'static str,
+}
+
+impl Specialist {
+    /// The specialist `role` (its agent name), using `tool`.
+    pub fn new(role: &'static str, tool: &'static str) -> Self {
+        Self { role, tool }
+    }
+}
+
+#[async_trait]
+impl Agent for Specialist {
+    async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+        ctx.think(format!("{}: reading the request", self.role))
+            .await;
+        let args = match self.tool {
+            "calculator" => {
+                json!({ "expression": find_arithmetic(input).unwrap_or_else(|| "1 + 1".into()) })
+            }
+            "clock" => json!({}),
+            _ => json!({ "text": input }),
+        };
+        let found = ctx.call_tool(self.tool, args).await?;
+        ctx.think(format!("{}: writing up", self.role)).await;
+        Ok(format!("{} found {found}", self.role))
+    }
+}
+
+/// The supervisor: one message fans out to a team, as the legacy supervisor engine ran it.
+/// It runs `triage` first, then the team (`data`, `optimization`) at once, then `reporting` on
+/// what they found, and streams the answer. A member that fails or dies is reported in the
+/// answer; the others still finish.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    team: Vec<&'static str>,
+}
+
+impl Supervisor {
+    /// A supervisor whose fan-out runs `team` (after `triage`, before `reporting`).
+    pub fn with_team(team: Vec<&'static str>) -> Self {
+        Self { team }
+    }
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::with_team(vec!["data", "optimization"])
+    }
+}
+
+#[async_trait]
+impl Agent for Supervisor {
+    async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+        ctx.think("Triaging the request").await;
+        let triage = ctx.run_agent("triage", input).await?;
+        ctx.think("Asking the team").await;
+        let calls = self
+            .team
+            .iter()
+            .map(|role| SubAgentCall::new(*role, input))
+            .collect();
+        let findings: Vec<String> = ctx
+            .run_agents(calls, 4)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| format!("({e})")))
+            .collect();
+        let report = ctx
+            .run_agent("reporting", &format!("{triage}; {}", findings.join("; ")))
+            .await?;
+        let answer = format!("{triage}; {}; {report}", findings.join("; "));
+        for (i, word) in answer.split(' ').enumerate() {
+            let piece = if i == 0 {
+                word.to_owned()
+            } else {
+                format!(" {word}")
+            };
+            ctx.stream(piece).await;
+        }
+        Ok(answer)
+    }
+}
+
+/// The demo registry: agents `assistant` and `supervisor` (with its team `triage`, `data`,
+/// `optimization`, `reporting`) and tools `calculator`, `clock`, `text_stats` and `save_note`
+/// (which needs the user's approval).
 pub fn demo_registry() -> AgentRegistry {
     demo_registry_builder()
         .build()
@@ -156,6 +246,13 @@ pub fn demo_registry() -> AgentRegistry {
 pub fn demo_registry_builder() -> engine_core::AgentRegistryBuilder {
     AgentRegistry::builder()
         .agent("assistant", || DemoAssistant)
+        .agent("supervisor", Supervisor::default)
+        .agent("triage", || Specialist::new("triage", "text_stats"))
+        .agent("data", || Specialist::new("data", "clock"))
+        .agent("optimization", || {
+            Specialist::new("optimization", "calculator")
+        })
+        .agent("reporting", || Specialist::new("reporting", "text_stats"))
         .tool("calculator", Calculator)
         .tool("clock", Clock)
         .tool("text_stats", TextStats)

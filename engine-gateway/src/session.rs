@@ -216,6 +216,7 @@ mod tests {
             user_id: UserId::new("alice").unwrap(),
             thread_id: ThreadId::new("t").unwrap(),
             run_id: RunId::new(run).unwrap(),
+            request_id: engine_core::RequestId::new("q").unwrap(),
             seq,
             timestamp_us: seq,
             event: AgentEvent::AgentThinking {

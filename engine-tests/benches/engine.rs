@@ -42,6 +42,7 @@ fn envelope(user: &UserId, seq: u64) -> EventEnvelope {
         user_id: user.clone(),
         thread_id: ThreadId::new("thread").expect("id"),
         run_id: RunId::new("run-1").expect("id"),
+        request_id: engine_core::RequestId::new("req-1").expect("id"),
         seq,
         timestamp_us: 0,
         event: AgentEvent::AgentThinking {

@@ -157,6 +157,7 @@ fn latency(users_n: usize, per_user: u64, pace_ms: u64) -> ([u64; 3], [u64; 3]) 
                         user_id: user.clone(),
                         thread_id: ThreadId::new("thread").expect("id"),
                         run_id: RunId::new("run-1").expect("id"),
+                        request_id: engine_core::RequestId::new("req-1").expect("id"),
                         seq,
                         timestamp_us: now_us(),
                         event: AgentEvent::AgentThinking {

@@ -63,6 +63,7 @@ fn main() {
                             user_id: user.clone(),
                             thread_id: thread.clone(),
                             run_id: ctx.run_id().clone(),
+                            request_id: ctx.request_id().clone(),
                             seq,
                             timestamp_us: 0,
                             event: AgentEvent::AgentThinking {

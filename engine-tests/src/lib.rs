@@ -31,24 +31,31 @@ pub use script::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use engine_core::{AgentEvent, EventEnvelope};
+use engine_core::{AgentEvent, EventEnvelope, RequestId};
 
 pub use engine_gateway::demo::{
-    demo_registry, demo_registry_builder, Calculator, Clock, DemoAssistant, SaveNote, TextStats,
+    demo_registry, demo_registry_builder, Calculator, Clock, DemoAssistant, SaveNote, Specialist,
+    Supervisor, TextStats,
 };
 
 /// Checks the invariants of ONE run's events, as received by its user, in arrival order:
 /// one user, thread and run; sequence numbers contiguous from 1 (no drops expected);
-/// timestamps non-decreasing; `agent_started` first; exactly one `agent_completed`, last;
-/// every `tool_executing` paired with a `tool_completed` of the same call id; an
-/// `approval_requested` / `approval_decided` only inside its call, in that order; and for a
-/// completed run that streamed, the `answer_delta`s concatenated equal the result.
+/// timestamps non-decreasing; `agent_started` first; exactly one `agent_completed`, last.
+/// Nested form: every event comes from the run's own request or from a sub-agent between its
+/// `sub_agent_started` and its one `sub_agent_completed` (started by an agent that is itself
+/// open), and every sub-agent ends before the terminal event, after its own tool calls and
+/// sub-agents. Every `tool_executing` is paired with one `tool_completed` of the same call id;
+/// an `approval_requested` / `approval_decided` sits inside its open call, in that order; and
+/// for a completed run that streamed, the `answer_delta`s concatenated equal the result.
 ///
 /// # Errors
 /// A description of the first violated invariant.
 pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
     let first = events.first().ok_or("no events")?;
-    let mut open_calls = Vec::new();
+    let root = &first.request_id;
+    // Open tool calls (call id, owner) and open sub-agents (request id, parent).
+    let mut calls: Vec<(u32, RequestId)> = Vec::new();
+    let mut subs: Vec<(RequestId, RequestId)> = Vec::new();
     let mut asked: Vec<u32> = Vec::new();
     let mut streamed: Option<String> = None;
     for (i, e) in events.iter().enumerate() {
@@ -63,6 +70,12 @@ pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
         if i > 0 && e.timestamp_us < events[i - 1].timestamp_us {
             return Err(format!("{at}: timestamp went backwards"));
         }
+        let from = &e.request_id;
+        if from != root && !subs.iter().any(|(r, _)| r == from) {
+            return Err(format!(
+                "{at}: emitted by {from}, which is not an open agent of the run"
+            ));
+        }
         match (&e.event, i) {
             (AgentEvent::AgentStarted { .. }, 0) => {}
             (AgentEvent::AgentStarted { .. }, _) => return Err(format!("{at}: second start")),
@@ -70,32 +83,74 @@ pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
             (AgentEvent::AgentCompleted { .. }, n) if n + 1 != events.len() => {
                 return Err(format!("{at}: terminal event is not last"))
             }
-            (AgentEvent::ToolExecuting { call_id, .. }, _) => open_calls.push(*call_id),
+            (AgentEvent::ToolExecuting { call_id, .. }, _) => {
+                if calls.iter().any(|(c, _)| c == call_id) {
+                    return Err(format!("{at}: call id {call_id} reused"));
+                }
+                calls.push((*call_id, from.clone()));
+            }
+            (AgentEvent::ToolCompleted { call_id, .. }, _) => {
+                let Some(k) = calls.iter().position(|(c, o)| c == call_id && o == from) else {
+                    return Err(format!("{at}: tool_completed without its tool_executing"));
+                };
+                calls.remove(k);
+            }
             (AgentEvent::AnswerDelta { delta }, _) => {
                 streamed.get_or_insert_with(String::new).push_str(delta);
             }
             (AgentEvent::ApprovalRequested { call_id, .. }, _) => {
-                if open_calls.last() != Some(call_id) || asked.contains(call_id) {
+                if !calls.iter().any(|(c, _)| c == call_id) || asked.contains(call_id) {
                     return Err(format!("{at}: approval_requested outside its open call"));
                 }
                 asked.push(*call_id);
             }
             (AgentEvent::ApprovalDecided { call_id, .. }, _) => {
-                if open_calls.last() != Some(call_id) || asked.last() != Some(call_id) {
+                let Some(k) = asked.iter().position(|c| c == call_id) else {
                     return Err(format!("{at}: approval_decided without its request"));
+                };
+                if !calls.iter().any(|(c, _)| c == call_id) {
+                    return Err(format!("{at}: approval_decided outside its open call"));
                 }
-                asked.pop();
+                asked.remove(k);
             }
-            (AgentEvent::ToolCompleted { call_id, .. }, _)
-                if open_calls.pop() != Some(*call_id) =>
-            {
-                return Err(format!("{at}: tool_completed without its tool_executing"));
+            (
+                AgentEvent::SubAgentStarted {
+                    request_id,
+                    parent_request_id,
+                    ..
+                },
+                _,
+            ) => {
+                if parent_request_id != from {
+                    return Err(format!(
+                        "{at}: started by {from}, names {parent_request_id}"
+                    ));
+                }
+                if request_id == root || subs.iter().any(|(r, _)| r == request_id) {
+                    return Err(format!("{at}: sub-agent {request_id} started twice"));
+                }
+                subs.push((request_id.clone(), from.clone()));
+            }
+            (AgentEvent::SubAgentCompleted { request_id, .. }, _) => {
+                let Some(k) = subs.iter().position(|(r, p)| r == request_id && p == from) else {
+                    return Err(format!("{at}: {request_id} completed without being open"));
+                };
+                if calls.iter().any(|(_, o)| o == request_id) {
+                    return Err(format!("{at}: {request_id} ended with tool calls open"));
+                }
+                if subs.iter().any(|(_, p)| p == request_id) {
+                    return Err(format!("{at}: {request_id} ended with sub-agents open"));
+                }
+                subs.remove(k);
             }
             _ => {}
         }
     }
-    if !open_calls.is_empty() {
-        return Err(format!("tool calls {open_calls:?} never completed"));
+    if !calls.is_empty() {
+        return Err(format!("tool calls {calls:?} never completed"));
+    }
+    if !subs.is_empty() {
+        return Err(format!("sub-agents {subs:?} never completed"));
     }
     match events.last().map(|e| &e.event) {
         Some(AgentEvent::AgentCompleted {

@@ -13,6 +13,9 @@
 //! | `wait_cancel` | waits for cancellation, then says so and returns |
 //! | `say:TEXT` | streams TEXT as an `answer_delta` |
 //! | `answer:TEXT` | answers exactly TEXT (instead of the usual answer) |
+//! | `sub:SCRIPT` | runs the script agent as a sub-agent on SCRIPT (`\|` stands for `;`); its answer or error is noted |
+//! | `fanout:N:SCRIPT` | runs N such sub-agents at once |
+//! | `cleanup:NAME` / `cleanup_fail:NAME` / `cleanup_panic:NAME` | registers a cleanup action that records NAME (and then fails or panics) |
 //!
 //! The answer names the user and lists tool results, so a leak of one user's answer into
 //! another's stream is detectable. A script that streamed answers with the streamed text
@@ -24,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine_core::{
-    async_trait, Agent, AgentRegistry, AgentRegistryBuilder, BoxError, RunContext, Tool,
-    ToolContext,
+    async_trait, Agent, AgentRegistry, AgentRegistryBuilder, BoxError, RunContext, SubAgentCall,
+    Tool, ToolContext,
 };
 use serde_json::{json, Value};
 
@@ -38,6 +41,8 @@ pub struct Observations {
     pub agent_saw_cancel: AtomicUsize,
     /// `slow` tool calls that saw their run's cancellation.
     pub tool_saw_cancel: AtomicUsize,
+    /// Cleanup actions, in the order they ran.
+    pub cleanups: std::sync::Mutex<Vec<String>>,
 }
 
 /// The scripted agent.
@@ -65,6 +70,34 @@ impl Agent for ScriptAgent {
                     }
                 }
                 "say" => ctx.stream(arg.to_owned()).await,
+                "sub" => match ctx.run_agent("script", &arg.replace('|', ";")).await {
+                    Ok(a) => notes.push(format!("sub={a}")),
+                    Err(e) => notes.push(format!("sub!{e}")),
+                },
+                "fanout" => {
+                    let (n, inner) = arg.split_once(':').unwrap_or((arg, ""));
+                    let calls = (0..n.parse::<usize>()?)
+                        .map(|_| SubAgentCall::new("script", inner.replace('|', ";")))
+                        .collect();
+                    for r in ctx.run_agents(calls, 4).await {
+                        match r {
+                            Ok(a) => notes.push(format!("sub={a}")),
+                            Err(e) => notes.push(format!("sub!{e}")),
+                        }
+                    }
+                }
+                "cleanup" | "cleanup_fail" | "cleanup_panic" => {
+                    let observed = Arc::clone(&self.observed);
+                    let (name, how) = (arg.to_owned(), op.to_owned());
+                    ctx.on_cleanup(arg, move || async move {
+                        observed.cleanups.lock().unwrap().push(name.clone());
+                        match how.as_str() {
+                            "cleanup_fail" => Err(format!("cleanup {name} failed").into()),
+                            "cleanup_panic" => panic!("cleanup {name} panicked"),
+                            _ => Ok(()),
+                        }
+                    });
+                }
                 "answer" => answer = Some(arg.to_owned()),
                 "fail" => return Err(arg.to_owned().into()),
                 "panic" => panic!("{arg}"),

@@ -1,15 +1,17 @@
 //! Property tests: random sequences of create / execute / spawn (under every multitask policy,
-//! with streamed text and tool calls that wait for approval) / approve / approve another user's
-//! run / cancel / close / cleanup_user / shutdown over several users. Invariants: a user's live
+//! with streamed text, tool calls that wait for approval, sub-agents fanned out or waiting,
+//! cleanup actions) / pipelines / approve / approve another user's run / cancel / close /
+//! cleanup_user / shutdown over several users. Invariants: a user's live
 //! engines never exceed the limit and match what the caller holds; no event reaches another
 //! user; another user's approval is refused; every started run has exactly one terminal event,
-//! and its events pass `check_run` (approvals inside their calls, deltas adding up).
+//! and its events pass `check_run` (sub-agents nested and ended before it, approvals inside
+//! their calls, deltas adding up).
 
 use std::time::Duration;
 
 use engine_core::{
-    ApprovalDecision, EngineError, MultitaskPolicy, RunHandle, RunId, RunOptions,
-    UserExecutionContext, UserExecutionEngine, UserId,
+    ApprovalDecision, EngineError, MultitaskPolicy, Pipeline, PipelineStep, RunHandle, RunId,
+    RunOptions, UserExecutionContext, UserExecutionEngine, UserId,
 };
 use engine_factory::{EngineHandle, ExecutionEngineFactory, FactoryConfig, FactoryError};
 use engine_tests::{by_run, check_run, drain, script_registry};
@@ -23,6 +25,7 @@ enum Op {
     Create(usize),
     Execute(usize, usize, u8),
     Spawn(usize, usize, u8, u8),
+    Pipeline(usize, usize, bool),
     Approve(usize, usize, bool),
     ApproveOthers(usize, usize),
     Cancel(usize, usize),
@@ -34,8 +37,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..USERS).prop_map(Op::Create),
-        4 => (0..USERS, 0..LIMIT, 0..6u8).prop_map(|(u, e, s)| Op::Execute(u, e, s)),
-        4 => (0..USERS, 0..LIMIT, 0..6u8, 0..4u8).prop_map(|(u, e, s, p)| Op::Spawn(u, e, s, p)),
+        4 => (0..USERS, 0..LIMIT, 0..8u8).prop_map(|(u, e, s)| Op::Execute(u, e, s)),
+        4 => (0..USERS, 0..LIMIT, 0..8u8, 0..4u8).prop_map(|(u, e, s, p)| Op::Spawn(u, e, s, p)),
+        2 => (0..USERS, 0..LIMIT, any::<bool>()).prop_map(|(u, e, c)| Op::Pipeline(u, e, c)),
         2 => (0..USERS, 0..8usize, any::<bool>()).prop_map(|(u, r, ok)| Op::Approve(u, r, ok)),
         1 => (0..USERS, 0..8usize).prop_map(|(u, r)| Op::ApproveOthers(u, r)),
         2 => (0..USERS, 0..8usize).prop_map(|(u, r)| Op::Cancel(u, r)),
@@ -52,13 +56,15 @@ fn script(kind: u8) -> &'static str {
         2 => "sleep:2;think:b",
         3 => "wait_cancel",
         4 => "say:checking ;tool:guarded;think:c",
-        _ => "say:one ;sleep:1;say:two ",
+        5 => "say:one ;sleep:1;say:two ",
+        6 => "fanout:3:think:x|tool:echo;sub:fail:inner",
+        _ => "sub:wait_cancel;cleanup:c",
     }
 }
 
 /// Scripts that may wait indefinitely (for cancellation or for an approval).
 fn may_wait(kind: u8) -> bool {
-    matches!(kind, 3 | 4)
+    matches!(kind, 3 | 4 | 7)
 }
 
 fn policy(p: u8) -> MultitaskPolicy {
@@ -137,6 +143,31 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(chosen, MultitaskPolicy::Reject);
                         prop_assert!(live_runs > 0);
                     }
+                    Err(other) => prop_assert!(false, "unexpected {other}"),
+                }
+            }
+            Op::Pipeline(u, e, go_on) => {
+                let Some(engine) = engines[u].get(e) else {
+                    continue;
+                };
+                next_run += 1;
+                let ctx = engine
+                    .context()
+                    .with_run_id(RunId::new(format!("run-{next_run}")).unwrap());
+                let pipeline = Pipeline::new([
+                    PipelineStep::new("script").input("think:a;tool:echo"),
+                    PipelineStep::new("script").input("fail:b"),
+                    PipelineStep::new("script").input("sub:think:c"),
+                ])
+                .continue_on_error(go_on);
+                let options = RunOptions::new().multitask(MultitaskPolicy::Parallel);
+                match engine.spawn_pipeline(&ctx, pipeline, "", options) {
+                    Ok(h) => {
+                        started[u].push(ctx.run_id().clone());
+                        let out = h.outcome().await.unwrap();
+                        prop_assert_eq!(out.steps.len(), 3);
+                    }
+                    Err(EngineError::EngineInactive { .. }) => prop_assert!(!engine.is_active()),
                     Err(other) => prop_assert!(false, "unexpected {other}"),
                 }
             }

@@ -1,6 +1,7 @@
-//! Soak: 1,000 users x 10 runs with random delays, failures, panics and cancellations, all at
-//! once through one factory. Every invariant is checked on what each user received, and
-//! afterwards nothing is left behind: no engine, no hub channel, no subscription.
+//! Soak: 1,000 users x 10 runs with random delays, failures, panics, cancellations and
+//! supervisor runs (sub-agents fanned out), all at once through one factory. Every invariant is
+//! checked on what each user received, and afterwards nothing is left behind: no engine, no hub
+//! channel, no subscription.
 //!
 //! Size and seed: `SOAK_USERS` (default 1000), `SOAK_RUNS` (default 10), `SOAK_SEED`
 //! (default 7), e.g. `SOAK_USERS=10000 cargo test -p engine-tests --release --test soak`.
@@ -26,6 +27,8 @@ enum Fate {
     Fail,
     Panic,
     Cancel,
+    /// A supervisor-style run: sub-agents fanned out, one nested.
+    Supervise,
 }
 
 fn quiet_soak_panics() {
@@ -78,6 +81,7 @@ fn soak_many_users_random_fates_nothing_leaks() {
                                 0 => Fate::Fail,
                                 1 => Fate::Panic,
                                 2 | 3 => Fate::Cancel,
+                                4 => Fate::Supervise,
                                 _ => Fate::Complete,
                             };
                             let delay = rng.random_range(0..4);
@@ -86,6 +90,7 @@ fn soak_many_users_random_fates_nothing_leaks() {
                                 Fate::Fail => format!("sleep:{delay};fail:{user} failed"),
                                 Fate::Panic => format!("sleep:{delay};panic:soak-panic {user}"),
                                 Fate::Cancel => "think:waiting;wait_cancel".to_owned(),
+                                Fate::Supervise => format!("fanout:3:think:{user}|tool:echo;sub:sleep:{delay}|think:{user}"),
                             };
                             let ctx = base.new_run();
                             let h = engine.spawn(&ctx, "script", script).unwrap();
@@ -114,7 +119,7 @@ fn soak_many_users_random_fates_nothing_leaks() {
             assert_eq!(per_run.len(), expected.len(), "{uid}: one stream per run");
             for (out, fate) in &expected {
                 let want = match fate {
-                    Fate::Complete => RunStatus::Completed,
+                    Fate::Complete | Fate::Supervise => RunStatus::Completed,
                     Fate::Fail | Fate::Panic => RunStatus::Failed,
                     Fate::Cancel => RunStatus::Cancelled,
                 };

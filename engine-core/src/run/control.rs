@@ -1,16 +1,22 @@
-//! [`RunControl`]: what the engine and the run's task share about one live run — its
-//! cancellation, its thread, the signal that it ended, and its tool calls waiting for the
-//! user's approval.
+//! [`RunControl`]: what the engine, the run's task and every agent of the run share about one
+//! live run — its cancellation, its thread, the signal that it ended, its tool calls waiting for
+//! the user's approval, the tool calls and sub-agents in progress (to close them if the run is
+//! cut short), the call-id counter, cleanup actions, and a pipeline's step outcomes.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::ThreadId;
+use crate::agent::BoxError;
+use crate::ids::{RequestId, ThreadId};
 use crate::multitask::ApprovalDecision;
+use crate::outcome::StepOutcome;
 use crate::sync::lock;
 
 /// Shared by the engine's run table and the run's task; dropped with both.
@@ -22,6 +28,46 @@ pub(crate) struct RunControl {
     /// was dropped): later runs of the thread wait on it.
     pub(crate) done: CancellationToken,
     approvals: Mutex<Approvals>,
+    next_call_id: AtomicU32,
+    open: Mutex<Vec<Open>>,
+    cleanups: Mutex<Vec<Cleanup>>,
+    pub(crate) steps: Mutex<Vec<StepOutcome>>,
+}
+
+/// A cleanup action registered with `RunContext::on_cleanup`.
+pub(crate) type CleanupFn =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send>;
+
+pub(crate) struct Cleanup {
+    pub(crate) name: String,
+    pub(crate) action: CleanupFn,
+}
+
+impl std::fmt::Debug for Cleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cleanup").field("name", &self.name).finish()
+    }
+}
+
+/// A tool call or sub-agent that has announced its start but not yet its end.
+#[derive(Debug, Clone)]
+pub(crate) struct Open {
+    /// The agent that emitted the start (and must emit the end).
+    pub(crate) owner: RequestId,
+    pub(crate) started: Instant,
+    pub(crate) item: OpenItem,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum OpenItem {
+    Tool {
+        call_id: u32,
+        tool_name: Arc<str>,
+    },
+    SubAgent {
+        agent_name: Arc<str>,
+        request_id: RequestId,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -39,7 +85,89 @@ impl RunControl {
             thread_id,
             done: CancellationToken::new(),
             approvals: Mutex::default(),
+            next_call_id: AtomicU32::new(0),
+            open: Mutex::default(),
+            cleanups: Mutex::default(),
+            steps: Mutex::default(),
         }
+    }
+
+    /// The next tool call id of the run (unique across all its agents, from 1).
+    pub(crate) fn next_call_id(&self) -> u32 {
+        self.next_call_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records a started tool call or sub-agent.
+    pub(crate) fn opened(&self, owner: &RequestId, item: OpenItem) {
+        lock(&self.open).push(Open {
+            owner: owner.clone(),
+            started: Instant::now(),
+            item,
+        });
+    }
+
+    /// Forgets an ended tool call (by call id) or sub-agent (by request id); returns it.
+    pub(crate) fn closed_call(&self, call_id: u32) -> Option<Open> {
+        let mut open = lock(&self.open);
+        let i = open
+            .iter()
+            .rposition(|o| matches!(&o.item, OpenItem::Tool { call_id: c, .. } if *c == call_id))?;
+        Some(open.remove(i))
+    }
+
+    /// Forgets an ended sub-agent.
+    pub(crate) fn closed_sub_agent(&self, request_id: &RequestId) -> Option<Open> {
+        let mut open = lock(&self.open);
+        let i = open.iter().rposition(
+            |o| matches!(&o.item, OpenItem::SubAgent { request_id: r, .. } if r == request_id),
+        )?;
+        Some(open.remove(i))
+    }
+
+    /// Takes what the agents of `owners` (and, transitively, the sub-agents they started) left
+    /// open, newest first: what a cut-short agent never closed.
+    pub(crate) fn take_open_of(&self, owners: Option<&RequestId>) -> Vec<Open> {
+        let mut open = lock(&self.open);
+        let Some(root) = owners else {
+            let mut all = std::mem::take(&mut *open);
+            all.reverse();
+            return all;
+        };
+        let mut owners = vec![root.clone()];
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for o in open.iter() {
+                if let OpenItem::SubAgent { request_id, .. } = &o.item {
+                    if owners.contains(&o.owner) && !owners.contains(request_id) {
+                        owners.push(request_id.clone());
+                        changed = true;
+                    }
+                }
+            }
+        }
+        let mut taken = Vec::new();
+        open.retain(|o| {
+            let mine = owners.contains(&o.owner);
+            if mine {
+                taken.push(o.clone());
+            }
+            !mine
+        });
+        taken.reverse();
+        taken
+    }
+
+    /// Registers a cleanup action.
+    pub(crate) fn on_cleanup(&self, cleanup: Cleanup) {
+        lock(&self.cleanups).push(cleanup);
+    }
+
+    /// The cleanup actions, newest first.
+    pub(crate) fn take_cleanups(&self) -> Vec<Cleanup> {
+        let mut all = std::mem::take(&mut *lock(&self.cleanups));
+        all.reverse();
+        all
     }
 
     /// Registers tool call `call_id` as waiting for the user; its decision arrives on the

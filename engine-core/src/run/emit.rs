@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 use crate::context::UserExecutionContext;
 use crate::error::panic_message;
 use crate::event::{AgentEvent, EventEnvelope};
+use crate::ids::RequestId;
 use crate::sink::EventSink;
 
 /// Emits the events of one run, in order, to the engine's user-bound sink.
@@ -40,9 +41,16 @@ impl Emitter {
         }
     }
 
-    /// Sends one event. Never fails: an error, panic or timeout in the sink counts the event as
-    /// dropped, and the sequence number is consumed so the consumer sees the gap.
+    /// Sends one event of the top-level agent.
     pub(crate) async fn emit(&mut self, event: AgentEvent) {
+        let request_id = self.context.request_id().clone();
+        self.emit_for(request_id, event).await;
+    }
+
+    /// Sends one event of the agent of `request_id`. Never fails: an error, panic or timeout in
+    /// the sink counts the event as dropped, and the sequence number is consumed so the
+    /// consumer sees the gap.
+    pub(crate) async fn emit_for(&mut self, request_id: RequestId, event: AgentEvent) {
         self.seq += 1;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -52,6 +60,7 @@ impl Emitter {
             user_id: self.context.user_id().clone(),
             thread_id: self.context.thread_id().clone(),
             run_id: self.context.run_id().clone(),
+            request_id,
             seq: self.seq,
             timestamp_us: self.last_timestamp_us,
             event,
@@ -85,6 +94,92 @@ impl Emitter {
             Err(_) => {
                 tracing::debug!(seq = self.seq, "event delivery timed out; event dropped");
             }
+        }
+    }
+}
+
+/// The run's emitter as one agent of the run holds it: owned while only the top-level agent
+/// runs (no lock per event), shared behind an async lock while sub-agents run, so every agent of
+/// the run draws from one sequence and events reach the sink in sequence order.
+pub(crate) enum EmitterSlot {
+    Own(Emitter),
+    Shared(Arc<tokio::sync::Mutex<Emitter>>),
+    /// Only while switching between the two.
+    Moving,
+}
+
+impl EmitterSlot {
+    /// Sends one event of the agent of `request_id`.
+    pub(crate) async fn emit(&mut self, request_id: &RequestId, event: AgentEvent) {
+        match self {
+            Self::Own(e) => e.emit_for(request_id.clone(), event).await,
+            Self::Shared(m) => m.lock().await.emit_for(request_id.clone(), event).await,
+            Self::Moving => unreachable!("the emitter is always put back"),
+        }
+    }
+
+    /// A shared handle for sub-agents (the slot becomes shared if it was owned).
+    pub(crate) fn share(&mut self) -> Arc<tokio::sync::Mutex<Emitter>> {
+        if let Self::Own(_) = self {
+            let Self::Own(e) = std::mem::replace(self, Self::Moving) else {
+                unreachable!("checked above")
+            };
+            *self = Self::Shared(Arc::new(tokio::sync::Mutex::new(e)));
+        }
+        match self {
+            Self::Shared(m) => Arc::clone(m),
+            Self::Own(_) | Self::Moving => unreachable!("made shared above"),
+        }
+    }
+
+    /// Owns the emitter again once no sub-agent holds it (a no-op while one does).
+    pub(crate) fn reclaim(&mut self) {
+        if let Self::Shared(m) = self {
+            if Arc::strong_count(m) == 1 {
+                let Self::Shared(m) = std::mem::replace(self, Self::Moving) else {
+                    unreachable!("checked above")
+                };
+                match Arc::try_unwrap(m) {
+                    Ok(mutex) => *self = Self::Own(mutex.into_inner()),
+                    Err(m) => *self = Self::Shared(m),
+                }
+            }
+        }
+    }
+
+    /// The owned emitter, for the run's last events; reclaims it first (every sub-agent has
+    /// ended or been dropped by then).
+    pub(crate) async fn last(&mut self) -> EmitterGuard<'_> {
+        self.reclaim();
+        match self {
+            Self::Own(e) => EmitterGuard::Own(e),
+            Self::Shared(m) => EmitterGuard::Locked(m.lock().await),
+            Self::Moving => unreachable!("the emitter is always put back"),
+        }
+    }
+}
+
+/// Access to the emitter for the run's last events.
+pub(crate) enum EmitterGuard<'a> {
+    Own(&'a mut Emitter),
+    Locked(tokio::sync::MutexGuard<'a, Emitter>),
+}
+
+impl std::ops::Deref for EmitterGuard<'_> {
+    type Target = Emitter;
+    fn deref(&self) -> &Emitter {
+        match self {
+            Self::Own(e) => e,
+            Self::Locked(g) => g,
+        }
+    }
+}
+
+impl std::ops::DerefMut for EmitterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Emitter {
+        match self {
+            Self::Own(e) => e,
+            Self::Locked(g) => g,
         }
     }
 }

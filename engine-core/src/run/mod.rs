@@ -1,36 +1,54 @@
-//! What a running agent sees: the [`RunContext`] (thinking, tool calls, cancellation). The run's
-//! task lifecycle is in [`task`], event stamping in [`emit`], tool calls in [`tools`].
+//! What a running agent sees: the [`RunContext`] (thinking, streaming, tool calls, sub-agents,
+//! cleanup actions, cancellation). The run's task lifecycle is in [`task`], event stamping in
+//! [`emit`], tool calls in [`tools`], sub-agents in [`sub`], what the agents of a run share in
+//! [`control`].
 
 pub(crate) mod control;
 pub(crate) mod emit;
+pub(crate) mod sub;
 pub(crate) mod task;
 pub(crate) mod tools;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::agent::BoxError;
 use crate::config::EngineConfig;
 use crate::context::UserExecutionContext;
 use crate::error::ToolError;
-use crate::event::{AgentEvent, ToolStatus};
+use crate::event::AgentEvent;
 use crate::registry::AgentRegistry;
 use crate::sink::EventSink;
 
-use self::control::RunControl;
-use self::emit::Emitter;
+use self::control::{Cleanup, RunControl};
+use self::emit::{Emitter, EmitterSlot};
+pub use self::sub::{SubAgentCall, SubAgentError};
 pub use self::tools::ToolDispatcher;
 
-/// What an [`Agent`](crate::Agent) sees of its run: its context, a way to report thinking, the
-/// tools, and cancellation. Owned by the run; events emitted through it carry this run's ids and
-/// reach only this run's user.
+/// What an [`Agent`](crate::Agent) sees of its run: its context, a way to report thinking and
+/// stream its answer, the tools, sub-agents, cleanup actions, and cancellation. Owned by the
+/// run (a sub-agent gets its own, with a child context); events emitted through it carry this
+/// run's ids and reach only this run's user.
 pub struct RunContext {
     agent_name: Arc<str>,
-    emitter: Emitter,
+    emitter: EmitterSlot,
     tools: ToolDispatcher,
     control: Arc<RunControl>,
+    /// What sub-agents need to be built like this one.
+    kit: Arc<RunKit>,
     /// The answer text streamed so far (see [`stream`](Self::stream)).
     streamed: String,
+    /// 0 for the top-level agent; only its stream reaches the user.
+    depth: u32,
+}
+
+/// The run-wide pieces every agent context of a run is built from.
+#[derive(Debug)]
+pub(crate) struct RunKit {
+    pub(crate) registry: AgentRegistry,
+    pub(crate) config: EngineConfig,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -43,6 +61,7 @@ impl std::fmt::Debug for RunContext {
 }
 
 impl RunContext {
+    /// The top-level agent's context.
     pub(crate) fn new(
         agent_name: Arc<str>,
         context: UserExecutionContext,
@@ -51,21 +70,45 @@ impl RunContext {
         control: Arc<RunControl>,
         config: &EngineConfig,
     ) -> Self {
+        let emitter = Emitter::new(sink, context.clone(), config.delivery_timeout());
+        let kit = Arc::new(RunKit {
+            registry,
+            config: config.clone(),
+        });
+        Self::for_agent(
+            agent_name,
+            context,
+            EmitterSlot::Own(emitter),
+            control,
+            kit,
+            0,
+        )
+    }
+
+    /// The context of one agent of the run (top-level or sub-agent).
+    pub(crate) fn for_agent(
+        agent_name: Arc<str>,
+        context: UserExecutionContext,
+        emitter: EmitterSlot,
+        control: Arc<RunControl>,
+        kit: Arc<RunKit>,
+        depth: u32,
+    ) -> Self {
         Self {
             agent_name,
-            emitter: Emitter::new(sink, context.clone(), config.delivery_timeout()),
+            emitter,
             tools: ToolDispatcher {
-                registry,
+                registry: kit.registry.clone(),
                 context,
                 control: Arc::clone(&control),
-                tool_timeout: config.tool_timeout(),
-                approval_timeout: config.approval_timeout(),
-                next_call_id: 0,
-                open: None,
+                tool_timeout: kit.config.tool_timeout(),
+                approval_timeout: kit.config.approval_timeout(),
                 calls: 0,
             },
             control,
+            kit,
             streamed: String::new(),
+            depth,
         }
     }
 
@@ -82,13 +125,19 @@ impl RunContext {
         &self.tools
     }
 
+    /// Sends one event of this agent.
+    pub(crate) async fn emit(&mut self, event: AgentEvent) {
+        self.emitter
+            .emit(self.tools.context.request_id(), event)
+            .await;
+    }
+
     /// Reports progress as an `agent_thinking` event (a `&'static str` is not copied).
     pub async fn think(&mut self, reasoning: impl Into<std::borrow::Cow<'static, str>>) {
-        self.emitter
-            .emit(AgentEvent::AgentThinking {
-                reasoning: reasoning.into(),
-            })
-            .await;
+        self.emit(AgentEvent::AgentThinking {
+            reasoning: reasoning.into(),
+        })
+        .await;
     }
 
     /// Calls a tool by name with JSON arguments. Emits `tool_executing` then `tool_completed`
@@ -105,7 +154,8 @@ impl RunContext {
     /// produced (a model's tokens, say). An agent that streams should return the same text as
     /// its answer, or a text that starts with it (the engine then streams the rest itself);
     /// returning anything else ends the run `failed`, so the deltas a user saw always add up to
-    /// the answer of a completed run. Empty pieces are not sent.
+    /// the answer of a completed run. Empty pieces are not sent. Only the top-level agent's
+    /// stream reaches the user: a sub-agent's answer goes to the agent that called it.
     ///
     /// ```
     /// use engine_core::{async_trait, Agent, BoxError, RunContext};
@@ -127,7 +177,9 @@ impl RunContext {
             return;
         }
         self.streamed.push_str(&delta);
-        self.emitter.emit(AgentEvent::AnswerDelta { delta }).await;
+        if self.depth == 0 {
+            self.emit(AgentEvent::AnswerDelta { delta }).await;
+        }
     }
 
     /// The answer text streamed so far.
@@ -144,8 +196,75 @@ impl RunContext {
         self.control.cancel.cancelled().await;
     }
 
-    pub(crate) fn emitter(&mut self) -> &mut Emitter {
-        &mut self.emitter
+    /// Registers an action to run when the run ends, however it ends (completed, failed,
+    /// timed out, cancelled, shut down). Actions run newest first, before the run's terminal
+    /// event, each within the tool timeout; one that fails or panics is logged and the others
+    /// still run.
+    ///
+    /// ```
+    /// use engine_core::{async_trait, Agent, BoxError, RunContext};
+    ///
+    /// struct Booker;
+    /// #[async_trait]
+    /// impl Agent for Booker {
+    ///     async fn run(&mut self, ctx: &mut RunContext, _input: &str) -> Result<String, BoxError> {
+    ///         // Hold a seat; give it back however the run ends.
+    ///         ctx.on_cleanup("release the seat", || async { Ok(()) });
+    ///         Ok("seat 12A is yours for 10 minutes".into())
+    ///     }
+    /// }
+    /// ```
+    pub fn on_cleanup<F, Fut>(&self, name: impl Into<String>, action: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.control.on_cleanup(Cleanup {
+            name: name.into(),
+            action: Box::new(move || Box::pin(action())),
+        });
+    }
+
+    /// Runs the registered agent `agent` on `input` as a sub-agent of this one, and returns its
+    /// answer. It gets a fresh instance and a child context (new request id, depth + 1), and
+    /// shares the run's cancellation, deadline, tool policy and approvals. Its events are
+    /// framed by `sub_agent_started` / `sub_agent_completed` and carry its request id.
+    ///
+    /// # Errors
+    /// [`SubAgentError`]: unknown agent, depth limit, or how the sub-agent failed (error,
+    /// death, timeout, cancellation). The run goes on: the caller decides what to do.
+    pub async fn run_agent(&mut self, agent: &str, input: &str) -> Result<String, SubAgentError> {
+        let call = SubAgentCall::new(agent, input);
+        let mut results = self.run_agents(vec![call], 1).await;
+        results.pop().unwrap_or(Err(SubAgentError::Cancelled {
+            agent: agent.to_owned(),
+        }))
+    }
+
+    /// Runs several sub-agents, at most `max_concurrent` at a time (a supervisor's fan-out),
+    /// and returns their results in the order of `calls`. One sub-agent failing or dying does
+    /// not stop its siblings: they finish, and the caller sees every result.
+    pub async fn run_agents(
+        &mut self,
+        calls: Vec<SubAgentCall>,
+        max_concurrent: usize,
+    ) -> Vec<Result<String, SubAgentError>> {
+        let shared = self.emitter.share();
+        let parent = sub::Parent {
+            context: self.tools.context.clone(),
+            depth: self.depth,
+            control: Arc::clone(&self.control),
+            kit: Arc::clone(&self.kit),
+        };
+        let results = sub::run_all(&parent, &shared, calls, max_concurrent.max(1)).await;
+        drop(shared);
+        self.emitter.reclaim();
+        results
+    }
+
+    /// The run's emitter, owned again, for the run's last events.
+    pub(crate) async fn last_emitter(&mut self) -> emit::EmitterGuard<'_> {
+        self.emitter.last().await
     }
 
     /// Ends the streamed text for an agent that answered `answer`: streams whatever part of
@@ -169,11 +288,34 @@ impl RunContext {
         }
     }
 
-    /// Closes a tool call left open when the agent future was abandoned (cancellation or run
-    /// timeout), so every `tool_executing` still gets its `tool_completed`.
-    pub(crate) async fn close_open_call(&mut self, status: ToolStatus, error: &str) {
-        self.tools
-            .complete_open(&mut self.emitter, status, None, Some(error.to_owned()))
-            .await;
+    /// Closes what was left open when an agent future was abandoned (cancellation, timeout):
+    /// every tool call gets its `tool_completed` and every sub-agent its `sub_agent_completed`,
+    /// innermost first.
+    pub(crate) async fn close_open(
+        &mut self,
+        owner: Option<&crate::ids::RequestId>,
+        tool: crate::event::ToolStatus,
+        run: crate::event::RunStatus,
+        error: &str,
+    ) {
+        for open in self.control.take_open_of(owner) {
+            let event = match &open.item {
+                control::OpenItem::Tool { .. } => {
+                    tools::tool_completed(&open, tool, None, Some(error.to_owned()))
+                }
+                control::OpenItem::SubAgent {
+                    agent_name,
+                    request_id,
+                } => AgentEvent::SubAgentCompleted {
+                    agent_name: Arc::clone(agent_name),
+                    request_id: request_id.clone(),
+                    status: run,
+                    result: None,
+                    error: Some(error.to_owned()),
+                    duration_ms: emit::millis(open.started.elapsed()),
+                },
+            };
+            self.emitter.emit(&open.owner, event).await;
+        }
     }
 }

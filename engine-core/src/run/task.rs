@@ -11,14 +11,17 @@ use tokio::sync::SemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::Agent;
 use crate::context::UserExecutionContext;
 use crate::engine::EngineInner;
 use crate::error::panic_message;
 use crate::event::{AgentEvent, RunStatus, ToolStatus};
 use crate::limits::QUEUED_NOTICE;
+use crate::outcome::StepOutcome;
 use crate::outcome::{RunEnd, RunOutcome};
+use crate::pipeline::{Pipeline, PipelineAgent};
 use crate::run::control::RunControl;
-use crate::run::emit::{millis, within, Emitter};
+use crate::run::emit::{millis, within};
 use crate::run::RunContext;
 use crate::sync::lock;
 
@@ -27,6 +30,8 @@ pub(crate) struct Run {
     pub(crate) engine: Arc<EngineInner>,
     pub(crate) context: UserExecutionContext,
     pub(crate) agent_name: Arc<str>,
+    /// A pipeline to run instead of the agent `agent_name`.
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
     pub(crate) input: String,
     pub(crate) control: Arc<RunControl>,
     /// The `done` signals of the thread's earlier runs this run waits for (multitask `enqueue`
@@ -52,38 +57,52 @@ impl Run {
             Arc::clone(&self.control),
             &engine.config,
         );
-        rc.emitter()
-            .emit(AgentEvent::AgentStarted {
-                agent_name: Arc::clone(&self.agent_name),
-            })
-            .await;
+        rc.emit(AgentEvent::AgentStarted {
+            agent_name: Arc::clone(&self.agent_name),
+        })
+        .await;
 
-        let permit = self.wait_for_slot(rc.emitter()).await;
+        let permit = self.wait_for_slot(&mut rc).await;
         let queue_wait = accepted.elapsed();
         let mut execution_time = Duration::ZERO;
-        let end = match permit {
-            None => RunEnd::Cancelled {
-                reason: "cancelled while queued; the agent never started".into(),
-            },
+        let (end, died) = match permit {
+            None => (
+                RunEnd::Cancelled {
+                    reason: "cancelled while queued; the agent never started".into(),
+                },
+                None,
+            ),
             Some(permit) => {
                 let started = Instant::now();
-                let end = self.run_agent(&mut rc).await;
+                let ended = self.run_agent(&mut rc).await;
                 execution_time = started.elapsed();
                 drop(permit);
-                end
+                ended
             }
         };
 
+        run_cleanups(&self.control, self.engine.config.tool_timeout()).await;
         let status = end.status();
+        let mut emitter = rc.last_emitter().await;
         if status != RunStatus::Completed && status != RunStatus::Cancelled {
             tracing::warn!(status = status.as_str(), "run did not complete");
-            rc.emitter()
-                .emit(AgentEvent::AgentError {
-                    message: end.error().unwrap_or_default().to_owned(),
-                })
-                .await;
+            if let Some(reason) = died {
+                emitter
+                    .emit(AgentEvent::AgentDeath {
+                        agent_name: Arc::clone(&self.agent_name),
+                        request_id: self.context.request_id().clone(),
+                        reason,
+                    })
+                    .await;
+            } else {
+                emitter
+                    .emit(AgentEvent::AgentError {
+                        message: end.error().unwrap_or_default().to_owned(),
+                    })
+                    .await;
+            }
         }
-        rc.emitter()
+        emitter
             .emit(AgentEvent::AgentCompleted {
                 agent_name: Arc::clone(&self.agent_name),
                 status,
@@ -93,7 +112,13 @@ impl Run {
                 duration_ms: millis(accepted.elapsed()),
             })
             .await;
-        let emitter = rc.emitter();
+        let mut steps = std::mem::take(&mut *lock(&self.control.steps));
+        if let Some(pipeline) = &self.pipeline {
+            // Steps the run never reached (cancelled or timed out first).
+            for step in pipeline.steps().iter().skip(steps.len()) {
+                steps.push(StepOutcome::new(Arc::from(step.agent()), None));
+            }
+        }
         let outcome = RunOutcome {
             run_id: self.context.run_id().clone(),
             thread_id: self.context.thread_id().clone(),
@@ -103,7 +128,9 @@ impl Run {
             execution_time,
             events_delivered: emitter.delivered,
             events_dropped: emitter.dropped,
+            steps,
         };
+        drop(emitter);
         self.finish(&outcome);
         tracing::debug!(status = status.as_str(), "run ended");
         outcome
@@ -123,7 +150,7 @@ impl Run {
 
     /// Waits for a concurrency slot; `None` if the run was cancelled while queued. Emits the
     /// "queued" notice once the wait passes `queue_notice_after`.
-    async fn wait_for_slot<'a>(&'a self, emitter: &mut Emitter) -> Option<SemaphorePermit<'a>> {
+    async fn wait_for_slot<'a>(&'a self, rc: &mut RunContext) -> Option<SemaphorePermit<'a>> {
         let semaphore = &self.engine.semaphore;
         if self.control.cancel.is_cancelled() {
             return None;
@@ -141,11 +168,10 @@ impl Run {
             permit = &mut acquire => return permit.ok(),
             () = notice => {}
         }
-        emitter
-            .emit(AgentEvent::AgentThinking {
-                reasoning: std::borrow::Cow::Borrowed(QUEUED_NOTICE),
-            })
-            .await;
+        rc.emit(AgentEvent::AgentThinking {
+            reasoning: std::borrow::Cow::Borrowed(QUEUED_NOTICE),
+        })
+        .await;
         tokio::select! {
             biased;
             () = self.control.cancel.cancelled() => None,
@@ -153,23 +179,36 @@ impl Run {
         }
     }
 
-    async fn run_agent(&self, rc: &mut RunContext) -> RunEnd {
+    /// Runs the agent (or the pipeline) to its end; the death reason when it panicked.
+    async fn run_agent(&self, rc: &mut RunContext) -> (RunEnd, Option<String>) {
         let registry = &self.engine.registry;
         let name = &self.agent_name;
-        let made = std::panic::catch_unwind(AssertUnwindSafe(|| registry.create_agent(name)));
-        let mut agent = match made {
-            Ok(Some(agent)) => agent,
-            Ok(None) => {
-                return RunEnd::Failed {
-                    error: format!("agent `{name}` is not registered"),
-                }
-            }
-            Err(panic) => {
-                return RunEnd::Failed {
-                    error: format!(
-                        "agent `{name}` panicked while being created: {}",
-                        panic_message(&*panic)
-                    ),
+        let mut agent: Box<dyn Agent> = match &self.pipeline {
+            Some(pipeline) => Box::new(PipelineAgent {
+                pipeline: Arc::clone(pipeline),
+                control: Arc::clone(&self.control),
+            }),
+            None => {
+                let made =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| registry.create_agent(name)));
+                match made {
+                    Ok(Some(agent)) => agent,
+                    Ok(None) => {
+                        let error = format!("agent `{name}` is not registered");
+                        return (RunEnd::Failed { error }, None);
+                    }
+                    Err(panic) => {
+                        let reason = format!(
+                            "agent `{name}` panicked while being created: {}",
+                            panic_message(&*panic)
+                        );
+                        return (
+                            RunEnd::Failed {
+                                error: reason.clone(),
+                            },
+                            Some(reason),
+                        );
+                    }
                 }
             }
         };
@@ -184,6 +223,7 @@ impl Run {
                 () = self.control.cancel.cancelled() => None,
             }
         };
+        let mut died = None;
         let end = match result {
             None => RunEnd::Cancelled {
                 reason: "run cancelled".into(),
@@ -191,9 +231,12 @@ impl Run {
             Some(Err(_)) => RunEnd::TimedOut {
                 error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
             },
-            Some(Ok(Err(panic))) => RunEnd::Failed {
-                error: format!("agent `{name}` panicked: {}", panic_message(&*panic)),
-            },
+            Some(Ok(Err(panic))) => {
+                let reason = panic_message(&*panic);
+                let error = format!("agent `{name}` panicked: {reason}");
+                died = Some(reason);
+                RunEnd::Failed { error }
+            }
             Some(Ok(Ok(_))) if self.control.cancel.is_cancelled() => RunEnd::Cancelled {
                 reason: "run cancelled".into(),
             },
@@ -205,13 +248,16 @@ impl Run {
                 Err(error) => RunEnd::Failed { error },
             },
         };
-        let open_status = match &end {
-            RunEnd::TimedOut { .. } => ToolStatus::Timeout,
-            _ => ToolStatus::Cancelled,
+        // An abandoned agent (cancellation, timeout, panic) may leave tool calls and sub-agents
+        // open: each still gets its completion, innermost first.
+        let (tool, run) = match &end {
+            RunEnd::TimedOut { .. } => (ToolStatus::Timeout, RunStatus::TimedOut),
+            RunEnd::Failed { .. } => (ToolStatus::Cancelled, RunStatus::Failed),
+            _ => (ToolStatus::Cancelled, RunStatus::Cancelled),
         };
-        rc.close_open_call(open_status, "the run ended while the tool was executing")
+        rc.close_open(None, tool, run, "the run ended while this was in progress")
             .await;
-        end
+        (end, died)
     }
 
     /// Records the outcome in history and stats and releases the run id, under one lock.
@@ -251,6 +297,27 @@ async fn within_run_timeout<F: std::future::Future>(
                 return Err(elapsed)
             }
             Err(_) => {}
+        }
+    }
+}
+
+/// Runs the run's cleanup actions, newest first, each within `limit`; a failing, panicking or
+/// slow one is logged and the rest still run.
+async fn run_cleanups(control: &RunControl, limit: Duration) {
+    for cleanup in control.take_cleanups() {
+        let name = cleanup.name;
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(cleanup.action));
+        let result = match fut {
+            Ok(fut) => within(limit, AssertUnwindSafe(fut).catch_unwind()).await,
+            Err(panic) => Ok(Err(panic)),
+        };
+        match result {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(cleanup = %name, %error, "cleanup action failed"),
+            Ok(Err(panic)) => {
+                tracing::warn!(cleanup = %name, panic = %panic_message(&*panic), "cleanup action panicked");
+            }
+            Err(_) => tracing::warn!(cleanup = %name, "cleanup action timed out"),
         }
     }
 }

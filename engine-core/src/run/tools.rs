@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde_json::Value;
-use tokio::time::Instant;
 
 use crate::context::UserExecutionContext;
 use crate::error::{panic_message, ToolError};
@@ -17,17 +16,10 @@ use crate::event::{AgentEvent, ToolStatus};
 use crate::limits::MAX_RESULT_CHARS;
 use crate::multitask::ApprovalDecision;
 use crate::registry::AgentRegistry;
-use crate::run::control::RunControl;
-use crate::run::emit::{millis, within, Emitter};
+use crate::run::control::{Open, OpenItem, RunControl};
+use crate::run::emit::{millis, within, EmitterSlot};
 use crate::sanitize::{sanitize_arguments, sanitize_result, truncate_str};
 use crate::tool::{Tool, ToolContext};
-
-/// A tool call that has emitted `tool_executing` but not yet `tool_completed`.
-pub(super) struct OpenCall {
-    call_id: u32,
-    tool_name: Arc<str>,
-    started: Instant,
-}
 
 /// The per-run tool dispatcher: resolves tool names, applies the permission policy, the tool
 /// timeout and cancellation, contains panics, and emits the `tool_executing` /
@@ -44,8 +36,6 @@ pub struct ToolDispatcher {
     pub(super) control: Arc<RunControl>,
     pub(super) tool_timeout: Duration,
     pub(super) approval_timeout: Duration,
-    pub(super) next_call_id: u32,
-    pub(super) open: Option<OpenCall>,
     pub(super) calls: u32,
 }
 
@@ -72,30 +62,32 @@ impl ToolDispatcher {
     pub fn is_allowed(&self, name: &str) -> bool {
         self.registry.is_allowed(self.context.user_id(), name)
     }
-    /// Tool calls made so far in this run.
+    /// Tool calls made so far by this agent.
     pub fn calls_made(&self) -> u32 {
         self.calls
     }
 
     pub(super) async fn dispatch(
         &mut self,
-        emitter: &mut Emitter,
+        emitter: &mut EmitterSlot,
         name: &str,
         args: Value,
     ) -> Result<Value, ToolError> {
-        self.next_call_id += 1;
         self.calls += 1;
-        let call_id = self.next_call_id;
+        let call_id = self.control.next_call_id();
+        let me = self.context.request_id();
         // The registry's shared name when the tool exists; unknown names are copied once.
         let entry = self.registry.tool_entry(name);
         let tool_name = entry
             .as_ref()
             .map_or_else(|| Arc::from(name), |(n, _)| Arc::clone(n));
-        self.open = Some(OpenCall {
-            call_id,
-            tool_name: Arc::clone(&tool_name),
-            started: Instant::now(),
-        });
+        self.control.opened(
+            me,
+            OpenItem::Tool {
+                call_id,
+                tool_name: Arc::clone(&tool_name),
+            },
+        );
         let checked = self.check(name, entry.is_some());
         let approval = checked.is_ok()
             && self
@@ -105,11 +97,14 @@ impl ToolDispatcher {
         // The approval request shows the same arguments; copied only when there is one.
         let shown = approval.then(|| arguments.clone());
         emitter
-            .emit(AgentEvent::ToolExecuting {
-                tool_name: Arc::clone(&tool_name),
-                call_id,
-                arguments,
-            })
+            .emit(
+                me,
+                AgentEvent::ToolExecuting {
+                    tool_name: Arc::clone(&tool_name),
+                    call_id,
+                    arguments,
+                },
+            )
             .await;
         let outcome = match (checked, shown) {
             (Err(e), _) => Err(e),
@@ -142,7 +137,10 @@ impl ToolDispatcher {
                 )
             }
         };
-        self.complete_open(emitter, status, result, error).await;
+        if let Some(open) = self.control.closed_call(call_id) {
+            let done = tool_completed(&open, status, result, error);
+            emitter.emit(self.context.request_id(), done).await;
+        }
         outcome
     }
 
@@ -168,7 +166,7 @@ impl ToolDispatcher {
     /// the run's cancellation), and emits `approval_decided` unless the run was cancelled.
     async fn wait_for_approval(
         &self,
-        emitter: &mut Emitter,
+        emitter: &mut EmitterSlot,
         name: &str,
         tool_name: Arc<str>,
         call_id: u32,
@@ -176,12 +174,16 @@ impl ToolDispatcher {
     ) -> Result<(), ToolError> {
         // Registered before the event goes out, so an answer that comes at once finds it.
         let decision = self.control.await_approval(call_id);
+        let me = self.context.request_id();
         emitter
-            .emit(AgentEvent::ApprovalRequested {
-                tool_name,
-                call_id,
-                arguments,
-            })
+            .emit(
+                me,
+                AgentEvent::ApprovalRequested {
+                    tool_name,
+                    call_id,
+                    arguments,
+                },
+            )
             .await;
         let waited = tokio::select! {
             biased;
@@ -207,7 +209,7 @@ impl ToolDispatcher {
             ),
         };
         emitter
-            .emit(AgentEvent::ApprovalDecided { call_id, outcome })
+            .emit(me, AgentEvent::ApprovalDecided { call_id, outcome })
             .await;
         result
     }
@@ -251,25 +253,25 @@ impl ToolDispatcher {
             Ok(Ok(Ok(v))) => Ok(v),
         }
     }
+}
 
-    pub(super) async fn complete_open(
-        &mut self,
-        emitter: &mut Emitter,
-        status: ToolStatus,
-        result: Option<Value>,
-        error: Option<String>,
-    ) {
-        if let Some(open) = self.open.take() {
-            emitter
-                .emit(AgentEvent::ToolCompleted {
-                    tool_name: open.tool_name,
-                    call_id: open.call_id,
-                    status,
-                    result,
-                    error,
-                    duration_ms: millis(open.started.elapsed()),
-                })
-                .await;
-        }
+/// The `tool_completed` event of an open call.
+pub(crate) fn tool_completed(
+    open: &Open,
+    status: ToolStatus,
+    result: Option<Value>,
+    error: Option<String>,
+) -> AgentEvent {
+    let (call_id, tool_name) = match &open.item {
+        OpenItem::Tool { call_id, tool_name } => (*call_id, Arc::clone(tool_name)),
+        OpenItem::SubAgent { agent_name, .. } => (0, Arc::clone(agent_name)),
+    };
+    AgentEvent::ToolCompleted {
+        tool_name,
+        call_id,
+        status,
+        result,
+        error,
+        duration_ms: millis(open.started.elapsed()),
     }
 }
