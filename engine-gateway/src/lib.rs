@@ -27,6 +27,11 @@
 //!   thread still has a run in progress: `enqueue` (default: start after it), `interrupt`
 //!   (cancel it; its terminal event comes first), `reject` (answer `thread_busy`) or `parallel`;
 //!   any other value is a `bad_frame`);
+//!   An optional `agent` names which served agent answers (default `assistant`; the demo
+//!   registry also serves `supervisor`, which fans out to four sub-agents);
+//! - `{"type":"pipeline","thread_id":"t1","text":"..","steps":[{"agent":"triage"},{"agent":"reporting","input":"..","timeout_ms":5000}],"continue_on_error":false}`
+//!   runs the steps one after another as one run (each step a sub-agent, announced by
+//!   `progress_update`; a step without `input` takes the previous answer);
 //! - `{"type":"cancel","run_id":"run_..."}`
 //! - `{"type":"resume","run_id":"run_...","after_seq":3}`
 //! - `{"type":"approve","run_id":"run_...","call_id":2,"decision":"approve"}` (or `"deny"`)
@@ -39,8 +44,13 @@
 //!   for every engine event of the user, on every connection of the user. Besides the lifecycle
 //!   events: `answer_delta` (`delta`: the next piece of the answer; for a completed run the
 //!   deltas add up to its `result`), `approval_requested` (`tool_name`, `call_id`, `arguments`)
-//!   and `approval_decided` (`call_id`, `outcome`: `approved`, `denied` or `timed_out`). A client
-//!   that reconnects and resumes a run sees a still-pending `approval_requested` again;
+//!   and `approval_decided` (`call_id`, `outcome`: `approved`, `denied` or `timed_out`);
+//!   `sub_agent_started` (`agent_name`, `request_id`, `parent_request_id`, `depth`) and
+//!   `sub_agent_completed` (`request_id`, `status`, `result`/`error`) around a sub-agent, whose
+//!   own events carry its `request_id` in the envelope; `progress_update` (`step`, `of`,
+//!   `agent_name`) for pipelines; `agent_death` (`agent_name`, `request_id`, `reason`) when an
+//!   agent panicked. A client that reconnects and resumes a run sees a still-pending
+//!   `approval_requested` again;
 //! - `{"type":"gap","run_id":..,"from_seq":1,"to_seq":40}` when a `resume` asks for events
 //!   already evicted from the per-user replay buffer;
 //! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,

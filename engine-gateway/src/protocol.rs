@@ -23,6 +23,28 @@ pub enum ClientFrame {
         /// `interrupt`, `reject` or `parallel`. Any other value is a `bad_frame`.
         #[serde(default)]
         multitask: Option<MultitaskPolicy>,
+        /// Which served agent answers (default `assistant`; the demo also serves `supervisor`).
+        #[serde(default)]
+        agent: Option<String>,
+    },
+    /// Run agents one after another as one run (a pipeline), in `thread_id`.
+    Pipeline {
+        /// The conversation thread.
+        thread_id: String,
+        /// The first step's input (and the input of steps that take the previous answer when
+        /// none completed yet).
+        text: String,
+        /// The steps, in order.
+        steps: Vec<PipelineStepFrame>,
+        /// Go on after a failed step (default: stop).
+        #[serde(default)]
+        continue_on_error: bool,
+        /// Echoed back in `run_accepted`.
+        #[serde(default)]
+        client_request_id: Option<String>,
+        /// As for `user_message`.
+        #[serde(default)]
+        multitask: Option<MultitaskPolicy>,
     },
     /// Answer a tool call of one of the user's runs that waits for approval.
     Approve {
@@ -45,6 +67,21 @@ pub enum ClientFrame {
         /// The last sequence number the client has (0 for all).
         after_seq: u64,
     },
+}
+
+/// One step of a `pipeline` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PipelineStepFrame {
+    /// The served agent that runs the step.
+    pub agent: String,
+    /// The step's input; omitted: the previous step's answer.
+    #[serde(default)]
+    pub input: Option<String>,
+    /// The step's own time limit, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// A frame to the client.

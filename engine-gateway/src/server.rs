@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -12,7 +13,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use engine_core::{
-    AgentRegistry, EngineError, RunId, RunOptions, ThreadId, UserExecutionContext, UserId,
+    AgentRegistry, EngineError, MultitaskPolicy, Pipeline, PipelineStep, RunId, RunOptions,
+    ThreadId, UserExecutionContext, UserId,
 };
 use engine_factory::{ExecutionEngineFactory, FactoryError};
 use futures_util::{SinkExt, StreamExt};
@@ -249,7 +251,7 @@ impl Gateway {
                 return Some(ServerFrame::error(
                     "bad_frame",
                     format!(
-                        "cannot read frame: {e}; expected user_message, cancel, resume or approve"
+                        "cannot read frame: {e}; expected user_message, pipeline, cancel, resume or approve"
                     ),
                 ))
             }
@@ -268,13 +270,45 @@ impl Gateway {
                 text,
                 client_request_id,
                 multitask,
+                agent,
             } => {
-                let options =
-                    multitask.map_or_else(RunOptions::new, |p| RunOptions::new().multitask(p));
-                Some(
-                    self.start_run(session, conn, &thread_id, text, client_request_id, options)
-                        .await,
-                )
+                let work = Work::Agent(agent.unwrap_or_else(|| "assistant".to_owned()));
+                let start = Start {
+                    thread_id,
+                    text,
+                    client_request_id,
+                    options: options(multitask),
+                    work,
+                };
+                Some(self.start_run(session, conn, start).await)
+            }
+            ClientFrame::Pipeline {
+                thread_id,
+                text,
+                steps,
+                continue_on_error,
+                client_request_id,
+                multitask,
+            } => {
+                let steps = steps.into_iter().map(|s| {
+                    let mut step = PipelineStep::new(s.agent);
+                    if let Some(input) = s.input {
+                        step = step.input(input);
+                    }
+                    if let Some(ms) = s.timeout_ms {
+                        step = step.timeout(Duration::from_millis(ms));
+                    }
+                    step
+                });
+                let pipeline = Pipeline::new(steps).continue_on_error(continue_on_error);
+                let start = Start {
+                    thread_id,
+                    text,
+                    client_request_id,
+                    options: options(multitask),
+                    work: Work::Pipeline(pipeline),
+                };
+                Some(self.start_run(session, conn, start).await)
             }
             ClientFrame::Approve {
                 run_id,
@@ -337,15 +371,15 @@ impl Gateway {
         }
     }
 
-    async fn start_run(
-        &self,
-        session: &UserSession,
-        conn: u64,
-        thread_id: &str,
-        text: String,
-        client_request_id: Option<String>,
-        options: RunOptions,
-    ) -> ServerFrame {
+    async fn start_run(&self, session: &UserSession, conn: u64, start: Start) -> ServerFrame {
+        let Start {
+            thread_id,
+            text,
+            client_request_id,
+            options,
+            work,
+        } = start;
+        let thread_id = thread_id.as_str();
         let cfg = &self.inner.config;
         if !session.allow_message(cfg.messages_per_minute) {
             return ServerFrame::error(
@@ -386,7 +420,11 @@ impl Gateway {
         // Registered before the run starts so its first event finds it; forgotten again if the
         // engine refuses the run.
         lock(&session.replay).register(ctx.run_id());
-        match engine.spawn_with(&ctx, "assistant", text, options) {
+        let spawned = match work {
+            Work::Agent(agent) => engine.spawn_with(&ctx, &agent, text, options),
+            Work::Pipeline(pipeline) => engine.spawn_pipeline(&ctx, pipeline, text, options),
+        };
+        match spawned {
             Ok(_detached) => ServerFrame::RunAccepted {
                 run_id: ctx.run_id().clone(),
                 client_request_id,
@@ -397,12 +435,33 @@ impl Gateway {
                 let code = match e {
                     EngineError::QueueFull { .. } => "too_many_runs",
                     EngineError::ThreadBusy { .. } => "thread_busy",
+                    EngineError::UnknownAgent { .. } | EngineError::InvalidPipeline { .. } => {
+                        "bad_request"
+                    }
                     _ => "internal",
                 };
                 ServerFrame::error(code, e.to_string())
             }
         }
     }
+}
+
+/// What a `user_message` or `pipeline` frame asks to start.
+struct Start {
+    thread_id: String,
+    text: String,
+    client_request_id: Option<String>,
+    options: RunOptions,
+    work: Work,
+}
+
+enum Work {
+    Agent(String),
+    Pipeline(Pipeline),
+}
+
+fn options(multitask: Option<MultitaskPolicy>) -> RunOptions {
+    multitask.map_or_else(RunOptions::new, |p| RunOptions::new().multitask(p))
 }
 
 async fn ws_handler(

@@ -1,8 +1,9 @@
 //! A real browser on the gateway's page: headless Chromium loads `/`, connects as a
 //! development user and sends a message whose answer needs a tool the user must approve; the
-//! test clicks Approve, watches the answer stream in, then switches the tab to another user (the
-//! first user's runs vanish and their new events never show), and drops the socket to see the
-//! page reconnect and finish a run it was showing.
+//! test clicks Approve, watches the answer stream in, runs the supervisor and finds its four
+//! sub-agents nested in the run's card, then switches the tab to another user (the first user's
+//! runs vanish and their new events never show), and drops the socket to see the page reconnect
+//! and finish a run it was showing.
 //!
 //! Chromium is driven over the DevTools protocol (a WebSocket, with tokio-tungstenite). `.ci/run`
 //! installs Debian's `chromium` when missing; outside CI the test is skipped (with a message)
@@ -11,6 +12,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use base64::Engine as _;
 use engine_gateway::{demo::demo_registry, Gateway, GatewayConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -106,6 +108,7 @@ async fn the_page_streams_asks_for_approval_switches_users_and_reconnects() {
             "--disable-sync",
             "--no-first-run",
             "--remote-debugging-port=0",
+            "--window-size=1000,1800",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(&page)
@@ -256,7 +259,49 @@ async fn scenario(
         }
     }
 
-    // 2. Switch the tab to carol: alice's run vanishes, and alice's new events never show.
+    // 2. The supervisor: one message, four sub-agents nested in its card, each completed.
+    page.eval(
+        "document.getElementById('agent').value = 'supervisor'; \
+         document.getElementById('message').value = 'what is 6 * 7?'; \
+         document.getElementById('send').click(); true",
+    )
+    .await;
+    page.wait(
+        "the supervisor run completes",
+        "document.querySelectorAll('.run').length === 2 && \
+         document.querySelectorAll('.run')[1].dataset.status === 'completed'",
+    )
+    .await?;
+    let nested = page
+        .eval(
+            "Array.from(document.querySelectorAll('.run')[1].querySelectorAll('.sub')) \
+             .map((s) => s.querySelector('.subhead').firstChild.textContent + ':' + s.dataset.status)",
+        )
+        .await;
+    let expected = json!([
+        "triage:completed",
+        "data:completed",
+        "optimization:completed",
+        "reporting:completed"
+    ]);
+    if nested != expected {
+        return Err(format!("sub-agents shown as {nested}, expected {expected}"));
+    }
+    if let Ok(path) = std::env::var("BROWSER_SCREENSHOT") {
+        // For a person to look at: the page after the supervisor run.
+        let shot = page
+            .cdp
+            .call(Some(&page.session), "Page.captureScreenshot", json!({}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .map_err(|e| format!("screenshot: {e}"))?;
+        std::fs::write(&path, png).map_err(|e| format!("{path}: {e}"))?;
+    }
+    page.eval("document.getElementById('agent').value = 'assistant'; true")
+        .await;
+
+    // 3. Switch the tab to carol: alice's run vanishes, and alice's new events never show.
     page.eval("document.getElementById('user').value = 'carol'; document.getElementById('connect').click(); true")
         .await;
     page.wait(
@@ -303,7 +348,7 @@ async fn scenario(
         return Err(format!("carol's tab shows alice's events: {shown}"));
     }
 
-    // 3. Carol's run waits for approval; the socket drops; the page reconnects, resumes the run,
+    // 4. Carol's run waits for approval; the socket drops; the page reconnects, resumes the run,
     //    and the Approve button still finishes it.
     page.eval("document.getElementById('message').value = 'remember this'; document.getElementById('send').click(); true")
         .await;

@@ -732,3 +732,65 @@ async fn approvals_from_another_tab_after_a_reconnect_and_not_from_another_user(
     drop(tab2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_pipeline_frame_runs_its_steps_and_bad_steps_are_refused() {
+    let server = start(|_| {}).await;
+    let mut ws = server.connect("rita").await;
+    send(
+        &mut ws,
+        json!({"type":"pipeline","thread_id":"t","text":"think:first",
+               "steps":[{"agent":"script"},{"agent":"script","input":"fail:second"},
+                        {"agent":"script","input":"answer:third","timeout_ms":5000}],
+               "continue_on_error":true}),
+    )
+    .await;
+    let run = loop {
+        let f = next_json(&mut ws).await;
+        if f["type"] == "run_accepted" {
+            break f["run_id"].as_str().unwrap().to_owned();
+        }
+        assert_ne!(f["type"], "error", "{f}");
+    };
+    let events = until_completed(&mut ws, &run).await;
+    let progress: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "progress_update")
+        .map(|e| format!("{}/{}", e["event"]["step"], e["event"]["of"]))
+        .collect();
+    assert_eq!(progress, ["1/3", "2/3", "3/3"]);
+    let last = &events.last().unwrap()["event"];
+    assert_eq!(last["status"], "completed", "{last}");
+    assert_eq!(last["result"], "third");
+    // Sub-agent events carry their own request id, announced by sub_agent_started.
+    let subs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "sub_agent_started")
+        .collect();
+    assert_eq!(subs.len(), 3);
+    let first_sub = subs[0]["event"]["request_id"].clone();
+    assert!(events
+        .iter()
+        .any(|e| e["request_id"] == first_sub && e["event"]["type"] == "agent_thinking"));
+
+    // A step naming an agent the gateway does not serve is refused before anything runs.
+    send(
+        &mut ws,
+        json!({"type":"pipeline","thread_id":"t","text":"x","steps":[{"agent":"nobody"}]}),
+    )
+    .await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["code"], "bad_request", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("nobody"),
+        "{refused}"
+    );
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":"x","agent":"nobody"}),
+    )
+    .await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["code"], "bad_request", "{refused}");
+    server.stop().await;
+}
