@@ -22,6 +22,7 @@ use crate::pipeline::{Pipeline, PIPELINE_AGENT};
 use crate::registry::AgentRegistry;
 use crate::run::control::RunControl;
 use crate::run::task::Run;
+use crate::run::RunKit;
 use crate::sink::EventSink;
 use crate::sync::lock;
 
@@ -84,8 +85,8 @@ pub struct UserExecutionEngine {
 pub(crate) struct EngineInner {
     engine_id: String,
     context: UserExecutionContext,
-    pub(crate) config: EngineConfig,
-    pub(crate) registry: AgentRegistry,
+    /// The registry and configuration, shared with every run's agents.
+    pub(crate) kit: Arc<RunKit>,
     pub(crate) sink: Arc<dyn EventSink>,
     pub(crate) semaphore: Semaphore,
     active: AtomicBool,
@@ -140,8 +141,7 @@ impl UserExecutionEngine {
                 ),
                 semaphore: Semaphore::new(config.max_concurrent_runs()),
                 context,
-                config,
-                registry,
+                kit: Arc::new(RunKit { registry, config }),
                 sink,
                 active: AtomicBool::new(true),
                 created_at: now,
@@ -170,7 +170,7 @@ impl UserExecutionEngine {
     }
     /// The engine's limits.
     pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
+        &self.inner.kit.config
     }
     /// `false` once the factory stopped it (handle closed or dropped, user cleaned up, reaped or
     /// shut down).
@@ -273,7 +273,7 @@ impl UserExecutionEngine {
             return Err(EngineError::NoRuntime);
         };
         self.check_user(context)?;
-        let Some(agent_name) = inner.registry.agent_name(agent) else {
+        let Some(agent_name) = inner.kit.registry.agent_name(agent) else {
             return Err(self.unknown_agent(agent));
         };
         self.start(runtime, context, agent_name, None, input.into(), options)
@@ -306,7 +306,7 @@ impl UserExecutionEngine {
         if let Some(step) = pipeline
             .steps()
             .iter()
-            .find(|s| !self.inner.registry.has_agent(s.agent()))
+            .find(|s| !self.inner.kit.registry.has_agent(s.agent()))
         {
             return Err(self.unknown_agent(step.agent()));
         }
@@ -316,7 +316,7 @@ impl UserExecutionEngine {
     }
 
     fn unknown_agent(&self, agent: &str) -> EngineError {
-        let registry = &self.inner.registry;
+        let registry = &self.inner.kit.registry;
         EngineError::UnknownAgent {
             name: agent.to_owned(),
             available: registry.agent_names().collect::<Vec<_>>().join(", "),
@@ -347,7 +347,7 @@ impl UserExecutionEngine {
         let inner = &self.inner;
         let policy = options
             .multitask_policy()
-            .unwrap_or(inner.config.multitask());
+            .unwrap_or(inner.kit.config.multitask());
         let control = Arc::new(RunControl::new(context.thread_id().clone()));
         let mut after = Vec::new();
         {
@@ -370,7 +370,7 @@ impl UserExecutionEngine {
                     .runs
                     .values()
                     .filter(|r| r.thread_id == *context.thread_id())
-                    .map(|r| r.done.clone())
+                    .map(Arc::clone)
                     .collect();
             }
             if policy == MultitaskPolicy::Reject && !after.is_empty() {
@@ -381,7 +381,7 @@ impl UserExecutionEngine {
             }
             // One policy for a flood of messages: the engine holds at most this many runs, and
             // refuses the next before it emits anything.
-            let config = &inner.config;
+            let config = &inner.kit.config;
             if state.runs.len() >= config.max_accepted_runs() {
                 state.acc.stats.rejected_runs += 1;
                 return Err(EngineError::QueueFull {

@@ -2,7 +2,7 @@
 //! tokio in the same run. `cargo xtask bench` runs a short version and prints the ratios.
 //!
 //! Groups: `lifecycle`, `delivery`, `fanout` (baselines `raw_mpsc` and `broadcast`),
-//! `runs_one_engine`, `runs_1000_users`, `admission`. Every group declares its throughput in
+//! `runs_one_engine`, `runs_1000_users`, `admission`, `supervisor` (baseline `four_runs`). Every group declares its throughput in
 //! elements (engines, events, runs, operations) so results compare per element. Measured
 //! loops run on a runtime worker, as they would in a server.
 
@@ -439,6 +439,53 @@ fn admission(c: &mut Criterion) {
     g.finish();
 }
 
+/// The hidden cost of supervision: one run whose agent fans out to four `six` sub-agents, vs
+/// four separate `six` runs started together, on one engine. Per element: one 4-agent job.
+fn supervisor(c: &mut Criterion) {
+    const JOBS: u64 = 500;
+    let rt = runtime();
+    let factory = bench_factory(4096);
+    let users: Users = Arc::new(bench_users(1));
+    let received = count_received(&rt, &factory, &users);
+    let engines: Engines = Arc::new(bench_engines(&factory, &users));
+    let mut g = c.benchmark_group("supervisor");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(JOBS));
+    for (name, agent, runs_per_job) in [("ours", "fanout4", 1usize), ("four_runs", "six", 4)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let (users, engines, received) = (users.clone(), engines.clone(), received.clone());
+                let contexts: Vec<Vec<UserExecutionContext>> = (0..iters)
+                    .map(|_| {
+                        (0..JOBS as usize * runs_per_job)
+                            .map(|_| users[0].new_run())
+                            .collect()
+                    })
+                    .collect();
+                on_worker(&rt, async move {
+                    let start = Instant::now();
+                    for batch in contexts {
+                        let before = received.load(Ordering::Relaxed);
+                        let mut delivered = 0;
+                        for job in batch.chunks(runs_per_job) {
+                            let handles: Vec<_> = job
+                                .iter()
+                                .map(|ctx| engines[0].1.spawn(ctx, agent, "").expect("spawned"))
+                                .collect();
+                            for h in handles {
+                                delivered += h.outcome().await.expect("ran").events_delivered;
+                            }
+                        }
+                        wait_for(&received, before + delivered).await;
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -449,6 +496,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = lifecycle, delivery, fanout, runs, admission
+    targets = lifecycle, delivery, fanout, runs, admission, supervisor
 }
 criterion_main!(benches);

@@ -1,7 +1,8 @@
 //! Agents and set-up shared by the benchmarks (`benches/engine.rs`, `benches/footprint.rs`).
 
 use engine_core::{
-    async_trait, Agent, AgentRegistry, BoxError, RunContext, UserExecutionContext, UserId,
+    async_trait, Agent, AgentRegistry, BoxError, RunContext, SubAgentCall, UserExecutionContext,
+    UserId,
 };
 use engine_factory::{EngineHandle, ExecutionEngineFactory, FactoryConfig};
 use serde_json::json;
@@ -72,22 +73,42 @@ impl Agent for SixEventAgent {
     }
 }
 
-/// Registry with agents `noop`, `burst`, `six` and the tools `echo` and `noop`.
+/// A supervisor run: four `six` sub-agents at once.
+#[derive(Debug, Default)]
+pub struct FanOutAgent;
+
+#[async_trait]
+impl Agent for FanOutAgent {
+    async fn run(&mut self, ctx: &mut RunContext, _input: &str) -> Result<String, BoxError> {
+        let calls = (0..4).map(|_| SubAgentCall::new("six", "")).collect();
+        for r in ctx.run_agents(calls, 4).await {
+            r?;
+        }
+        Ok(String::new())
+    }
+}
+
+/// Registry with agents `noop`, `burst`, `six`, `fanout4` and the tools `echo` and `noop`.
 pub fn bench_registry() -> AgentRegistry {
     AgentRegistry::builder()
         .agent("noop", || NoopAgent)
         .agent("burst", || BurstAgent)
         .agent("six", || SixEventAgent)
+        .agent("fanout4", || FanOutAgent)
         .tool("echo", EchoTool)
         .tool("noop", NoopTool)
         .build()
         .unwrap_or_else(|e| unreachable!("static bench registry: {e}"))
 }
 
-/// A factory for benchmarks: up to 10 engines per user, 64 concurrent runs per engine.
+/// A factory for benchmarks: up to 10 engines per user, 64 concurrent runs per engine and
+/// room for 10,000 more; runs of one thread run side by side (`parallel`), so the benchmarks
+/// measure the engine's run path, not a thread's queue.
 pub fn bench_factory(subscriber_buffer: usize) -> ExecutionEngineFactory {
     let engine = engine_core::EngineConfig::builder()
         .max_concurrent_runs(64)
+        .max_queued_runs(10_000)
+        .multitask(engine_core::MultitaskPolicy::Parallel)
         .build()
         .unwrap_or_else(|e| unreachable!("{e}"));
     let config = FactoryConfig::builder()

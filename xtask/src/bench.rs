@@ -99,6 +99,7 @@ pub const COMPARISONS: &[(&str, &str, &str, &str)] = &[
     ("runs_one_engine", "run", "ours", "baseline"),
     ("runs_1000_users", "run", "ours", "baseline"),
     ("admission", "op", "ours", "baseline"),
+    ("supervisor", "job", "ours", "four_runs"),
     ("scan", "line", "ours", "baseline"),
 ];
 

@@ -24,9 +24,10 @@ use crate::sync::lock;
 pub(crate) struct RunControl {
     pub(crate) cancel: CancellationToken,
     pub(crate) thread_id: ThreadId,
-    /// Cancelled when the run's task has emitted its terminal event and released the run (or
-    /// was dropped): later runs of the thread wait on it.
-    pub(crate) done: CancellationToken,
+    /// Set when the run's task has emitted its terminal event and released the run (or was
+    /// dropped): later runs of the thread wait on it ([`ended`](Self::ended)).
+    done: std::sync::atomic::AtomicBool,
+    done_notify: tokio::sync::Notify,
     approvals: Mutex<Approvals>,
     next_call_id: AtomicU32,
     open: Mutex<Vec<Open>>,
@@ -83,12 +84,31 @@ impl RunControl {
         Self {
             cancel: CancellationToken::new(),
             thread_id,
-            done: CancellationToken::new(),
+            done: std::sync::atomic::AtomicBool::new(false),
+            done_notify: tokio::sync::Notify::new(),
             approvals: Mutex::default(),
             next_call_id: AtomicU32::new(0),
             open: Mutex::default(),
             cleanups: Mutex::default(),
             steps: Mutex::default(),
+        }
+    }
+
+    /// Marks the run ended and wakes the runs waiting for it.
+    pub(crate) fn mark_done(&self) {
+        self.done.store(true, Ordering::Release);
+        self.done_notify.notify_waiters();
+    }
+
+    /// Resolves once the run has ended.
+    pub(crate) async fn ended(&self) {
+        loop {
+            // Registered before the check, so a mark_done in between is not missed.
+            let notified = self.done_notify.notified();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
     }
 

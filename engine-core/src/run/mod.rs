@@ -44,7 +44,7 @@ pub struct RunContext {
     depth: u32,
 }
 
-/// The run-wide pieces every agent context of a run is built from.
+/// The engine-wide pieces every agent context of a run is built from (one per engine).
 #[derive(Debug)]
 pub(crate) struct RunKit {
     pub(crate) registry: AgentRegistry,
@@ -65,16 +65,11 @@ impl RunContext {
     pub(crate) fn new(
         agent_name: Arc<str>,
         context: UserExecutionContext,
-        registry: AgentRegistry,
         sink: Arc<dyn EventSink>,
         control: Arc<RunControl>,
-        config: &EngineConfig,
+        kit: Arc<RunKit>,
     ) -> Self {
-        let emitter = Emitter::new(sink, context.clone(), config.delivery_timeout());
-        let kit = Arc::new(RunKit {
-            registry,
-            config: config.clone(),
-        });
+        let emitter = Emitter::new(sink, context.clone(), kit.config.delivery_timeout());
         Self::for_agent(
             agent_name,
             context,

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::SemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::context::UserExecutionContext;
@@ -25,6 +24,15 @@ use crate::run::emit::{millis, within};
 use crate::run::RunContext;
 use crate::sync::lock;
 
+/// Marks the run ended when dropped: at the end of its task, or with the task.
+struct DoneGuard<'a>(&'a RunControl);
+
+impl Drop for DoneGuard<'_> {
+    fn drop(&mut self) {
+        self.0.mark_done();
+    }
+}
+
 /// One accepted run, moved into its task.
 pub(crate) struct Run {
     pub(crate) engine: Arc<EngineInner>,
@@ -34,9 +42,9 @@ pub(crate) struct Run {
     pub(crate) pipeline: Option<Arc<Pipeline>>,
     pub(crate) input: String,
     pub(crate) control: Arc<RunControl>,
-    /// The `done` signals of the thread's earlier runs this run waits for (multitask `enqueue`
-    /// and `interrupt`); empty for `parallel` or an idle thread.
-    pub(crate) after: Vec<CancellationToken>,
+    /// The thread's earlier runs this run waits for (multitask `enqueue` and `interrupt`);
+    /// empty for `parallel` or an idle thread.
+    pub(crate) after: Vec<Arc<RunControl>>,
 }
 
 impl Run {
@@ -45,17 +53,16 @@ impl Run {
     pub(crate) async fn execute(self) -> RunOutcome {
         // Whatever way this task ends (even dropped with its runtime), the thread's later runs
         // stop waiting for it.
-        let _done = self.control.done.clone().drop_guard();
+        let _done = DoneGuard(&self.control);
         let engine = &self.engine;
         let accepted = Instant::now();
         self.wait_for_earlier_runs().await;
         let mut rc = RunContext::new(
             Arc::clone(&self.agent_name),
             self.context.clone(),
-            engine.registry.clone(),
             Arc::clone(&engine.sink),
             Arc::clone(&self.control),
-            &engine.config,
+            Arc::clone(&engine.kit),
         );
         rc.emit(AgentEvent::AgentStarted {
             agent_name: Arc::clone(&self.agent_name),
@@ -81,7 +88,7 @@ impl Run {
             }
         };
 
-        run_cleanups(&self.control, self.engine.config.tool_timeout()).await;
+        run_cleanups(&self.control, self.engine.kit.config.tool_timeout()).await;
         let status = end.status();
         let mut emitter = rc.last_emitter().await;
         if status != RunStatus::Completed && status != RunStatus::Cancelled {
@@ -143,7 +150,7 @@ impl Run {
             tokio::select! {
                 biased;
                 () = self.control.cancel.cancelled() => return,
-                () = earlier.cancelled() => {}
+                () = earlier.ended() => {}
             }
         }
     }
@@ -161,7 +168,7 @@ impl Run {
         }
         let acquire = semaphore.acquire();
         tokio::pin!(acquire);
-        let notice = tokio::time::sleep(self.engine.config.queue_notice_after());
+        let notice = tokio::time::sleep(self.engine.kit.config.queue_notice_after());
         tokio::select! {
             biased;
             () = self.control.cancel.cancelled() => return None,
@@ -181,7 +188,7 @@ impl Run {
 
     /// Runs the agent (or the pipeline) to its end; the death reason when it panicked.
     async fn run_agent(&self, rc: &mut RunContext) -> (RunEnd, Option<String>) {
-        let registry = &self.engine.registry;
+        let registry = &self.engine.kit.registry;
         let name = &self.agent_name;
         let mut agent: Box<dyn Agent> = match &self.pipeline {
             Some(pipeline) => Box::new(PipelineAgent {
@@ -212,7 +219,7 @@ impl Run {
                 }
             }
         };
-        let timeout = self.engine.config.run_timeout();
+        let timeout = self.engine.kit.config.run_timeout();
         let result = {
             let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
             let run = within_run_timeout(timeout, &self.control, run);
@@ -266,7 +273,7 @@ impl Run {
         let mut state = lock(&engine.state);
         state.acc.record(outcome);
         state.history.push_back(outcome.clone());
-        while state.history.len() > engine.config.history_limit() {
+        while state.history.len() > engine.kit.config.history_limit() {
             state.history.pop_front();
         }
         state.last_activity = Instant::now();
