@@ -69,85 +69,11 @@
 pub mod auth;
 pub mod demo;
 pub mod protocol;
+mod config;
 mod server;
 mod session;
 
 pub use auth::{AuthError, Claims, TokenKeys};
 pub use protocol::{ClientFrame, ServerFrame};
-pub use server::Gateway;
-
-use std::time::Duration;
-
-use engine_core::EngineConfig;
-use engine_factory::FactoryConfig;
-
-/// Gateway limits and keys.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// HS256 secret for bearer tokens.
-    pub jwt_secret: Vec<u8>,
-    /// Whether `/dev/token` hands out tokens (never in production).
-    pub development: bool,
-    /// Largest accepted text frame, in bytes (larger ones get `frame_too_large`).
-    pub max_frame_bytes: usize,
-    /// `user_message` frames allowed per user per minute.
-    pub messages_per_minute: usize,
-    /// Open WebSockets allowed per user.
-    pub max_connections_per_user: usize,
-    /// Events kept per user for `resume`.
-    pub replay_buffer: usize,
-    /// Frames queued per connection before it misses events.
-    pub connection_queue: usize,
-    /// The factory (engine limits, concurrent runs per user, shutdown deadline).
-    pub factory: FactoryConfig,
-    /// Token lifetime for `/dev/token`.
-    pub dev_token_ttl: Duration,
-    /// A user with no connection and no run for this long loses its session (engine, replay
-    /// buffer); `resume` of its old runs then answers `unknown_run`.
-    pub session_idle: Duration,
-}
-
-/// The gateway's engine limits: 3 runs at once per user and 4 more waiting; the engine refuses
-/// the next with `too_many_runs`.
-fn default_factory_config() -> FactoryConfig {
-    let engine = EngineConfig::builder()
-        .max_queued_runs(4)
-        .build()
-        .unwrap_or_default();
-    FactoryConfig::builder()
-        .engine(engine)
-        .build()
-        .unwrap_or_default()
-}
-
-impl GatewayConfig {
-    /// Development defaults with a random secret and `/dev/token` enabled.
-    pub fn development() -> Self {
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        Self {
-            jwt_secret: secret.into_bytes(),
-            development: true,
-            max_frame_bytes: 16 * 1024,
-            messages_per_minute: 30,
-            max_connections_per_user: 5,
-            replay_buffer: 1000,
-            connection_queue: 1024,
-            factory: default_factory_config(),
-            dev_token_ttl: Duration::from_secs(12 * 3600),
-            session_idle: Duration::from_secs(600),
-        }
-    }
-
-    /// Production settings: `secret` required, `/dev/token` disabled.
-    pub fn with_secret(secret: impl Into<Vec<u8>>) -> Self {
-        Self {
-            jwt_secret: secret.into(),
-            development: false,
-            ..Self::development()
-        }
-    }
-}
+pub use config::{GatewayConfig, GatewayConfigError};
+pub use server::{Gateway, GatewayError};

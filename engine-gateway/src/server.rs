@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, TokenKeys};
 use crate::protocol::{ClientFrame, ServerFrame};
 use crate::session::{lock, Counters, UserSession};
-use crate::GatewayConfig;
+use crate::{GatewayConfig, GatewayConfigError};
 
 const PAGE: &str = include_str!("../static/index.html");
 
@@ -46,6 +46,9 @@ struct Inner {
     /// Cancelled once runs have ended and their events were forwarded: connections close.
     close_connections: CancellationToken,
     pumps: tokio_util::task::TaskTracker,
+    /// Every upgraded connection's task: shutdown waits for them to send their close frames
+    /// (axum's graceful shutdown does not track upgraded connections).
+    connections: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -68,8 +71,11 @@ impl Gateway {
     /// A gateway over a new factory with `registry`'s agents (the page uses `assistant`).
     ///
     /// # Errors
-    /// [`FactoryError::KeyTaken`] when the factory cannot be created in this process.
-    pub fn new(config: GatewayConfig, registry: AgentRegistry) -> Result<Self, FactoryError> {
+    /// [`GatewayError::Config`] when the configuration does not validate
+    /// ([`GatewayConfig::validate`]), [`GatewayError::Factory`] when the factory cannot be
+    /// created in this process.
+    pub fn new(config: GatewayConfig, registry: AgentRegistry) -> Result<Self, GatewayError> {
+        config.validate(&registry)?;
         let factory = ExecutionEngineFactory::new(config.factory.clone(), registry)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -81,6 +87,7 @@ impl Gateway {
                 shutting_down: AtomicBool::new(false),
                 close_connections: CancellationToken::new(),
                 pumps: tokio_util::task::TaskTracker::new(),
+                connections: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -166,18 +173,32 @@ impl Gateway {
 
     /// Graceful shutdown: refuse new sockets and messages, cancel runs within the factory's
     /// deadline (each emits its terminal event, forwarded to the user's connections), then
-    /// close every socket with a `1001 going away` close frame. Idempotent.
+    /// close every socket with a `1001 going away` close frame, and return once every
+    /// connection has sent it (or the shutdown deadline passed). Idempotent.
     pub async fn shutdown(&self) {
-        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
-            self.inner.pumps.wait().await;
-            return;
+        let inner = &self.inner;
+        if !inner.shutting_down.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                connections = inner.counters.connections.load(Ordering::Relaxed),
+                "gateway shutting down"
+            );
+            inner.factory.shutdown().await;
+            // The hub is closed: every pump forwards what is left and ends.
+            inner.pumps.close();
         }
-        tracing::info!("gateway shutting down");
-        self.inner.factory.shutdown().await;
-        // The hub is closed: every pump forwards what is left and ends.
-        self.inner.pumps.close();
-        self.inner.pumps.wait().await;
-        self.inner.close_connections.cancel();
+        inner.pumps.wait().await;
+        inner.close_connections.cancel();
+        inner.connections.close();
+        let deadline = inner.config.factory.shutdown_deadline();
+        if tokio::time::timeout(deadline, inner.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = inner.connections.len(),
+                "connections still closing at the shutdown deadline"
+            );
+        }
     }
 
     fn session(&self, user: &UserId) -> Arc<UserSession> {
@@ -272,7 +293,8 @@ impl Gateway {
                 multitask,
                 agent,
             } => {
-                let work = Work::Agent(agent.unwrap_or_else(|| "assistant".to_owned()));
+                let agent = agent.unwrap_or_else(|| self.inner.config.default_agent.clone());
+                let work = Work::Agent(agent);
                 let start = Start {
                     thread_id,
                     text,
@@ -446,6 +468,18 @@ impl Gateway {
     }
 }
 
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The configuration is invalid.
+    #[error("invalid gateway configuration: {0}")]
+    Config(#[from] GatewayConfigError),
+    /// The engine factory could not be created.
+    #[error(transparent)]
+    Factory(#[from] FactoryError),
+}
+
 /// What a `user_message` or `pipeline` frame asks to start.
 struct Start {
     thread_id: String,
@@ -497,7 +531,10 @@ async fn ws_handler(
     let limit = gw.inner.config.max_frame_bytes.saturating_mul(4).max(1024);
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| connection(gw, session, guard, socket, rx))
+        .on_upgrade(move |socket| {
+            let tracker = gw.inner.connections.clone();
+            tracker.track_future(connection(gw, session, guard, socket, rx))
+        })
 }
 
 struct Detach {
@@ -527,6 +564,8 @@ async fn connection(
         user_id: session.user.to_string(),
     };
     let close = gw.inner.close_connections.clone();
+    // How the reader ended, for the close frame the writer sends.
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<CloseFrame>();
     let writer = tokio::spawn(async move {
         if sink
             .send(Message::Text(welcome.to_json().into()))
@@ -535,9 +574,18 @@ async fn connection(
         {
             return;
         }
+        let mut reading = true;
         loop {
             tokio::select! {
                 biased;
+                // The reader ended on an error: close with its code, before anything else.
+                frame = &mut ended, if reading => match frame {
+                    Ok(frame) => {
+                        let _ = sink.send(Message::Close(Some(frame))).await;
+                        return;
+                    }
+                    Err(_) => reading = false,
+                },
                 msg = rx.recv() => match msg {
                     Some(text) => {
                         if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
@@ -571,7 +619,22 @@ async fn connection(
             () = closing.cancelled() => break,
         };
         let reply = match msg {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            None | Some(Ok(Message::Close(_))) => break,
+            Some(Err(e)) => {
+                // A frame over the WebSocket size limit closes with 1009 (message too big).
+                let text = e.to_string();
+                let code = if text.contains("too long") || text.contains("limit") {
+                    1009
+                } else {
+                    1002
+                };
+                tracing::info!(user_id = %session.user, code, error = %text, "closing a connection after a WebSocket error");
+                let _ = ended_tx.send(CloseFrame {
+                    code,
+                    reason: if code == 1009 { "message too big" } else { "protocol error" }.into(),
+                });
+                break;
+            }
             Some(Ok(Message::Text(t))) => gw.handle_frame(&session, guard.id, t.as_str()).await,
             Some(Ok(Message::Binary(_))) => Some(ServerFrame::error(
                 "bad_frame",
