@@ -112,7 +112,11 @@ impl GatewayConfig {
                 min: Self::MIN_SECRET_BYTES,
             });
         }
-        check_range("max_frame_bytes", self.max_frame_bytes, Self::MAX_FRAME_BYTES)?;
+        check_range(
+            "max_frame_bytes",
+            self.max_frame_bytes,
+            Self::MAX_FRAME_BYTES,
+        )?;
         check_range(
             "messages_per_minute",
             self.messages_per_minute,

@@ -146,6 +146,23 @@ impl Tool for SaveNote {
     }
 }
 
+/// Waits: for the number of milliseconds in its message (default and most 10 minutes), or
+/// until its run is cancelled. A long run to try cancellation, interruption and shutdown with.
+#[derive(Debug, Default)]
+pub struct Waiter;
+
+#[async_trait]
+impl Agent for Waiter {
+    async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+        let ms = input.trim().parse::<u64>().unwrap_or(600_000).min(600_000);
+        ctx.think(format!("waiting {ms} ms")).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(format!("waited {ms} ms")),
+            () = ctx.cancelled() => Ok("stopped waiting".into()),
+        }
+    }
+}
+
 /// A specialist of the supervisor's team: thinks twice and calls one demo tool on the message.
 #[derive(Debug, Clone)]
 pub struct Specialist {
@@ -233,8 +250,8 @@ impl Agent for Supervisor {
     }
 }
 
-/// The demo registry: agents `assistant` and `supervisor` (with its team `triage`, `data`,
-/// `optimization`, `reporting`) and tools `calculator`, `clock`, `text_stats` and `save_note`
+/// The demo registry: agents `assistant`, `supervisor` (with its team `triage`, `data`,
+/// `optimization`, `reporting`) and `waiter` (a long run) and tools `calculator`, `clock`, `text_stats` and `save_note`
 /// (which needs the user's approval).
 pub fn demo_registry() -> AgentRegistry {
     demo_registry_builder()
@@ -247,6 +264,7 @@ pub fn demo_registry_builder() -> engine_core::AgentRegistryBuilder {
     AgentRegistry::builder()
         .agent("assistant", || DemoAssistant)
         .agent("supervisor", Supervisor::default)
+        .agent("waiter", || Waiter)
         .agent("triage", || Specialist::new("triage", "text_stats"))
         .agent("data", || Specialist::new("data", "clock"))
         .agent("optimization", || {

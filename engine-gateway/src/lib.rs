@@ -67,13 +67,13 @@
 //! duplicates by `(run_id, seq)`.
 
 pub mod auth;
+mod config;
 pub mod demo;
 pub mod protocol;
-mod config;
 mod server;
 mod session;
 
 pub use auth::{AuthError, Claims, TokenKeys};
-pub use protocol::{ClientFrame, ServerFrame};
 pub use config::{GatewayConfig, GatewayConfigError};
+pub use protocol::{ClientFrame, ServerFrame};
 pub use server::{Gateway, GatewayError};

@@ -1,11 +1,120 @@
-//! `cargo run -p engine-gateway [-- --addr 127.0.0.1:8080]`: the gateway with the demo agents.
-//!
-//! Environment: `GATEWAY_ADDR` (default `127.0.0.1:8080`), `GATEWAY_JWT_SECRET` (without it:
-//! development mode with a random secret and `/dev/token`), `RUST_LOG` (tracing filter).
-#![allow(clippy::print_stdout)]
+//! `engine-gateway`: the gateway binary with the demo agents. `engine-gateway --help` lists
+//! every flag and its environment variable; logs go to stderr.
 
-use engine_core::UserId;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use engine_core::{EngineConfig, UserId};
+use engine_factory::FactoryConfig;
 use engine_gateway::{demo::demo_registry, Gateway, GatewayConfig};
+
+/// The reference WebSocket gateway of the one engine: authenticated per-user event streams,
+/// replay, limits, graceful shutdown. Without a JWT secret it runs in development mode (a
+/// random secret, a printed token for `alice`, and `/dev/token?user=<id>`).
+#[derive(Debug, Parser)]
+#[command(name = "engine-gateway", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// HS256 secret for bearer tokens, at least 32 bytes; production mode when set.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, in `tracing` EnvFilter syntax (for example `info,engine_core=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    /// The agent that answers messages naming none.
+    #[arg(long, env = "GATEWAY_AGENT", default_value = "assistant")]
+    agent: String,
+    /// Largest accepted text frame, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    max_frame_bytes: usize,
+    /// Messages allowed per user per minute.
+    #[arg(long, env = "GATEWAY_MESSAGES_PER_MINUTE", default_value_t = 30)]
+    messages_per_minute: usize,
+    /// Open WebSockets allowed per user.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
+    max_connections_per_user: usize,
+    /// Events kept per user for `resume`.
+    #[arg(long, env = "GATEWAY_REPLAY_BUFFER", default_value_t = 1000)]
+    replay_buffer: usize,
+    /// Frames queued per connection before it misses events.
+    #[arg(long, env = "GATEWAY_CONNECTION_QUEUE", default_value_t = 1024)]
+    connection_queue: usize,
+    /// Seconds after which a user with no connection and no run loses its session.
+    #[arg(long, env = "GATEWAY_SESSION_IDLE_SECS", default_value_t = 600)]
+    session_idle_secs: u64,
+    /// Engines a user may hold at once.
+    #[arg(long, env = "GATEWAY_MAX_ENGINES_PER_USER", default_value_t = 2)]
+    max_engines_per_user: usize,
+    /// Runs of a user executing at once.
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENT_RUNS", default_value_t = 3)]
+    max_concurrent_runs: usize,
+    /// Runs of a user waiting beyond those (then `too_many_runs`).
+    #[arg(long, env = "GATEWAY_MAX_QUEUED_RUNS", default_value_t = 4)]
+    max_queued_runs: usize,
+    /// Longest a run's agent may work, in seconds.
+    #[arg(long, env = "GATEWAY_RUN_TIMEOUT_SECS", default_value_t = 25)]
+    run_timeout_secs: u64,
+    /// Longest a shutdown waits for runs to end and sockets to close, in seconds.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_DEADLINE_SECS", default_value_t = 10)]
+    shutdown_deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Args {
+    /// The gateway configuration these flags describe (checked by `Gateway::new`).
+    fn config(&self) -> Result<GatewayConfig, engine_core::ConfigError> {
+        let mut config = match &self.jwt_secret {
+            Some(secret) => GatewayConfig::with_secret(secret.clone().into_bytes()),
+            None => GatewayConfig::development(),
+        };
+        config.max_frame_bytes = self.max_frame_bytes;
+        config.messages_per_minute = self.messages_per_minute;
+        config.max_connections_per_user = self.max_connections_per_user;
+        config.replay_buffer = self.replay_buffer;
+        config.connection_queue = self.connection_queue;
+        config.session_idle = Duration::from_secs(self.session_idle_secs);
+        config.default_agent.clone_from(&self.agent);
+        let engine = EngineConfig::builder()
+            .max_concurrent_runs(self.max_concurrent_runs)
+            .max_queued_runs(self.max_queued_runs)
+            .run_timeout(Duration::from_secs(self.run_timeout_secs))
+            .build()?;
+        config.factory = FactoryConfig::builder()
+            .max_engines_per_user(self.max_engines_per_user)
+            .shutdown_deadline(Duration::from_secs(self.shutdown_deadline_secs))
+            .engine(engine)
+            .build()?;
+        Ok(config)
+    }
+}
+
+fn init_logs(args: &Args) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .map_err(|e| format!("invalid --log / RUST_LOG filter {:?}: {e}", args.log))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let done = match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
+    done.map_err(|e| format!("cannot set up logging: {e}"))
+}
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -23,38 +132,71 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutdown signal received");
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args: Vec<String> = std::env::args().collect();
-    let addr = args
-        .iter()
-        .position(|a| a == "--addr")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| std::env::var("GATEWAY_ADDR").ok())
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let config = match std::env::var("GATEWAY_JWT_SECRET") {
-        Ok(secret) if !secret.is_empty() => GatewayConfig::with_secret(secret),
-        _ => GatewayConfig::development(),
-    };
+async fn run(args: Args) -> Result<(), String> {
+    let config = args
+        .config()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     let development = config.development;
-    let gateway = Gateway::new(config, demo_registry())?;
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let local = listener.local_addr()?;
-    println!("engine-gateway listening on http://{local}/");
+    let limits = format!(
+        "{} engines/user, {} runs at once + {} queued, {} messages/min, {} connections/user",
+        config.factory.max_engines_per_user(),
+        config.factory.engine().max_concurrent_runs(),
+        config.factory.engine().max_queued_runs(),
+        config.messages_per_minute,
+        config.max_connections_per_user,
+    );
+    let gateway = Gateway::new(config, demo_registry()).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let mode = if development {
+        "development"
+    } else {
+        "production"
+    };
+    tracing::info!(addr = %local, mode, agent = %args.agent, %limits, "engine-gateway listening on http://{local}/");
     if development {
-        let token = gateway.keys().issue(&UserId::new("alice")?, 12 * 3600)?;
-        println!("development mode (set GATEWAY_JWT_SECRET for production)");
-        println!("token for user alice: {token}");
-        println!("websocket: ws://{local}/ws?token={token}");
+        let alice = UserId::new("alice").map_err(|e| e.to_string())?;
+        let token = gateway
+            .keys()
+            .issue(&alice, 12 * 3600)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            "development mode (set GATEWAY_JWT_SECRET for production); token for user alice: {token}"
+        );
     }
-    gateway.serve(listener, shutdown_signal()).await?;
-    println!("engine-gateway stopped");
+    gateway
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("engine-gateway stopped");
     Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = init_logs(&args) {
+        eprintln!("engine-gateway: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("engine-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("engine-gateway: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -473,7 +473,7 @@ impl Gateway {
 #[non_exhaustive]
 pub enum GatewayError {
     /// The configuration is invalid.
-    #[error("invalid gateway configuration: {0}")]
+    #[error(transparent)]
     Config(#[from] GatewayConfigError),
     /// The engine factory could not be created.
     #[error(transparent)]
@@ -631,7 +631,12 @@ async fn connection(
                 tracing::info!(user_id = %session.user, code, error = %text, "closing a connection after a WebSocket error");
                 let _ = ended_tx.send(CloseFrame {
                     code,
-                    reason: if code == 1009 { "message too big" } else { "protocol error" }.into(),
+                    reason: if code == 1009 {
+                        "message too big"
+                    } else {
+                        "protocol error"
+                    }
+                    .into(),
                 });
                 break;
             }

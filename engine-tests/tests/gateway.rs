@@ -382,7 +382,11 @@ async fn malformed_frames_get_error_frames_and_the_connection_stays() {
     assert_eq!(next_json(&mut ws).await["type"], "run_accepted");
     // Far over the limit (more than 4x), the WebSocket layer refuses the frame: the connection
     // closes with 1009 (message too big), as the crate docs say.
-    send(&mut ws, json!({"type":"user_message","thread_id":"t","text":"x".repeat(5000)})).await;
+    send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t","text":"x".repeat(5000)}),
+    )
+    .await;
     let closed = loop {
         let f = next_json(&mut ws).await;
         if f["type"] == "closed" {
