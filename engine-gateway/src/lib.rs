@@ -69,6 +69,7 @@
 pub mod auth;
 mod config;
 pub mod demo;
+mod metrics;
 pub mod protocol;
 mod server;
 mod session;

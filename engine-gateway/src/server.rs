@@ -22,10 +22,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::auth::{AuthError, TokenKeys};
+use crate::metrics::GatewayMetrics;
 use crate::protocol::{ClientFrame, ServerFrame};
-use crate::session::{lock, Counters, UserSession};
+use crate::session::{lock, Outgoing, UserSession};
 use crate::{GatewayConfig, GatewayConfigError};
 
 const PAGE: &str = include_str!("../static/index.html");
@@ -41,7 +45,7 @@ struct Inner {
     keys: TokenKeys,
     factory: ExecutionEngineFactory,
     sessions: Mutex<HashMap<UserId, Arc<UserSession>>>,
-    counters: Counters,
+    metrics: GatewayMetrics,
     shutting_down: AtomicBool,
     /// Cancelled once runs have ended and their events were forwarded: connections close.
     close_connections: CancellationToken,
@@ -83,7 +87,7 @@ impl Gateway {
                 config,
                 factory,
                 sessions: Mutex::new(HashMap::new()),
-                counters: Counters::default(),
+                metrics: GatewayMetrics::new(),
                 shutting_down: AtomicBool::new(false),
                 close_connections: CancellationToken::new(),
                 pumps: tokio_util::task::TaskTracker::new(),
@@ -102,15 +106,37 @@ impl Gateway {
         &self.inner.factory
     }
 
-    /// The routes.
+    /// The routes, with request tracing: every request gets an `x-request-id` (kept from the
+    /// client or a new UUID, echoed in the response) and a span carrying it, its method and its
+    /// path (never the query, which may hold a token); each response is logged with its status
+    /// and latency. Plain HTTP requests time out after 10 s.
     pub fn router(&self) -> Router {
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id)
+            })
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
         Router::new()
             .route("/", get(|| async { Html(PAGE) }))
             .route("/ws", get(ws_handler))
             .route("/dev/token", get(dev_token))
             .route("/healthz", get(health))
             .route("/metrics", get(metrics))
+            .route("/metrics.json", get(metrics_json))
             .with_state(self.clone())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(10),
+            ))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(trace)
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
     }
 
     /// Serves until `signal` completes, then shuts down gracefully (see [`shutdown`](Self::shutdown)).
@@ -179,7 +205,7 @@ impl Gateway {
         let inner = &self.inner;
         if !inner.shutting_down.swap(true, Ordering::AcqRel) {
             tracing::info!(
-                connections = inner.counters.connections.load(Ordering::Relaxed),
+                connections = inner.metrics.open_connections.load(Ordering::Relaxed),
                 "gateway shutting down"
             );
             inner.factory.shutdown().await;
@@ -226,16 +252,15 @@ impl Gateway {
                     () = stop.cancelled() => break,
                 };
                 lock(&s.replay).push(Arc::clone(&e));
-                let text: Arc<str> = ServerFrame::Event { envelope: e }.to_json().into();
-                let (sent, dropped) = s.broadcast(&text);
-                me.inner
-                    .counters
-                    .events_sent
-                    .fetch_add(sent, Ordering::Relaxed);
-                me.inner
-                    .counters
-                    .events_dropped
-                    .fetch_add(dropped, Ordering::Relaxed);
+                let emitted_us = e.timestamp_us;
+                let frame = Outgoing {
+                    text: ServerFrame::Event { envelope: e }.to_json().into(),
+                    emitted_us,
+                };
+                let (sent, dropped) = s.broadcast(&frame);
+                let m = &me.inner.metrics;
+                m.events_sent.inc_by(sent);
+                m.events_dropped.inc_by(dropped);
             }
         });
         session
@@ -384,7 +409,7 @@ impl Gateway {
                     )),
                     Some(frames) => {
                         for f in frames {
-                            session.send_to(conn, f.to_json().into());
+                            session.send_to(conn, Outgoing::plain(f.to_json()));
                         }
                         None
                     }
@@ -404,6 +429,8 @@ impl Gateway {
         let thread_id = thread_id.as_str();
         let cfg = &self.inner.config;
         if !session.allow_message(cfg.messages_per_minute) {
+            GatewayMetrics::refused(&self.inner.metrics.limit_hits, "rate_limited");
+            tracing::warn!(user_id = %session.user, limit = cfg.messages_per_minute, "message refused: rate limit");
             return ServerFrame::error(
                 "rate_limited",
                 format!(
@@ -447,10 +474,33 @@ impl Gateway {
             Work::Pipeline(pipeline) => engine.spawn_pipeline(&ctx, pipeline, text, options),
         };
         match spawned {
-            Ok(_detached) => ServerFrame::RunAccepted {
-                run_id: ctx.run_id().clone(),
-                client_request_id,
-            },
+            Ok(run) => {
+                // The run goes on by itself; this only records how it ends.
+                let gw = self.clone();
+                let user = session.user.clone();
+                tokio::spawn(async move {
+                    let run_id = run.run_id().clone();
+                    match run.outcome().await {
+                        Ok(outcome) => {
+                            gw.inner.metrics.run_ended(&outcome);
+                            tracing::info!(
+                                user_id = %user,
+                                run_id = %run_id,
+                                status = outcome.status().as_str(),
+                                duration_ms = u64::try_from((outcome.queue_wait + outcome.execution_time).as_millis()).unwrap_or(u64::MAX),
+                                "run ended"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(user_id = %user, run_id = %run_id, error = %e, "run lost")
+                        }
+                    }
+                });
+                ServerFrame::RunAccepted {
+                    run_id: ctx.run_id().clone(),
+                    client_request_id,
+                }
+            }
             Err(e) => {
                 lock(&session.replay).forget(ctx.run_id());
                 // The engine decides how many runs a user may have; the gateway reports it.
@@ -462,6 +512,10 @@ impl Gateway {
                     }
                     _ => "internal",
                 };
+                if matches!(code, "too_many_runs" | "thread_busy") {
+                    GatewayMetrics::refused(&self.inner.metrics.limit_hits, code);
+                    tracing::warn!(user_id = %session.user, run_id = %ctx.run_id(), code, "message refused: {e}");
+                }
                 ServerFrame::error(code, e.to_string())
             }
         }
@@ -504,16 +558,25 @@ async fn ws_handler(
     Query(q): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let metrics = &gw.inner.metrics;
     if gw.inner.shutting_down.load(Ordering::Acquire) {
+        GatewayMetrics::refused(&metrics.upgrades_refused, "shutting_down");
+        tracing::info!("upgrade refused: shutting down");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let user = match gw.authenticate(&headers, q.token.as_deref()) {
         Ok(u) => u,
-        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        Err(e) => {
+            GatewayMetrics::refused(&metrics.upgrades_refused, "unauthorized");
+            tracing::info!(error = %e, "upgrade refused: unauthorized");
+            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+        }
     };
     let session = gw.session(&user);
-    let (tx, rx) = mpsc::channel::<Arc<str>>(gw.inner.config.connection_queue);
+    let (tx, rx) = mpsc::channel::<Outgoing>(gw.inner.config.connection_queue);
     let Some(conn_id) = session.try_attach(gw.inner.config.max_connections_per_user, tx) else {
+        GatewayMetrics::refused(&metrics.upgrades_refused, "too_many_connections");
+        tracing::warn!(user_id = %user, limit = gw.inner.config.max_connections_per_user, "upgrade refused: connection limit");
         return (
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -553,13 +616,11 @@ async fn connection(
     session: Arc<UserSession>,
     guard: Detach,
     socket: WebSocket,
-    mut rx: mpsc::Receiver<Arc<str>>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
-    gw.inner
-        .counters
-        .connections
-        .fetch_add(1, Ordering::Relaxed);
+    gw.inner.metrics.connection(1);
     let (mut sink, mut stream) = socket.split();
+    let lag_gw = gw.clone();
     let welcome = ServerFrame::Welcome {
         user_id: session.user.to_string(),
     };
@@ -587,17 +648,21 @@ async fn connection(
                     Err(_) => reading = false,
                 },
                 msg = rx.recv() => match msg {
-                    Some(text) => {
-                        if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                    Some(frame) => {
+                        if sink.send(Message::Text(frame.text.as_ref().into())).await.is_err() {
                             return;
+                        }
+                        if frame.emitted_us > 0 {
+                            let lag_us = now_us().saturating_sub(frame.emitted_us);
+                            lag_gw.inner.metrics.emit_to_socket.observe(lag_us as f64 / 1e6);
                         }
                     }
                     None => break,
                 },
                 () = close.cancelled() => {
                     // Flush what is queued (terminal events), then say goodbye.
-                    while let Ok(text) = rx.try_recv() {
-                        if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                    while let Ok(frame) = rx.try_recv() {
+                        if sink.send(Message::Text(frame.text.as_ref().into())).await.is_err() {
                             return;
                         }
                     }
@@ -648,15 +713,19 @@ async fn connection(
             Some(Ok(_)) => None,
         };
         if let Some(frame) = reply {
-            session.send_to(guard.id, frame.to_json().into());
+            session.send_to(guard.id, Outgoing::plain(frame.to_json()));
         }
     }
     drop(guard);
     let _ = writer.await;
-    gw.inner
-        .counters
-        .connections
-        .fetch_sub(1, Ordering::Relaxed);
+    gw.inner.metrics.connection(-1);
+}
+
+/// Microseconds since the Unix epoch, as event timestamps count them.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 async fn dev_token(State(gw): State<Gateway>, Query(q): Query<DevTokenQuery>) -> Response {
@@ -692,8 +761,21 @@ async fn health(State(gw): State<Gateway>) -> Response {
 }
 
 async fn metrics(State(gw): State<Gateway>) -> Response {
+    let users = lock(&gw.inner.sessions).len();
+    let text = gw.inner.metrics.render(&gw.inner.factory.metrics(), users);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn metrics_json(State(gw): State<Gateway>) -> Response {
     let m = gw.inner.factory.metrics();
-    let c = &gw.inner.counters;
+    let g = &gw.inner.metrics;
     Json(json!({
         "engines_created": m.engines_created,
         "active_engines": m.active_engines,
@@ -704,10 +786,10 @@ async fn metrics(State(gw): State<Gateway>) -> Response {
         "timeout_cleanups": m.timeout_cleanups,
         "hub_events_delivered": m.events_delivered,
         "hub_events_dropped": m.events_dropped,
-        "connections": c.connections.load(Ordering::Relaxed),
+        "connections": g.open_connections.load(Ordering::Relaxed),
         "users": lock(&gw.inner.sessions).len(),
-        "events_sent": c.events_sent.load(Ordering::Relaxed),
-        "events_dropped": c.events_dropped.load(Ordering::Relaxed),
+        "events_sent": g.events_sent.get(),
+        "events_dropped": g.events_dropped.get(),
     }))
     .into_response()
 }

@@ -16,12 +16,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Gateway-wide counters (no per-user data).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub events_sent: AtomicU64,
-    pub events_dropped: AtomicU64,
-    pub connections: AtomicU64,
+/// A frame queued to one connection, with the emission time of the event it carries (for the
+/// emit-to-socket lag; 0 for other frames and replays).
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) text: Arc<str>,
+    pub(crate) emitted_us: u64,
+}
+
+impl Outgoing {
+    /// A frame that is not a live event.
+    pub(crate) fn plain(text: impl Into<Arc<str>>) -> Self {
+        Self {
+            text: text.into(),
+            emitted_us: 0,
+        }
+    }
 }
 
 /// What the replay buffer knows of one run.
@@ -112,7 +122,7 @@ pub(crate) struct UserSession {
     pub user: UserId,
     pub engine: tokio::sync::Mutex<Option<EngineHandle>>,
     pub replay: Mutex<Replay>,
-    connections: Mutex<Vec<(u64, mpsc::Sender<Arc<str>>)>>,
+    connections: Mutex<Vec<(u64, mpsc::Sender<Outgoing>)>>,
     next_conn: AtomicU64,
     rate: Mutex<VecDeque<Instant>>,
     last_seen: Mutex<Instant>,
@@ -148,7 +158,7 @@ impl UserSession {
     }
 
     /// Adds a connection unless the user already has `max`; returns its id.
-    pub(crate) fn try_attach(&self, max: usize, tx: mpsc::Sender<Arc<str>>) -> Option<u64> {
+    pub(crate) fn try_attach(&self, max: usize, tx: mpsc::Sender<Outgoing>) -> Option<u64> {
         let mut conns = lock(&self.connections);
         if conns.len() >= max {
             return None;
@@ -165,21 +175,21 @@ impl UserSession {
     }
 
     /// Sends one frame to one connection; `false` if it is gone or its queue is full.
-    pub(crate) fn send_to(&self, id: u64, text: Arc<str>) -> bool {
+    pub(crate) fn send_to(&self, id: u64, frame: Outgoing) -> bool {
         let conns = lock(&self.connections);
         conns
             .iter()
             .find(|(c, _)| *c == id)
-            .is_some_and(|(_, tx)| tx.try_send(text).is_ok())
+            .is_some_and(|(_, tx)| tx.try_send(frame).is_ok())
     }
 
     /// Sends a frame to every connection of this user; a connection whose queue is full misses
     /// it (the client can `resume`). Returns (sent, dropped).
-    pub(crate) fn broadcast(&self, text: &Arc<str>) -> (u64, u64) {
+    pub(crate) fn broadcast(&self, frame: &Outgoing) -> (u64, u64) {
         let conns = lock(&self.connections);
         let (mut sent, mut dropped) = (0, 0);
         for (_, tx) in conns.iter() {
-            match tx.try_send(Arc::clone(text)) {
+            match tx.try_send(frame.clone()) {
                 Ok(()) => sent += 1,
                 Err(_) => dropped += 1,
             }

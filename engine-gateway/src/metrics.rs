@@ -1,0 +1,227 @@
+//! The gateway's Prometheus metrics (`prometheus-client`, one registry per gateway, no global
+//! state): connections, users, events sent and dropped, runs by status, histograms of run
+//! duration, queue wait and emit-to-socket lag, refused upgrades and limit hits by reason, and
+//! the factory's counters read at each scrape. No label ever carries a user id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use engine_core::RunOutcome;
+use engine_factory::FactoryMetrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// `status` of a run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StatusLabel {
+    pub(crate) status: &'static str,
+}
+
+/// `reason` of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
+}
+
+/// The factory's counters, mirrored at each scrape.
+#[derive(Debug, Default)]
+struct FactoryMirror {
+    engines_created: Counter,
+    engines_cleaned: Counter,
+    limit_rejections: Counter,
+    hub_delivered: Counter,
+    hub_dropped: Counter,
+    engines_active: Gauge,
+    subscribers: Gauge,
+}
+
+/// Every metric of one gateway.
+pub(crate) struct GatewayMetrics {
+    registry: Mutex<Registry>,
+    pub(crate) connections: Gauge,
+    pub(crate) users: Gauge,
+    pub(crate) events_sent: Counter,
+    pub(crate) events_dropped: Counter,
+    pub(crate) runs: Family<StatusLabel, Counter>,
+    pub(crate) run_duration: Family<StatusLabel, Histogram>,
+    pub(crate) queue_wait: Histogram,
+    pub(crate) emit_to_socket: Histogram,
+    pub(crate) upgrades_refused: Family<ReasonLabel, Counter>,
+    pub(crate) limit_hits: Family<ReasonLabel, Counter>,
+    factory: FactoryMirror,
+    /// Connections currently open (also the gauge), for the JSON view.
+    pub(crate) open_connections: AtomicU64,
+}
+
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayMetrics").finish_non_exhaustive()
+    }
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms .. ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl GatewayMetrics {
+    pub(crate) fn new() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::with_prefix("engine_gateway")),
+            connections: Gauge::default(),
+            users: Gauge::default(),
+            events_sent: Counter::default(),
+            events_dropped: Counter::default(),
+            runs: Family::default(),
+            run_duration: Family::new_with_constructor(seconds_histogram),
+            queue_wait: seconds_histogram(),
+            // 10 µs .. ~2.6 s.
+            emit_to_socket: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
+            upgrades_refused: Family::default(),
+            limit_hits: Family::default(),
+            factory: FactoryMirror::default(),
+            open_connections: AtomicU64::new(0),
+        };
+        {
+            let mut r = crate::session::lock(&m.registry);
+            r.register(
+                "connections",
+                "Open WebSocket connections",
+                m.connections.clone(),
+            );
+            r.register(
+                "users",
+                "Users with a session (a connection, a run, or recent activity)",
+                m.users.clone(),
+            );
+            r.register(
+                "events_sent",
+                "Event frames queued to connections",
+                m.events_sent.clone(),
+            );
+            r.register(
+                "events_dropped",
+                "Event frames a full connection queue missed",
+                m.events_dropped.clone(),
+            );
+            r.register("runs", "Runs ended, by status", m.runs.clone());
+            r.register(
+                "run_duration_seconds",
+                "Time from acceptance to the terminal event, by status",
+                m.run_duration.clone(),
+            );
+            r.register(
+                "queue_wait_seconds",
+                "Time a run waited for a slot (and for its thread)",
+                m.queue_wait.clone(),
+            );
+            r.register(
+                "emit_to_socket_seconds",
+                "Time from an event's emission to its frame written to a socket",
+                m.emit_to_socket.clone(),
+            );
+            r.register(
+                "upgrades_refused",
+                "WebSocket upgrades refused, by reason",
+                m.upgrades_refused.clone(),
+            );
+            r.register(
+                "limit_hits",
+                "Messages refused by a limit, by reason",
+                m.limit_hits.clone(),
+            );
+            let f = &m.factory;
+            r.register(
+                "engines_created",
+                "Engines created by the factory",
+                f.engines_created.clone(),
+            );
+            r.register(
+                "engines_cleaned",
+                "Engines closed, cleaned up, reaped or shut down",
+                f.engines_cleaned.clone(),
+            );
+            r.register(
+                "engine_limit_rejections",
+                "Engine creations refused by the per-user limit",
+                f.limit_rejections.clone(),
+            );
+            r.register(
+                "hub_events_delivered",
+                "Event copies the hub delivered to subscribers",
+                f.hub_delivered.clone(),
+            );
+            r.register(
+                "hub_events_dropped",
+                "Event copies the hub dropped",
+                f.hub_dropped.clone(),
+            );
+            r.register("engines_active", "Live engines", f.engines_active.clone());
+            r.register(
+                "subscribers",
+                "Live hub subscriptions",
+                f.subscribers.clone(),
+            );
+        }
+        m
+    }
+
+    /// Records how a run ended.
+    pub(crate) fn run_ended(&self, outcome: &RunOutcome) {
+        let label = StatusLabel {
+            status: outcome.status().as_str(),
+        };
+        self.runs.get_or_create(&label).inc();
+        let total = outcome.queue_wait + outcome.execution_time;
+        self.run_duration
+            .get_or_create(&label)
+            .observe(total.as_secs_f64());
+        self.queue_wait.observe(outcome.queue_wait.as_secs_f64());
+    }
+
+    /// Counts a refusal.
+    pub(crate) fn refused(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
+        family.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The Prometheus text exposition, after mirroring the factory's counters and the users.
+    pub(crate) fn render(&self, factory: &FactoryMetrics, users: usize) -> String {
+        fn mirror(counter: &Counter, now: u64) {
+            let seen = counter.get();
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
+        }
+        let f = &self.factory;
+        mirror(&f.engines_created, factory.engines_created);
+        mirror(&f.engines_cleaned, factory.engines_cleaned);
+        mirror(&f.limit_rejections, factory.limit_rejections);
+        mirror(&f.hub_delivered, factory.events_delivered);
+        mirror(&f.hub_dropped, factory.events_dropped);
+        f.engines_active
+            .set(i64::try_from(factory.active_engines).unwrap_or(i64::MAX));
+        f.subscribers
+            .set(i64::try_from(factory.subscribers).unwrap_or(i64::MAX));
+        self.users.set(i64::try_from(users).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        let registry = crate::session::lock(&self.registry);
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text.push_str("# encoding failed\n");
+        }
+        text
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`).
+    pub(crate) fn connection(&self, delta: i64) {
+        self.connections.inc_by(delta);
+        if delta > 0 {
+            self.open_connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
