@@ -39,7 +39,8 @@
 //!
 //! Server -> client:
 //! - `{"type":"welcome","user_id":"alice"}` once, after the upgrade;
-//! - `{"type":"run_accepted","run_id":"run_...","client_request_id":"c1"}`;
+//! - `{"type":"run_accepted","run_id":"run_...","client_request_id":"c1"}`, on the connection
+//!   that sent the message, before any event of that run;
 //! - `{"type":"event","user_id":..,"thread_id":..,"run_id":..,"seq":1,"timestamp_us":..,"event":{"type":"agent_started",..}}`
 //!   for every engine event of the user, on every connection of the user. Besides the lifecycle
 //!   events: `answer_delta` (`delta`: the next piece of the answer; for a completed run the

@@ -327,7 +327,7 @@ impl Gateway {
                     options: options(multitask),
                     work,
                 };
-                Some(self.start_run(session, conn, start).await)
+                self.start_run(session, conn, start).await
             }
             ClientFrame::Pipeline {
                 thread_id,
@@ -355,7 +355,7 @@ impl Gateway {
                     options: options(multitask),
                     work: Work::Pipeline(pipeline),
                 };
-                Some(self.start_run(session, conn, start).await)
+                self.start_run(session, conn, start).await
             }
             ClientFrame::Approve {
                 run_id,
@@ -418,7 +418,14 @@ impl Gateway {
         }
     }
 
-    async fn start_run(&self, session: &UserSession, conn: u64, start: Start) -> ServerFrame {
+    /// Starts a run; answers `run_accepted` itself (before any event of the run reaches the
+    /// connection), or returns the error frame.
+    async fn start_run(
+        &self,
+        session: &UserSession,
+        conn: u64,
+        start: Start,
+    ) -> Option<ServerFrame> {
         let Start {
             thread_id,
             text,
@@ -431,16 +438,16 @@ impl Gateway {
         if !session.allow_message(cfg.messages_per_minute) {
             GatewayMetrics::refused(&self.inner.metrics.limit_hits, "rate_limited");
             tracing::warn!(user_id = %session.user, limit = cfg.messages_per_minute, "message refused: rate limit");
-            return ServerFrame::error(
+            return Some(ServerFrame::error(
                 "rate_limited",
                 format!(
                     "at most {} messages per minute; wait and retry",
                     cfg.messages_per_minute
                 ),
-            );
+            ));
         }
         if let Err(e) = ThreadId::new(thread_id) {
-            return ServerFrame::error("bad_request", e.to_string());
+            return Some(ServerFrame::error("bad_request", e.to_string()));
         }
         let ctx = match UserExecutionContext::builder()
             .user_id(&session.user)
@@ -450,7 +457,7 @@ impl Gateway {
             .build()
         {
             Ok(c) => c,
-            Err(e) => return ServerFrame::error("bad_request", e.to_string()),
+            Err(e) => return Some(ServerFrame::error("bad_request", e.to_string())),
         };
         let mut engine = session.engine.lock().await;
         if engine.as_ref().is_none_or(|e| !e.is_active()) {
@@ -458,23 +465,33 @@ impl Gateway {
             match self.inner.factory.create_for_user(&root) {
                 Ok(e) => *engine = Some(e),
                 Err(FactoryError::ShutDown) => {
-                    return ServerFrame::error("shutting_down", "the server is shutting down")
+                    return Some(ServerFrame::error(
+                        "shutting_down",
+                        "the server is shutting down",
+                    ))
                 }
-                Err(e) => return ServerFrame::error("internal", e.to_string()),
+                Err(e) => return Some(ServerFrame::error("internal", e.to_string())),
             }
         }
         let Some(engine) = engine.as_ref() else {
-            return ServerFrame::error("internal", "no engine");
+            return Some(ServerFrame::error("internal", "no engine"));
         };
         // Registered before the run starts so its first event finds it; forgotten again if the
         // engine refuses the run.
         lock(&session.replay).register(ctx.run_id());
+        let hold = session.hold_delivery();
         let spawned = match work {
             Work::Agent(agent) => engine.spawn_with(&ctx, &agent, text, options),
             Work::Pipeline(pipeline) => engine.spawn_pipeline(&ctx, pipeline, text, options),
         };
         match spawned {
             Ok(run) => {
+                let accepted = ServerFrame::RunAccepted {
+                    run_id: ctx.run_id().clone(),
+                    client_request_id,
+                };
+                hold.send_to(conn, Outgoing::plain(accepted.to_json()));
+                drop(hold);
                 // The run goes on by itself; this only records how it ends.
                 let gw = self.clone();
                 let user = session.user.clone();
@@ -483,23 +500,21 @@ impl Gateway {
                     match run.outcome().await {
                         Ok(outcome) => {
                             gw.inner.metrics.run_ended(&outcome);
+                            let total = outcome.queue_wait + outcome.execution_time;
                             tracing::info!(
                                 user_id = %user,
                                 run_id = %run_id,
                                 status = outcome.status().as_str(),
-                                duration_ms = u64::try_from((outcome.queue_wait + outcome.execution_time).as_millis()).unwrap_or(u64::MAX),
+                                duration_ms = u64::try_from(total.as_millis()).unwrap_or(u64::MAX),
                                 "run ended"
                             );
                         }
                         Err(e) => {
-                            tracing::warn!(user_id = %user, run_id = %run_id, error = %e, "run lost")
+                            tracing::warn!(user_id = %user, run_id = %run_id, error = %e, "run lost");
                         }
                     }
                 });
-                ServerFrame::RunAccepted {
-                    run_id: ctx.run_id().clone(),
-                    client_request_id,
-                }
+                None
             }
             Err(e) => {
                 lock(&session.replay).forget(ctx.run_id());
@@ -516,7 +531,7 @@ impl Gateway {
                     GatewayMetrics::refused(&self.inner.metrics.limit_hits, code);
                     tracing::warn!(user_id = %session.user, run_id = %ctx.run_id(), code, "message refused: {e}");
                 }
-                ServerFrame::error(code, e.to_string())
+                Some(ServerFrame::error(code, e.to_string()))
             }
         }
     }

@@ -117,6 +117,19 @@ impl Replay {
     }
 }
 
+/// The user's connections, locked: see [`UserSession::hold_delivery`].
+pub(crate) struct DeliveryHold<'a>(MutexGuard<'a, Vec<(u64, mpsc::Sender<Outgoing>)>>);
+
+impl DeliveryHold<'_> {
+    /// Sends one frame to one connection; `false` if it is gone or its queue is full.
+    pub(crate) fn send_to(&self, id: u64, frame: Outgoing) -> bool {
+        self.0
+            .iter()
+            .find(|(c, _)| *c == id)
+            .is_some_and(|(_, tx)| tx.try_send(frame).is_ok())
+    }
+}
+
 /// One user's live state in the gateway.
 pub(crate) struct UserSession {
     pub user: UserId,
@@ -176,11 +189,14 @@ impl UserSession {
 
     /// Sends one frame to one connection; `false` if it is gone or its queue is full.
     pub(crate) fn send_to(&self, id: u64, frame: Outgoing) -> bool {
-        let conns = lock(&self.connections);
-        conns
-            .iter()
-            .find(|(c, _)| *c == id)
-            .is_some_and(|(_, tx)| tx.try_send(frame).is_ok())
+        self.hold_delivery().send_to(id, frame)
+    }
+
+    /// Holds event delivery to this user's connections (the event pump waits) until dropped:
+    /// while a run is started, so that `run_accepted` reaches the connection that asked before
+    /// any event of that run. Hold it only across synchronous work.
+    pub(crate) fn hold_delivery(&self) -> DeliveryHold<'_> {
+        DeliveryHold(lock(&self.connections))
     }
 
     /// Sends a frame to every connection of this user; a connection whose queue is full misses

@@ -98,9 +98,9 @@ type Ws =
 
 async fn next(ws: &mut Ws) -> Option<Value> {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        let msg = tokio::time::timeout(Duration::from_secs(40), ws.next())
             .await
-            .expect("a frame within 30 s")?;
+            .expect("a frame within 40 s")?;
         match msg {
             Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
             Ok(Message::Close(c)) => {
@@ -157,8 +157,10 @@ async fn round(round: usize) {
             sockets.push((user.clone(), ws));
         }
     }
-    // One slow run per user, sent on its first socket; both sockets see it start.
+    // One slow run per user, sent on its first socket; both sockets see it start. Its first
+    // events may reach the socket before `run_accepted` does: keep them.
     let mut runs = Vec::new();
+    let mut early: Vec<Vec<Value>> = Vec::new();
     for pair in sockets.chunks_mut(2) {
         let ws = &mut pair[0].1;
         ws.send(Message::Text(
@@ -168,18 +170,27 @@ async fn round(round: usize) {
         ))
         .await
         .unwrap();
+        let mut seen = Vec::new();
         let run = loop {
             let f = next(ws).await.unwrap();
             if f["type"] == "run_accepted" {
                 break f["run_id"].as_str().unwrap().to_owned();
             }
+            seen.push(f);
         };
         runs.push(run);
+        early.push(seen);
+        early.push(Vec::new());
     }
     for (i, (_, ws)) in sockets.iter_mut().enumerate() {
+        let started =
+            |f: &Value| f["run_id"] == json!(runs[i / 2]) && f["event"]["type"] == "agent_thinking";
+        if early[i].iter().any(started) {
+            continue;
+        }
         loop {
             let f = next(ws).await.unwrap();
-            if f["run_id"] == json!(runs[i / 2]) && f["event"]["type"] == "agent_thinking" {
+            if started(&f) {
                 break;
             }
         }
@@ -195,8 +206,13 @@ async fn round(round: usize) {
     for (i, (user, ws)) in sockets.iter_mut().enumerate() {
         let mut terminal = None;
         let close = loop {
-            let Some(f) = next(ws).await else {
-                break Value::Null;
+            let f = match tokio::time::timeout(Duration::from_secs(30), next(ws)).await {
+                Ok(Some(f)) => f,
+                Ok(None) => break Value::Null,
+                Err(_) => {
+                    let alive = child.try_wait().map(|s| s.is_none()).unwrap_or(false);
+                    panic!("round {round} socket {i}: nothing for 30 s after SIGTERM (gateway alive: {alive}, terminal seen: {})", terminal.is_some());
+                }
             };
             if f["type"] == "closed" {
                 break f["code"].clone();

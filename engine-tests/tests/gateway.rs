@@ -808,3 +808,40 @@ async fn a_pipeline_frame_runs_its_steps_and_bad_steps_are_refused() {
     assert_eq!(refused["code"], "bad_request", "{refused}");
     server.stop().await;
 }
+
+/// On the connection that sent a message, `run_accepted` comes before any event of its run (the
+/// gateway holds event delivery while it starts the run), so a client can key everything on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_accepted_precedes_the_runs_events_on_the_sending_connection() {
+    let server = start(|c| {
+        c.messages_per_minute = 100;
+        let engine = EngineConfig::builder().max_queued_runs(64).build().unwrap();
+        c.factory = FactoryConfig::builder().engine(engine).build().unwrap();
+    })
+    .await;
+    let mut ws = server.connect("sam").await;
+    for i in 0..40 {
+        send(
+            &mut ws,
+            json!({"type":"user_message","thread_id":format!("t{i}"),"text":"think:quick","multitask":"parallel"}),
+        )
+        .await;
+    }
+    let mut accepted = std::collections::HashSet::new();
+    let mut ended = 0;
+    while ended < 40 {
+        let f = next_json(&mut ws).await;
+        match f["type"].as_str() {
+            Some("run_accepted") => {
+                accepted.insert(f["run_id"].as_str().unwrap().to_owned());
+            }
+            Some("event") => {
+                let run = f["run_id"].as_str().unwrap();
+                assert!(accepted.contains(run), "event before run_accepted: {f}");
+                ended += usize::from(f["event"]["type"] == "agent_completed");
+            }
+            _ => panic!("unexpected {f}"),
+        }
+    }
+    server.stop().await;
+}
