@@ -69,13 +69,16 @@
 
 pub mod auth;
 mod config;
+mod connection;
 pub mod demo;
+mod dispatch;
 mod metrics;
 pub mod protocol;
+mod routes;
 mod server;
 mod session;
 
 pub use auth::{AuthError, Claims, TokenKeys};
 pub use config::{GatewayConfig, GatewayConfigError};
-pub use protocol::{ClientFrame, ServerFrame};
+pub use protocol::{ClientFrame, ErrorCode, ServerFrame};
 pub use server::{Gateway, GatewayError};

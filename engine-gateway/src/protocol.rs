@@ -84,6 +84,51 @@ pub struct PipelineStepFrame {
     pub timeout_ms: Option<u64>,
 }
 
+/// The code of an `error` frame: stable, machine-readable, snake_case on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON of a known type.
+    BadFrame,
+    /// The frame is larger than `max_frame_bytes`.
+    FrameTooLarge,
+    /// The user sent more messages per minute than allowed.
+    RateLimited,
+    /// The user's engine already holds its most runs (running plus queued).
+    TooManyRuns,
+    /// The thread has a run in progress and the message asked `reject`.
+    ThreadBusy,
+    /// No active run of this user has that id.
+    UnknownRun,
+    /// The run has no tool call with that id waiting for approval.
+    UnknownApproval,
+    /// A field is invalid (an id, an agent, a pipeline).
+    BadRequest,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Something failed inside the gateway.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as on the wire (also the `reason` label of the limit metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyRuns => "too_many_runs",
+            Self::ThreadBusy => "thread_busy",
+            Self::UnknownRun => "unknown_run",
+            Self::UnknownApproval => "unknown_approval",
+            Self::BadRequest => "bad_request",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 /// A frame to the client.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -120,7 +165,7 @@ pub enum ServerFrame {
     /// A request was refused; the connection stays open.
     Error {
         /// Stable machine-readable code.
-        code: &'static str,
+        code: ErrorCode,
         /// What happened and what to do.
         message: String,
     },
@@ -128,7 +173,7 @@ pub enum ServerFrame {
 
 impl ServerFrame {
     /// An error frame.
-    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error {
             code,
             message: message.into(),

@@ -1,0 +1,299 @@
+//! Client frames: what each one does, for the token's user only.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use engine_core::{
+    EngineError, MultitaskPolicy, Pipeline, PipelineStep, RunId, RunOptions, ThreadId,
+    UserExecutionContext,
+};
+use engine_factory::FactoryError;
+
+use crate::metrics::GatewayMetrics;
+use crate::protocol::{ClientFrame, ErrorCode, ServerFrame};
+use crate::session::{lock, Outgoing, UserSession};
+use crate::Gateway;
+
+impl Gateway {
+    pub(crate) async fn handle_frame(
+        &self,
+        session: &UserSession,
+        conn: u64,
+        text: &str,
+    ) -> Option<ServerFrame> {
+        if text.len() > self.inner.config.max_frame_bytes {
+            return Some(ServerFrame::error(
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "frame of {} bytes exceeds the limit of {} bytes",
+                    text.len(),
+                    self.inner.config.max_frame_bytes
+                ),
+            ));
+        }
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                return Some(ServerFrame::error(
+                    ErrorCode::BadFrame,
+                    format!(
+                        "cannot read frame: {e}; expected user_message, pipeline, cancel, resume or approve"
+                    ),
+                ))
+            }
+        };
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            if let ClientFrame::UserMessage { .. } = frame {
+                return Some(ServerFrame::error(
+                    ErrorCode::ShuttingDown,
+                    "the server is shutting down; reconnect later",
+                ));
+            }
+        }
+        match frame {
+            ClientFrame::UserMessage {
+                thread_id,
+                text,
+                client_request_id,
+                multitask,
+                agent,
+            } => {
+                let agent = agent.unwrap_or_else(|| self.inner.config.default_agent.clone());
+                let work = Work::Agent(agent);
+                let start = Start {
+                    thread_id,
+                    text,
+                    client_request_id,
+                    options: options(multitask),
+                    work,
+                };
+                self.start_run(session, conn, start).await
+            }
+            ClientFrame::Pipeline {
+                thread_id,
+                text,
+                steps,
+                continue_on_error,
+                client_request_id,
+                multitask,
+            } => {
+                let steps = steps.into_iter().map(|s| {
+                    let mut step = PipelineStep::new(s.agent);
+                    if let Some(input) = s.input {
+                        step = step.input(input);
+                    }
+                    if let Some(ms) = s.timeout_ms {
+                        step = step.timeout(Duration::from_millis(ms));
+                    }
+                    step
+                });
+                let pipeline = Pipeline::new(steps).continue_on_error(continue_on_error);
+                let start = Start {
+                    thread_id,
+                    text,
+                    client_request_id,
+                    options: options(multitask),
+                    work: Work::Pipeline(pipeline),
+                };
+                self.start_run(session, conn, start).await
+            }
+            ClientFrame::Approve {
+                run_id,
+                call_id,
+                decision,
+            } => {
+                let Ok(run) = RunId::new(&run_id) else {
+                    return Some(ServerFrame::error(
+                        ErrorCode::BadRequest,
+                        "run_id is not a valid run id",
+                    ));
+                };
+                let engine = session.engine.lock().await;
+                // Only this user's engine is asked: another user's run id is unknown here.
+                match engine.as_ref().map(|e| e.approve(&run, call_id, decision)) {
+                    Some(Ok(())) => None,
+                    Some(Err(EngineError::UnknownApproval { .. })) => Some(ServerFrame::error(
+                        ErrorCode::UnknownApproval,
+                        format!("run {run_id} has no tool call {call_id} waiting for approval"),
+                    )),
+                    _ => Some(ServerFrame::error(
+                        ErrorCode::UnknownRun,
+                        format!("no active run {run_id} of yours"),
+                    )),
+                }
+            }
+            ClientFrame::Cancel { run_id } => {
+                let Ok(run) = RunId::new(&run_id) else {
+                    return Some(ServerFrame::error(
+                        ErrorCode::BadRequest,
+                        "run_id is not a valid run id",
+                    ));
+                };
+                let engine = session.engine.lock().await;
+                match engine.as_ref().map(|e| e.cancel(&run)) {
+                    Some(Ok(())) => None,
+                    _ => Some(ServerFrame::error(
+                        ErrorCode::UnknownRun,
+                        format!("no active run {run_id} of yours"),
+                    )),
+                }
+            }
+            ClientFrame::Resume { run_id, after_seq } => {
+                let frames = RunId::new(&run_id)
+                    .ok()
+                    .and_then(|run| lock(&session.replay).resume(&run, after_seq));
+                match frames {
+                    None => Some(ServerFrame::error(
+                        ErrorCode::UnknownRun,
+                        format!("no run {run_id} of yours to resume"),
+                    )),
+                    Some(frames) => {
+                        for f in frames {
+                            session.send_to(conn, Outgoing::plain(f.to_json()));
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a run; answers `run_accepted` itself (before any event of the run reaches the
+    /// connection), or returns the error frame.
+    async fn start_run(
+        &self,
+        session: &UserSession,
+        conn: u64,
+        start: Start,
+    ) -> Option<ServerFrame> {
+        let Start {
+            thread_id,
+            text,
+            client_request_id,
+            options,
+            work,
+        } = start;
+        let thread_id = thread_id.as_str();
+        let cfg = &self.inner.config;
+        if !session.allow_message(cfg.messages_per_minute) {
+            GatewayMetrics::refused(
+                &self.inner.metrics.limit_hits,
+                ErrorCode::RateLimited.as_str(),
+            );
+            tracing::warn!(user_id = %session.user, limit = cfg.messages_per_minute, "message refused: rate limit");
+            return Some(ServerFrame::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} messages per minute; wait and retry",
+                    cfg.messages_per_minute
+                ),
+            ));
+        }
+        if let Err(e) = ThreadId::new(thread_id) {
+            return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string()));
+        }
+        let ctx = match UserExecutionContext::builder()
+            .user_id(&session.user)
+            .thread_id(thread_id)
+            .run_id(RunId::generate())
+            .connection_id(format!("conn-{conn}"))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
+        };
+        let mut engine = session.engine.lock().await;
+        if engine.as_ref().is_none_or(|e| !e.is_active()) {
+            let root = ctx.with_run_id(RunId::generate());
+            match self.inner.factory.create_for_user(&root) {
+                Ok(e) => *engine = Some(e),
+                Err(FactoryError::ShutDown) => {
+                    return Some(ServerFrame::error(
+                        ErrorCode::ShuttingDown,
+                        "the server is shutting down",
+                    ))
+                }
+                Err(e) => return Some(ServerFrame::error(ErrorCode::Internal, e.to_string())),
+            }
+        }
+        let Some(engine) = engine.as_ref() else {
+            return Some(ServerFrame::error(ErrorCode::Internal, "no engine"));
+        };
+        // Registered before the run starts so its first event finds it; forgotten again if the
+        // engine refuses the run.
+        lock(&session.replay).register(ctx.run_id());
+        let hold = session.hold_delivery();
+        let spawned = match work {
+            Work::Agent(agent) => engine.spawn_with(&ctx, &agent, text, options),
+            Work::Pipeline(pipeline) => engine.spawn_pipeline(&ctx, pipeline, text, options),
+        };
+        match spawned {
+            Ok(run) => {
+                let accepted = ServerFrame::RunAccepted {
+                    run_id: ctx.run_id().clone(),
+                    client_request_id,
+                };
+                hold.send_to(conn, Outgoing::plain(accepted.to_json()));
+                drop(hold);
+                // The run goes on by itself; this only records how it ends.
+                let gw = self.clone();
+                let user = session.user.clone();
+                tokio::spawn(async move {
+                    let run_id = run.run_id().clone();
+                    match run.outcome().await {
+                        Ok(outcome) => {
+                            gw.inner.metrics.run_ended(&outcome);
+                            let total = outcome.queue_wait + outcome.execution_time;
+                            tracing::info!(
+                                user_id = %user,
+                                run_id = %run_id,
+                                status = outcome.status().as_str(),
+                                duration_ms = u64::try_from(total.as_millis()).unwrap_or(u64::MAX),
+                                "run ended"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(user_id = %user, run_id = %run_id, error = %e, "run lost");
+                        }
+                    }
+                });
+                None
+            }
+            Err(e) => {
+                lock(&session.replay).forget(ctx.run_id());
+                // The engine decides how many runs a user may have; the gateway reports it.
+                let code = match e {
+                    EngineError::QueueFull { .. } => ErrorCode::TooManyRuns,
+                    EngineError::ThreadBusy { .. } => ErrorCode::ThreadBusy,
+                    EngineError::UnknownAgent { .. } | EngineError::InvalidPipeline { .. } => {
+                        ErrorCode::BadRequest
+                    }
+                    _ => ErrorCode::Internal,
+                };
+                if matches!(code, ErrorCode::TooManyRuns | ErrorCode::ThreadBusy) {
+                    GatewayMetrics::refused(&self.inner.metrics.limit_hits, code.as_str());
+                    tracing::warn!(user_id = %session.user, run_id = %ctx.run_id(), code = code.as_str(), "message refused: {e}");
+                }
+                Some(ServerFrame::error(code, e.to_string()))
+            }
+        }
+    }
+}
+
+/// What a `user_message` or `pipeline` frame asks to start.
+struct Start {
+    thread_id: String,
+    text: String,
+    client_request_id: Option<String>,
+    options: RunOptions,
+    work: Work,
+}
+
+enum Work {
+    Agent(String),
+    Pipeline(Pipeline),
+}
+
+fn options(multitask: Option<MultitaskPolicy>) -> RunOptions {
+    multitask.map_or_else(RunOptions::new, |p| RunOptions::new().multitask(p))
+}

@@ -1,0 +1,197 @@
+//! The HTTP routes: the page, the WebSocket upgrade (authentication before it), development
+//! tokens, health and metrics, with request tracing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use engine_core::UserId;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::connection::connection;
+use crate::metrics::GatewayMetrics;
+use crate::session::{lock, Outgoing, UserSession};
+use crate::Gateway;
+
+const PAGE: &str = include_str!("../static/index.html");
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    user: String,
+}
+
+impl Gateway {
+    /// The routes, with request tracing: every request gets an `x-request-id` (kept from the
+    /// client or a new UUID, echoed in the response) and a span carrying it, its method and its
+    /// path (never the query, which may hold a token); each response is logged with its status
+    /// and latency. Plain HTTP requests time out after 10 s.
+    pub fn router(&self) -> Router {
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id)
+            })
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+        Router::new()
+            .route("/", get(|| async { Html(PAGE) }))
+            .route("/ws", get(ws_handler))
+            .route("/dev/token", get(dev_token))
+            .route("/healthz", get(health))
+            .route("/metrics", get(metrics))
+            .route("/metrics.json", get(metrics_json))
+            .with_state(self.clone())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(10),
+            ))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(trace)
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    }
+}
+
+async fn ws_handler(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let metrics = &gw.inner.metrics;
+    if gw.inner.shutting_down.load(Ordering::Acquire) {
+        GatewayMetrics::refused(&metrics.upgrades_refused, "shutting_down");
+        tracing::info!("upgrade refused: shutting down");
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let user = match gw.authenticate(&headers, q.token.as_deref()) {
+        Ok(u) => u,
+        Err(e) => {
+            GatewayMetrics::refused(&metrics.upgrades_refused, "unauthorized");
+            tracing::info!(error = %e, "upgrade refused: unauthorized");
+            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+        }
+    };
+    let session = gw.session(&user);
+    let (tx, rx) = mpsc::channel::<Outgoing>(gw.inner.config.connection_queue);
+    let Some(conn_id) = session.try_attach(gw.inner.config.max_connections_per_user, tx) else {
+        GatewayMetrics::refused(&metrics.upgrades_refused, "too_many_connections");
+        tracing::warn!(user_id = %user, limit = gw.inner.config.max_connections_per_user, "upgrade refused: connection limit");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "user {user} already has {} connections (the limit)",
+                gw.inner.config.max_connections_per_user
+            ),
+        )
+            .into_response();
+    };
+    // Detaches the connection even if the upgrade never completes.
+    let guard = Detach {
+        session: Arc::clone(&session),
+        id: conn_id,
+    };
+    let limit = gw.inner.config.max_frame_bytes.saturating_mul(4).max(1024);
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let tracker = gw.inner.connections.clone();
+            tracker.track_future(connection(gw, session, guard, socket, rx))
+        })
+}
+
+pub(crate) struct Detach {
+    session: Arc<UserSession>,
+    pub(crate) id: u64,
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        self.session.detach(self.id);
+    }
+}
+
+async fn dev_token(State(gw): State<Gateway>, Query(q): Query<DevTokenQuery>) -> Response {
+    if !gw.inner.config.development {
+        return (StatusCode::NOT_FOUND, "development tokens are disabled").into_response();
+    }
+    let user = match UserId::new(&q.user) {
+        Ok(u) => u,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match gw
+        .inner
+        .keys
+        .issue(&user, gw.inner.config.dev_token_ttl.as_secs())
+    {
+        Ok(token) => Json(json!({ "user_id": user.as_str(), "token": token })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn health(State(gw): State<Gateway>) -> Response {
+    let shutting = gw.inner.shutting_down.load(Ordering::Acquire);
+    let status = if shutting {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({ "status": if shutting { "shutting_down" } else { "ok" } })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(gw): State<Gateway>) -> Response {
+    let users = lock(&gw.inner.sessions).len();
+    let text = gw.inner.metrics.render(&gw.inner.factory.metrics(), users);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn metrics_json(State(gw): State<Gateway>) -> Response {
+    let m = gw.inner.factory.metrics();
+    let g = &gw.inner.metrics;
+    Json(json!({
+        "engines_created": m.engines_created,
+        "active_engines": m.active_engines,
+        "engines_cleaned": m.engines_cleaned,
+        "limit_rejections": m.limit_rejections,
+        "creation_errors": m.creation_errors,
+        "cleanup_errors": m.cleanup_errors,
+        "timeout_cleanups": m.timeout_cleanups,
+        "hub_events_delivered": m.events_delivered,
+        "hub_events_dropped": m.events_dropped,
+        "connections": g.open_connections.load(Ordering::Relaxed),
+        "users": lock(&gw.inner.sessions).len(),
+        "events_sent": g.events_sent.get(),
+        "events_dropped": g.events_dropped.get(),
+    }))
+    .into_response()
+}
