@@ -193,3 +193,8 @@ pub fn terminal_status(events: &[Arc<EventEnvelope>]) -> Option<engine_core::Run
 pub fn drain(sub: &mut engine_factory::Subscription) -> Vec<Arc<EventEnvelope>> {
     std::iter::from_fn(|| sub.try_recv()).collect()
 }
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
