@@ -65,6 +65,11 @@ struct Args {
     /// Longest a shutdown waits for runs to end and sockets to close, in seconds.
     #[arg(long, env = "GATEWAY_SHUTDOWN_DEADLINE_SECS", default_value_t = 10)]
     shutdown_deadline_secs: u64,
+    /// Export tracing spans (HTTP requests, runs) over OTLP/HTTP to this collector base URL,
+    /// for example `http://127.0.0.1:4318` (built with the `otel` feature).
+    #[cfg(feature = "otel")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,17 +108,71 @@ impl Args {
     }
 }
 
-fn init_logs(args: &Args) -> Result<(), String> {
+/// What must stay alive while the gateway logs (and, with `otel`, flushed at the end).
+#[derive(Default)]
+struct Telemetry {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered.
+    fn flush(self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("engine-gateway: OTLP export did not finish: {e}");
+            }
+        }
+    }
+}
+
+fn init_logs(args: &Args) -> Result<Telemetry, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .map_err(|e| format!("invalid --log / RUST_LOG filter {:?}: {e}", args.log))?;
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let done = match args.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => logs.json().try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match args.log_format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
-    done.map_err(|e| format!("cannot set up logging: {e}"))
+    #[allow(unused_mut)]
+    let mut telemetry = Telemetry::default();
+    #[cfg(feature = "otel")]
+    let otel = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            use opentelemetry::trace::TracerProvider as _;
+            use opentelemetry_otlp::WithExportConfig as _;
+            let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .build()
+                .map_err(|e| format!("cannot set up the OTLP exporter for {endpoint}: {e}"))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("engine-gateway")
+                        .build(),
+                )
+                .build();
+            let tracer = provider.tracer("engine-gateway");
+            telemetry.provider = Some(provider);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        }
+        None => None,
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    #[cfg(feature = "otel")]
+    let registry = registry.with(otel);
+    registry
+        .try_init()
+        .map_err(|e| format!("cannot set up logging: {e}"))?;
+    Ok(telemetry)
 }
 
 async fn shutdown_signal() {
@@ -181,10 +240,13 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = init_logs(&args) {
-        eprintln!("engine-gateway: {e}");
-        return ExitCode::from(2);
-    }
+    let telemetry = match init_logs(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("engine-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -192,7 +254,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = runtime.block_on(run(args));
+    drop(runtime);
+    telemetry.flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("engine-gateway: {e}");
