@@ -9,7 +9,7 @@
 //!
 //! 1. **Compile with warnings.** Depend on `engine-compat`; legacy names resolve to the
 //!    canonical types through these aliases, and each use warns with the replacement.
-//! 2. **Rewrite.** Run `cargo xtask migrate --fix` (`--dry-run` shows the diff): every use of an
+//! 2. **Rewrite.** Run `cargo ssot migrate --fix` (`--dry-run` shows the diff): every use of an
 //!    `engine_compat` path is rewritten to its canonical path, imports merged. `cargo xtask
 //!    migrate --check` then reports no `SSOT001` finding.
 //! 3. **Remove the dependency.** Delete `engine-compat` from `Cargo.toml` and set
@@ -29,7 +29,7 @@
 //! ```
 //!
 //! ```
-//! // Phase 2, after `cargo xtask migrate --fix`: the same code on canonical paths.
+//! // Phase 2, after `cargo ssot migrate --fix`: the same code on canonical paths.
 //! use engine_core::UserExecutionEngine;
 //! use engine_factory::ExecutionEngineFactory;
 //!
@@ -87,70 +87,70 @@
 /// Legacy name of the generic legacy engine: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type ExecutionEngine = engine_core::UserExecutionEngine;
 
 /// Legacy name of the supervisor's engine: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type SupervisorExecutionEngine = engine_core::UserExecutionEngine;
 
 /// Legacy name of the "consolidated" engine: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type ConsolidatedExecutionEngine = engine_core::UserExecutionEngine;
 
 /// Legacy name of the request-scoped engine: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type RequestScopedExecutionEngine = engine_core::UserExecutionEngine;
 
 /// Legacy name of the engine with WebSocket events (events now go through the factory's hub): now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type ExecutionEngineWithWebSocketEvents = engine_core::UserExecutionEngine;
 
 /// Legacy name of the MCP-enhanced engine (register MCP tools as `engine_core::Tool`s): now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type MCPEnhancedExecutionEngine = engine_core::UserExecutionEngine;
 
 /// Legacy name of the supervisor adapter: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type SupervisorExecutionEngineAdapter = engine_core::UserExecutionEngine;
 
 /// Legacy name of the consolidated wrapper: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type ConsolidatedExecutionEngineWrapper = engine_core::UserExecutionEngine;
 
 /// Legacy name of the generic adapter: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type GenericExecutionEngineAdapter = engine_core::UserExecutionEngine;
 
 /// Legacy name of the engine adapter: now `engine_core::UserExecutionEngine`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionEngine` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionEngine` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type ExecutionEngineAdapter = engine_core::UserExecutionEngine;
 
@@ -159,21 +159,21 @@ pub type ExecutionEngineAdapter = engine_core::UserExecutionEngine;
 /// Legacy name of the unified factory: now `engine_factory::ExecutionEngineFactory`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_factory::ExecutionEngineFactory` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_factory::ExecutionEngineFactory` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UnifiedExecutionEngineFactory = engine_factory::ExecutionEngineFactory;
 
 /// Legacy name of the per-user factory: now `engine_factory::ExecutionEngineFactory`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_factory::ExecutionEngineFactory` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_factory::ExecutionEngineFactory` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UserExecutionEngineFactory = engine_factory::ExecutionEngineFactory;
 
 /// Legacy name of the user-scoped factory: now `engine_factory::ExecutionEngineFactory`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_factory::ExecutionEngineFactory` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_factory::ExecutionEngineFactory` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UserScopedEngineFactory = engine_factory::ExecutionEngineFactory;
 
@@ -182,28 +182,28 @@ pub type UserScopedEngineFactory = engine_factory::ExecutionEngineFactory;
 /// Legacy name of the tool execution engine: now `engine_core::ToolDispatcher`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::ToolDispatcher` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::ToolDispatcher` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type ToolExecutionEngine = engine_core::ToolDispatcher;
 
 /// Legacy name of the unified tool execution engine: now `engine_core::ToolDispatcher`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::ToolDispatcher` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::ToolDispatcher` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UnifiedToolExecutionEngine = engine_core::ToolDispatcher;
 
 /// Legacy name of the unified tool dispatcher: now `engine_core::ToolDispatcher`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::ToolDispatcher` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::ToolDispatcher` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UnifiedToolDispatcher = engine_core::ToolDispatcher;
 
 /// Legacy name of the request-scoped tool dispatcher: now `engine_core::ToolDispatcher`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::ToolDispatcher` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::ToolDispatcher` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type RequestScopedToolDispatcher = engine_core::ToolDispatcher;
 
@@ -212,14 +212,14 @@ pub type RequestScopedToolDispatcher = engine_core::ToolDispatcher;
 /// Legacy name of the engine error type: now `engine_core::EngineError`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::EngineError` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::EngineError` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UserExecutionEngineError = engine_core::EngineError;
 
 /// Legacy name of the factory error type: now `engine_factory::FactoryError`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_factory::FactoryError` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_factory::FactoryError` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type ExecutionEngineFactoryError = engine_factory::FactoryError;
 
@@ -228,14 +228,14 @@ pub type ExecutionEngineFactoryError = engine_factory::FactoryError;
 /// Legacy name of the context factory; call `engine_core::UserExecutionContext::builder()`: now `engine_core::UserExecutionContextBuilder`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionContextBuilder` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionContextBuilder` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UserExecutionContextFactory = engine_core::UserExecutionContextBuilder;
 
 /// Legacy name of the context factory; call `engine_core::UserExecutionContext::builder()`: now `engine_core::UserExecutionContextBuilder`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::UserExecutionContextBuilder` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::UserExecutionContextBuilder` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type UserContextFactory = engine_core::UserExecutionContextBuilder;
 
@@ -244,6 +244,6 @@ pub type UserContextFactory = engine_core::UserExecutionContextBuilder;
 /// Legacy name of the engine configuration (same name, canonical path in engine-core; factory limits are in `engine_factory::FactoryConfig`): now `engine_core::EngineConfig`.
 #[deprecated(
     since = "0.1.0",
-    note = "use `engine_core::EngineConfig` instead; `cargo xtask migrate --fix` rewrites this"
+    note = "use `engine_core::EngineConfig` instead; `cargo ssot migrate --fix` rewrites this"
 )]
 pub type EngineConfig = engine_core::EngineConfig;

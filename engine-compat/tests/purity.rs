@@ -31,7 +31,7 @@ fn the_purity_check_rejects_implementation() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("lib.rs"),
-        "//! x\n/// d\n#[deprecated(since = \"0.1.0\", note = \"use `a::B` instead; `cargo xtask migrate --fix` rewrites this\")]\n\
+        "//! x\n/// d\n#[deprecated(since = \"0.1.0\", note = \"use `a::B` instead; `cargo ssot migrate --fix` rewrites this\")]\n\
          pub type Old = a::B;\npub use a::B as Older;\npub fn helper() {}\n/// undeprecated\npub type Bare = a::B;\n",
     )
     .unwrap();

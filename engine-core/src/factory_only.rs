@@ -12,7 +12,7 @@
 //!   its factories; any later [`take_factory_key`] gets [`KeyTaken`]. If other code took it
 //!   first, creating a factory fails with an error that names where it was taken.
 //!
-//! `cargo xtask migrate --check` (rule SSOT003) also reports any use of this module outside
+//! `cargo ssot migrate --check` (rule SSOT003) also reports any use of this module outside
 //! `engine-factory`.
 
 use std::panic::Location;

@@ -152,9 +152,9 @@ fn purity_items(items: &[Item], dir: &Path, names: &mut Vec<String>, bad: &mut V
                                 "`{name}`: note does not name its canonical path `{target}`"
                             ));
                         }
-                        if !note.contains("cargo xtask migrate --fix") {
+                        if !note.contains("cargo ssot migrate --fix") {
                             bad.push(format!(
-                                "`{name}`: note does not name `cargo xtask migrate --fix`"
+                                "`{name}`: note does not name `cargo ssot migrate --fix`"
                             ));
                         }
                     }

@@ -30,6 +30,8 @@ pub mod bench;
 pub mod doclinks;
 pub mod fix;
 pub mod legacy;
+pub mod manifest;
+pub mod migrate;
 pub mod model;
 pub mod report;
 pub mod rules;

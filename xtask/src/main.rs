@@ -4,11 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
-use xtask::baseline::Baseline;
-use xtask::report::{CheckReport, Summary};
-use xtask::scan::Workspace;
-use xtask::status::{status, Phase};
+use clap::{Parser, Subcommand};
 use xtask::XtaskError;
 
 #[derive(Parser)]
@@ -24,34 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check, report on, baseline or rewrite the migration to the single engine.
-    #[command(group(ArgGroup::new("mode").required(true).args(["check", "write_baseline", "status", "fix"])))]
-    Migrate {
-        /// Report findings; exit 1 if any (or any not in --baseline).
-        #[arg(long)]
-        check: bool,
-        /// Record today's findings in FILE.
-        #[arg(long, value_name = "FILE")]
-        write_baseline: Option<PathBuf>,
-        /// Say which migration phase the workspace has reached.
-        #[arg(long)]
-        status: bool,
-        /// Rewrite every SSOT001 finding to its canonical path.
-        #[arg(long)]
-        fix: bool,
-        /// With --fix: print a unified diff instead of writing.
-        #[arg(long)]
-        dry_run: bool,
-        /// With --check: fail only on findings not in this baseline.
-        #[arg(long, value_name = "FILE")]
-        baseline: Option<PathBuf>,
-        /// The target workspace's Cargo.toml (default: this workspace).
-        #[arg(long, value_name = "PATH")]
-        manifest_path: Option<PathBuf>,
-        /// Output format of --check.
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
-    },
+    /// Check, report on, baseline or rewrite the migration to the single engine (the same
+    /// command `cargo ssot migrate` runs in a downstream workspace).
+    Migrate(xtask::migrate::MigrateArgs),
     /// Check this workspace's own invariants.
     Tidy,
     /// Build this workspace's docs (warnings denied) with cross-crate links resolved on the
@@ -59,12 +30,6 @@ enum Command {
     Doc,
     /// Run the benchmarks briefly (under 2 minutes) and print `name  ours  baseline  ratio`.
     Bench,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Human,
-    Json,
 }
 
 fn doc() -> Result<u8, XtaskError> {
@@ -176,82 +141,7 @@ fn run(cli: Cli) -> Result<u8, XtaskError> {
                 Ok(1)
             }
         }
-        Command::Migrate {
-            check,
-            write_baseline,
-            status: want_status,
-            fix,
-            dry_run,
-            baseline,
-            manifest_path,
-            format,
-        } => {
-            if dry_run && !fix {
-                return Err(XtaskError::Usage("--dry-run only goes with --fix".into()));
-            }
-            if baseline.is_some() && !check {
-                return Err(XtaskError::Usage(
-                    "--baseline only goes with --check".into(),
-                ));
-            }
-            let manifest = manifest_path.unwrap_or_else(|| this_workspace().join("Cargo.toml"));
-            let ws = Workspace::load(&manifest)?;
-            let scan = ws.scan()?;
-            if check {
-                return report(&ws, &scan, baseline.as_deref(), format);
-            }
-            if let Some(file) = write_baseline {
-                Baseline::from_findings(&scan.findings).write(&file)?;
-                println!(
-                    "wrote {} findings ({} entries) to {}",
-                    scan.findings.len(),
-                    Baseline::from_findings(&scan.findings).entries.len(),
-                    file.display()
-                );
-                return Ok(0);
-            }
-            if want_status {
-                let s = status(&scan.findings);
-                let phase = match s.phase {
-                    Phase::One => "1 (legacy engines, duplicates or shared state remain)",
-                    Phase::Two => "2 (only uses of deprecated aliases remain)",
-                    Phase::Three if s.complete => {
-                        "3, complete (no compat use and no dependency left)"
-                    }
-                    Phase::Three => "3 (no compat use left; the dependency can go)",
-                };
-                println!("phase {phase}");
-                for b in &s.blockers {
-                    println!("  blocks the next phase: {b}");
-                }
-                return Ok(0);
-            }
-            if fix {
-                let rewrites = xtask::fix::rewrites(&ws, &scan)?;
-                if dry_run {
-                    for r in &rewrites {
-                        print!("{}", r.diff());
-                    }
-                } else {
-                    xtask::fix::write(&ws, &rewrites)?;
-                }
-                let verb = if dry_run { "would rewrite" } else { "rewrote" };
-                let ssot001 = scan
-                    .findings
-                    .iter()
-                    .filter(|f| f.rule == xtask::model::Rule::DeprecatedName)
-                    .count();
-                eprintln!(
-                    "{verb} {} file(s) ({ssot001} SSOT001 findings)",
-                    rewrites.len()
-                );
-                for note in missing_dependencies(&ws, &rewrites) {
-                    eprintln!("note: {note}");
-                }
-                return Ok(0);
-            }
-            Ok(2)
-        }
+        Command::Migrate(args) => xtask::migrate::run(&args, &this_workspace().join("Cargo.toml")),
     }
 }
 
@@ -306,84 +196,4 @@ fn bench() -> Result<u8, XtaskError> {
     }
     print!("{}", String::from_utf8_lossy(&footprint.stdout));
     Ok(u8::from(!footprint.status.success()))
-}
-
-/// Canonical crates the rewritten code names but its package does not depend on yet.
-fn missing_dependencies(ws: &Workspace, rewrites: &[xtask::fix::Rewrite]) -> Vec<String> {
-    let mut notes = std::collections::BTreeSet::new();
-    for r in rewrites {
-        let Some(pkg) = ws.package_of(&ws.root.join(&r.path)) else {
-            continue;
-        };
-        for krate in ["engine_core", "engine_factory"] {
-            if r.after.contains(&format!("{krate}::")) && !pkg.deps.contains(krate) {
-                notes.insert(format!(
-                    "package `{}` now names `{krate}`: add `{}` to its [dependencies]",
-                    pkg.name,
-                    krate.replace('_', "-")
-                ));
-            }
-        }
-    }
-    notes.into_iter().collect()
-}
-
-fn report(
-    ws: &Workspace,
-    scan: &xtask::scan::Scan,
-    baseline: Option<&Path>,
-    format: Format,
-) -> Result<u8, XtaskError> {
-    let summary = Summary::of(scan);
-    let (new, fixed) = match baseline {
-        Some(path) => {
-            let b = Baseline::read(path)?;
-            let (new, fixed) = b.compare(&scan.findings);
-            (Some(new), Some(fixed))
-        }
-        None => (None, None),
-    };
-    let failing = new.as_ref().map_or(scan.findings.len(), Vec::len);
-    let exit_code = i32::from(failing > 0);
-    match format {
-        Format::Json => {
-            let r = CheckReport {
-                schema_version: 1,
-                workspace: ws.root.display().to_string(),
-                findings: scan.findings.iter().collect(),
-                new_findings: new,
-                fixed,
-                summary,
-                exit_code,
-            };
-            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-        }
-        Format::Human => {
-            let shown: Vec<&xtask::model::Finding> = new
-                .clone()
-                .unwrap_or_else(|| scan.findings.iter().collect());
-            for f in &shown {
-                println!("{}", f.human());
-            }
-            if let Some(fixed) = &fixed {
-                for e in fixed {
-                    println!(
-                        "fixed since baseline: {} {} {} (x{})",
-                        e.rule.code(),
-                        e.path,
-                        e.subject,
-                        e.count
-                    );
-                }
-                println!(
-                    "baseline: {} new finding(s), {} fixed, {} still recorded",
-                    shown.len(),
-                    fixed.iter().map(|e| e.count).sum::<usize>(),
-                    scan.findings.len() - shown.len()
-                );
-            }
-            println!("{}", summary.human());
-        }
-    }
-    Ok(u8::from(exit_code != 0))
 }

@@ -305,7 +305,7 @@ impl Workspace {
             column,
             subject: pkg.name.clone(),
             message: format!("package `{}` depends on the deprecated compat crate", pkg.name),
-            help: "run `cargo xtask migrate --fix`, then remove the dependency (or add the package to [workspace.metadata.ssot] compat-allow while migrating)".into(),
+            help: "run `cargo ssot migrate --fix`, then remove the dependency (or add the package to [workspace.metadata.ssot] compat-allow while migrating)".into(),
             fingerprint: format!("{}|{rel}|{}", Rule::CompatDependency.code(), pkg.name),
         });
         Ok(())

@@ -9,7 +9,7 @@ use crate::model::{Finding, Rule};
 pub enum Phase {
     /// Legacy engines, duplicates, factory bypasses or shared state remain.
     One,
-    /// Only uses of the deprecated aliases remain: run `cargo xtask migrate --fix`.
+    /// Only uses of the deprecated aliases remain: run `cargo ssot migrate --fix`.
     Two,
     /// No compat use is left: the dependency can go (or is gone).
     Three,
@@ -68,7 +68,7 @@ pub fn status(findings: &[Finding]) -> Status {
     }
     if let Some(b) = describe(
         Rule::DeprecatedName,
-        "uses of deprecated names (run `cargo xtask migrate --fix`)",
+        "uses of deprecated names (run `cargo ssot migrate --fix`)",
     ) {
         return Status {
             phase: Phase::Two,
