@@ -33,6 +33,7 @@ pub mod legacy;
 pub mod manifest;
 pub mod migrate;
 pub mod model;
+pub mod render;
 pub mod report;
 pub mod rules;
 pub mod scan;

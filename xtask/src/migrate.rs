@@ -46,13 +46,17 @@ pub struct MigrateArgs {
     pub format: Format,
 }
 
-/// Output format of `--check`.
+/// Output format of `--check` and `--status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// `path:line:col  RULE  message  help: ...` lines and a summary.
+    /// Diagnostics as rustc shows them (source line, span underlined, help), and a summary.
     Human,
     /// One JSON object (schema_version 1).
     Json,
+    /// A SARIF 2.1.0 log, for code-scanning services.
+    Sarif,
+    /// GitHub Actions workflow annotations, one line per finding.
+    Github,
 }
 
 /// Runs `migrate` on the workspace of `args.manifest_path`, or of `default_manifest`.
@@ -101,6 +105,22 @@ pub fn run(args: &MigrateArgs, default_manifest: &Path) -> Result<u8, XtaskError
     }
     if want_status {
         let s = status(&scan.findings);
+        if format == Format::Json {
+            let phase = match s.phase {
+                Phase::One => 1,
+                Phase::Two => 2,
+                Phase::Three => 3,
+            };
+            let v = serde_json::json!({
+                "schema_version": 1,
+                "workspace": ws.root.display().to_string(),
+                "phase": phase,
+                "complete": s.complete,
+                "blockers": s.blockers,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return Ok(0);
+        }
         let phase = match s.phase {
             Phase::One => "1 (legacy engines, duplicates or shared state remain)",
             Phase::Two => "2 (only uses of deprecated aliases remain)",
@@ -316,12 +336,36 @@ fn report(
             };
             println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
         }
-        Format::Human => {
+        Format::Sarif => {
+            let shown: Vec<&crate::model::Finding> = new
+                .clone()
+                .unwrap_or_else(|| scan.findings.iter().collect());
+            let log = crate::render::sarif(&shown, env!("CARGO_PKG_VERSION"));
+            println!("{}", serde_json::to_string_pretty(&log).unwrap_or_default());
+        }
+        Format::Github => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| ws.root.clone());
             let shown: Vec<&crate::model::Finding> = new
                 .clone()
                 .unwrap_or_else(|| scan.findings.iter().collect());
             for f in &shown {
-                println!("{}", f.human());
+                let path = crate::render::display_path(&ws.root, &f.path, &cwd);
+                println!("{}", crate::render::github(f, &path));
+            }
+        }
+        Format::Human => {
+            let shown: Vec<&crate::model::Finding> = new
+                .clone()
+                .unwrap_or_else(|| scan.findings.iter().collect());
+            let cwd = std::env::current_dir().unwrap_or_else(|_| ws.root.clone());
+            let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            for f in &shown {
+                let path = crate::render::display_path(&ws.root, &f.path, &cwd);
+                let source = std::fs::read_to_string(ws.root.join(&f.path)).ok();
+                println!(
+                    "{}\n",
+                    crate::render::human(f, &path, source.as_deref(), color)
+                );
             }
             if let Some(fixed) = &fixed {
                 for e in fixed {

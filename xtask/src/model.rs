@@ -64,6 +64,15 @@ pub struct Edit {
     pub text: String,
 }
 
+/// The severity of a finding, as JSON, SARIF and GitHub annotations name it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Fails `migrate --check`.
+    #[default]
+    Error,
+}
+
 /// One violation at one place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
@@ -75,6 +84,15 @@ pub struct Finding {
     pub line: usize,
     /// 1-based column, in characters.
     pub column: usize,
+    /// 1-based line where the span ends.
+    #[serde(default)]
+    pub end_line: usize,
+    /// 1-based column (exclusive) where the span ends, in characters.
+    #[serde(default)]
+    pub end_column: usize,
+    /// How serious it is: every rule fails `--check`, so `error`.
+    #[serde(default)]
+    pub severity: Severity,
     /// What the finding is about (a legacy name, a type, a static, a package).
     pub subject: String,
     /// What is wrong.

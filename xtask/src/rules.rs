@@ -302,6 +302,7 @@ impl<'a> Analyzer<'a> {
 
     fn report(&mut self, rule: Rule, at: Span, subject: &str, message: String, help: String) {
         let start = at.start();
+        let end = at.end();
         let line_text: String = self
             .line_text(start.line)
             .split_whitespace()
@@ -314,6 +315,9 @@ impl<'a> Analyzer<'a> {
             path: self.input.path.to_owned(),
             line,
             column: start.column + 1,
+            end_line: end.line + (line - start.line),
+            end_column: end.column + 1,
+            severity: crate::model::Severity::Error,
             subject: subject.to_owned(),
             message,
             help,

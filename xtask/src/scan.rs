@@ -287,22 +287,25 @@ impl Workspace {
             .cloned()
             .chain(std::iter::once(local.clone()))
             .collect();
-        let (line, column) = text
+        let (line, column, compat_name_len) = text
             .lines()
             .enumerate()
             .find_map(|(i, l)| {
                 needles
                     .iter()
-                    .find_map(|n| l.find(n.as_str()))
+                    .find_map(|n| l.find(n.as_str()).map(|c| (c, n.chars().count())))
                     .filter(|_| !l.trim_start().starts_with('#'))
-                    .map(|c| (i + 1, l[..c].chars().count() + 1))
+                    .map(|(c, len)| (i + 1, l[..c].chars().count() + 1, len))
             })
-            .unwrap_or((1, 1));
+            .unwrap_or((1, 1, 1));
         scan.findings.push(Finding {
             rule: Rule::CompatDependency,
             path: rel.clone(),
             line,
             column,
+            end_line: line,
+            end_column: column + compat_name_len,
+            severity: crate::model::Severity::Error,
             subject: pkg.name.clone(),
             message: format!("package `{}` depends on the deprecated compat crate", pkg.name),
             help: "run `cargo ssot migrate --fix`, then remove the dependency (or add the package to [workspace.metadata.ssot] compat-allow while migrating)".into(),

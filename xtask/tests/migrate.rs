@@ -29,11 +29,16 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `migrate --check` on a workspace, run from its root (paths are shown relative to it).
 fn check(manifest: &Path, extra: &[&str]) -> Output {
     let m = manifest.to_str().unwrap();
     let mut args = vec!["migrate", "--check", "--manifest-path", m];
     args.extend_from_slice(extra);
-    xtask(&args)
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(&args)
+        .current_dir(manifest.parent().unwrap())
+        .output()
+        .expect("xtask runs")
 }
 
 /// Copies a fixture workspace to a fresh temporary directory, turning relative path
@@ -70,12 +75,34 @@ fn copy_fixture(name: &str, tag: &str) -> PathBuf {
     dst
 }
 
+/// The findings of a human report, each as one `path:line:col  CODE name  message  help: ...`
+/// line (the pinned `expected.txt` format), read back from the rustc-style diagnostics.
 fn findings_of(out: &Output) -> Vec<String> {
-    stdout(out)
-        .lines()
-        .filter(|l| l.contains("  SSOT") && !l.starts_with(' '))
-        .map(str::to_owned)
-        .collect()
+    let text = stdout(out);
+    let mut found = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix("error[") else {
+            continue;
+        };
+        let (code, title) = rest.split_once("]: ").unwrap();
+        let (message, name) = title.rsplit_once(" (").unwrap();
+        let name = name.trim_end_matches(')');
+        let mut location = "";
+        let mut help = "";
+        for next in lines.by_ref() {
+            if let Some(at) = next.trim_start().strip_prefix("--> ") {
+                location = at;
+            } else if let Some(h) = next.trim_start().strip_prefix("= help: ") {
+                help = h;
+                break;
+            }
+        }
+        found.push(format!(
+            "{location}  {code} {name}  {message}  help: {help}"
+        ));
+    }
+    found
 }
 
 fn expected(name: &str) -> Vec<String> {
