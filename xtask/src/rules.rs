@@ -806,7 +806,11 @@ impl<'a> Analyzer<'a> {
 
     fn check_definition(&mut self, ident: &Ident, kind: &str, attrs: &[syn::Attribute]) {
         let name = ident.to_string();
-        if !is_engine_like(self.input.aliases, &name) {
+        let engine_like = is_engine_like(self.input.aliases, &name);
+        // Any legacy name redefined downstream, engine or not (a tool dispatcher, a context
+        // factory, an error type): the legacy system's parallel implementations came back so.
+        let legacy = self.input.aliases.get(&name).map(|c| c.path.clone());
+        if !engine_like && legacy.is_none() {
             return;
         }
         match self.input.role {
@@ -817,6 +821,19 @@ impl<'a> Analyzer<'a> {
                 return
             }
             _ => {}
+        }
+        if !engine_like {
+            let canonical = legacy.unwrap_or_default();
+            self.report(
+                Rule::DuplicateEngine,
+                ident.span(),
+                &name,
+                format!(
+                    "{kind} `{name}` redefines a legacy name outside engine-core / engine-factory"
+                ),
+                format!("use `{canonical}`; delete this definition"),
+            );
+            return;
         }
         let help = if name.ends_with("Factory") {
             "use `engine_factory::ExecutionEngineFactory`; delete this definition"
