@@ -87,17 +87,11 @@ pub fn rewrites(ws: &Workspace, scan: &Scan) -> Result<Vec<Rewrite>, XtaskError>
 pub fn write(ws: &Workspace, rewrites: &[Rewrite]) -> Result<(), XtaskError> {
     for r in rewrites {
         let path = ws.root.join(&r.path);
-        std::fs::write(&path, &r.after).map_err(|e| XtaskError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        std::fs::write(&path, &r.after).map_err(|e| XtaskError::io(&path, e))?;
     }
     Ok(())
 }
 
 fn read(file: &Path) -> Result<String, XtaskError> {
-    std::fs::read_to_string(file).map_err(|e| XtaskError::Io {
-        path: file.display().to_string(),
-        message: e.to_string(),
-    })
+    std::fs::read_to_string(file).map_err(|e| XtaskError::io(file, e))
 }

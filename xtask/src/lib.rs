@@ -54,12 +54,21 @@ pub enum XtaskError {
     /// Flags that do not go together.
     #[error("usage: {0}")]
     Usage(String),
-    /// A file could not be read or written.
-    #[error("{path}: {message}")]
+    /// A file could not be read or written (or a command not run).
+    #[error("{path}: {source}")]
     Io {
-        /// The file.
+        /// The file or command.
         path: String,
-        /// The OS message.
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest could not be parsed or edited.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The manifest.
+        path: String,
+        /// What is wrong with it.
         message: String,
     },
     /// A Rust file did not parse.
@@ -81,4 +90,14 @@ pub enum XtaskError {
         /// Where.
         at: usize,
     },
+}
+
+impl XtaskError {
+    /// An I/O error on `path`, keeping the OS error as the source.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
 }

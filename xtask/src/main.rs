@@ -44,10 +44,7 @@ fn doc() -> Result<u8, XtaskError> {
         })?;
     let io = |path: &Path| {
         let path = path.display().to_string();
-        move |e: std::io::Error| XtaskError::Io {
-            path,
-            message: e.to_string(),
-        }
+        move |e: std::io::Error| XtaskError::io(&path, e)
     };
     let doc_dir = meta.target_directory.as_std_path().join("doc");
     // rustdoc links to another crate only if that crate's docs exist when it starts, and
@@ -154,10 +151,7 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<std::process::Output, X
         .current_dir(this_workspace())
         .stderr(std::process::Stdio::inherit())
         .output()
-        .map_err(|e| XtaskError::Io {
-            path: "cargo".into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| XtaskError::io("cargo", e))
 }
 
 fn bench() -> Result<u8, XtaskError> {

@@ -27,15 +27,12 @@ pub struct ManifestEdit {
     pub after: String,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> XtaskError + '_ {
-    move |e| XtaskError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> XtaskError + '_ {
+    move |e| XtaskError::io(path, e)
 }
 
 fn bad(path: &Path, message: impl Into<String>) -> XtaskError {
-    XtaskError::Io {
+    XtaskError::Manifest {
         path: path.display().to_string(),
         message: message.into(),
     }

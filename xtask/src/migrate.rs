@@ -165,10 +165,7 @@ fn fix_workspace(
     } else {
         crate::fix::write(ws, &rewrites)?;
         for m in &manifests {
-            std::fs::write(&m.path, &m.after).map_err(|e| XtaskError::Io {
-                path: m.path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            std::fs::write(&m.path, &m.after).map_err(|e| XtaskError::io(&m.path, e))?;
         }
     }
     let verb = if dry_run { "would rewrite" } else { "rewrote" };
@@ -280,10 +277,7 @@ fn verify(
         .env("RUSTFLAGS", format!("{flags} -D deprecated").trim())
         .current_dir(&ws.root)
         .output()
-        .map_err(|e| XtaskError::Io {
-            path: "cargo".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| XtaskError::io("cargo", e))?;
     let names: Vec<&str> = packages.iter().map(String::as_str).collect();
     if out.status.success() {
         eprintln!(

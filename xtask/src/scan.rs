@@ -237,10 +237,8 @@ impl Workspace {
                     .map_or("engine_compat".into(), |c| c.replace('-', "_"))
             });
             for file in self.rust_files(pkg) {
-                let source = std::fs::read_to_string(&file).map_err(|e| XtaskError::Io {
-                    path: file.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                let source =
+                    std::fs::read_to_string(&file).map_err(|e| XtaskError::io(&file, e))?;
                 let rel = self.rel(&file);
                 let input = FileInput {
                     path: &rel,
@@ -276,10 +274,8 @@ impl Workspace {
         if pkg.role == Role::Compat || self.config.compat_allow.contains(&pkg.name) {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&pkg.manifest).map_err(|e| XtaskError::Io {
-            path: pkg.manifest.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(&pkg.manifest).map_err(|e| XtaskError::io(&pkg.manifest, e))?;
         let needles: Vec<String> = self
             .config
             .compat

@@ -37,10 +37,8 @@ pub fn tidy(root: &Path) -> Result<Vec<String>, XtaskError> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "rs"))
     {
-        let text = std::fs::read_to_string(entry.path()).map_err(|e| XtaskError::Io {
-            path: entry.path().display().to_string(),
-            message: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(entry.path()).map_err(|e| XtaskError::io(entry.path(), e))?;
         let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
         if !first.trim_start().starts_with("//!") {
             problems.push(format!(

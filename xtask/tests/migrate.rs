@@ -162,10 +162,10 @@ fn json_report_has_the_documented_fields() {
     assert_eq!(v["exit_code"], 1);
     let s = &v["summary"];
     assert_eq!(s["files_scanned"], 2);
-    assert_eq!(s["findings_total"], 8);
+    assert_eq!(s["findings_total"], 9);
     assert_eq!(s["files_with_findings"], 1);
     assert_eq!(s["compliance_percent"], 50.0);
-    assert_eq!(s["findings_per_rule"]["SSOT002"], 4);
+    assert_eq!(s["findings_per_rule"]["SSOT002"], 5);
     assert_eq!(s["findings_per_rule"]["SSOT003"], 4);
     assert_eq!(s["findings_per_rule"]["SSOT001"], 0);
     let f = &v["findings"][0];
@@ -173,6 +173,9 @@ fn json_report_has_the_documented_fields() {
         "rule",
         "path",
         "line",
+        "end_line",
+        "end_column",
+        "severity",
         "column",
         "subject",
         "message",

@@ -39,10 +39,7 @@ fn current_workspace() -> Result<PathBuf, XtaskError> {
     let out = std::process::Command::new(cargo)
         .args(["locate-project", "--workspace", "--message-format", "plain"])
         .output()
-        .map_err(|e| XtaskError::Io {
-            path: "cargo locate-project".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| XtaskError::io("cargo locate-project", e))?;
     if !out.status.success() {
         return Err(XtaskError::Usage(format!(
             "no Cargo workspace here ({}); run from a workspace or pass --manifest-path",
