@@ -10,12 +10,18 @@
 use std::path::Path;
 
 /// Text that rustdoc leaves behind for a link it could not resolve: a bracketed code span or a
-/// bracketed `crate::` or `engine_...::` path, outside code blocks. The blanket-implementation section is skipped:
-/// it repeats other crates' docs (tracing's `Instrument`), whose links are theirs.
+/// bracketed `crate::` or `engine_...::` path, outside code blocks. The trait-implementation
+/// sections are skipped: they repeat other crates' docs (clap's `FromArgMatches`, tracing's
+/// `Instrument`), whose links are theirs and resolve only in a build with their docs.
 pub fn unresolved_links(html: &str) -> Vec<String> {
-    let html = html
-        .find("id=\"blanket-implementations\"")
-        .map_or(html, |i| &html[..i]);
+    let html = [
+        "id=\"trait-implementations\"",
+        "id=\"blanket-implementations\"",
+    ]
+    .iter()
+    .filter_map(|marker| html.find(marker))
+    .min()
+    .map_or(html, |i| &html[..i]);
     let mut found = Vec::new();
     let mut rest = html;
     while let Some(start) = rest.find('[') {
@@ -95,6 +101,7 @@ mod tests {
             <td>[<code>engine_core::ToolDispatcher</code>]</td> see [crate::Foo] and
             <a href="x">[resolved]</a> a list [1, 2] <code>v[0]</code>
             <pre class="rust">let x = [<code>not_a_link</code>];</pre> [<code>a b</code>]
+            <h2 id="trait-implementations">x</h2> [<code>ArgMatches</code>]
             <h2 id="blanket-implementations">x</h2> [<code>Span</code>]"#;
         assert_eq!(
             unresolved_links(html),

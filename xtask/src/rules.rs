@@ -270,6 +270,52 @@ fn mentions_lock_or_map(tokens: TokenStream) -> Option<String> {
     None
 }
 
+/// A map type inside `ty` that is shared-mutable (behind `Mutex`/`RwLock`, or a concurrent map
+/// such as `DashMap`), and the last segment of its key type.
+fn shared_map_key(ty: &syn::Type) -> Option<(String, String)> {
+    fn walk(ty: &syn::Type, locked: bool) -> Option<(String, String)> {
+        let syn::Type::Path(p) = ty else {
+            return None;
+        };
+        for seg in &p.path.segments {
+            let name = seg.ident.to_string();
+            let syn::PathArguments::AngleBracketed(args) = &seg.arguments else {
+                continue;
+            };
+            let mut types = args.args.iter().filter_map(|a| match a {
+                syn::GenericArgument::Type(t) => Some(t),
+                _ => None,
+            });
+            let concurrent = matches!(name.as_str(), "DashMap");
+            if (locked || concurrent)
+                && matches!(
+                    name.as_str(),
+                    "HashMap" | "BTreeMap" | "IndexMap" | "DashMap"
+                )
+            {
+                let key = types.next().map(|k| match k {
+                    syn::Type::Path(kp) => kp
+                        .path
+                        .segments
+                        .last()
+                        .map(|s| s.ident.to_string())
+                        .unwrap_or_default(),
+                    other => quote::quote!(#other).to_string(),
+                })?;
+                return Some((name, key));
+            }
+            let now_locked = locked || matches!(name.as_str(), "Mutex" | "RwLock");
+            for t in types {
+                if let Some(found) = walk(t, now_locked) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+    walk(ty, false)
+}
+
 impl<'a> Analyzer<'a> {
     fn new(input: &'a FileInput<'a>, base: usize) -> Self {
         Self {
@@ -853,6 +899,36 @@ impl<'a> Analyzer<'a> {
         );
     }
 
+    /// A struct field holding a map behind a lock (or a concurrent map) keyed by something other
+    /// than the user: the legacy `active_runs: Arc<Mutex<HashMap<String, Run>>>`. A field on the
+    /// line after a `// ssot-allow: shared-state <why>` comment is a reviewed exception.
+    fn check_shared_field(&mut self, owner: &Ident, field: &Ident, ty: &syn::Type) {
+        if !self.input.engine_related {
+            return;
+        }
+        let Some((map, key)) = shared_map_key(ty) else {
+            return;
+        };
+        if key.ends_with("UserId") {
+            return;
+        }
+        let line = field.span().start().line;
+        if self
+            .line_text(line.saturating_sub(1))
+            .starts_with("// ssot-allow: shared-state")
+        {
+            return;
+        }
+        let name = format!("{owner}.{field}");
+        self.report(
+            Rule::SharedState,
+            field.span(),
+            &name,
+            format!("field `{name}` is a `{map}` keyed by `{key}` behind a lock: one map shared by every user's runs"),
+            "key it by `UserId`, or keep it inside the user's engine; mark a reviewed exception with `// ssot-allow: shared-state <why>` on the line above".into(),
+        );
+    }
+
     fn check_static(&mut self, ident: &Ident, ty_tokens: TokenStream, mutable: bool) {
         if !self.input.engine_related {
             return;
@@ -920,6 +996,11 @@ impl<'ast> Visit<'ast> for Analyzer<'_> {
 
     fn visit_item_struct(&mut self, i: &'ast syn::ItemStruct) {
         self.check_definition(&i.ident, "struct", &i.attrs);
+        for field in &i.fields {
+            if let Some(name) = &field.ident {
+                self.check_shared_field(&i.ident, name, &field.ty);
+            }
+        }
         syn::visit::visit_item_struct(self, i);
     }
     fn visit_item_enum(&mut self, i: &'ast syn::ItemEnum) {
