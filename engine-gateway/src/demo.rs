@@ -42,19 +42,23 @@ impl Agent for DemoAssistant {
         ctx.think("Composing the answer").await;
         parts.push(format!("your message has {} words", stats["words"]));
         let answer = parts.join("; ");
-        // Streamed the way a model produces text: a word at a time.
-        for (i, word) in answer.split(' ').enumerate() {
-            if i > 0 {
-                tokio::time::sleep(WORD_DELAY).await;
-            }
-            let piece = if i == 0 {
-                word.to_owned()
-            } else {
-                format!(" {word}")
-            };
-            ctx.stream(piece).await;
-        }
+        stream_words(ctx, &answer, WORD_DELAY).await;
         Ok(answer)
+    }
+}
+
+/// Streams `answer` the way a model produces text: a word at a time, `pause` apart.
+async fn stream_words(ctx: &mut RunContext, answer: &str, pause: Duration) {
+    for (i, word) in answer.split(' ').enumerate() {
+        if i > 0 && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let piece = if i == 0 {
+            word.to_owned()
+        } else {
+            format!(" {word}")
+        };
+        ctx.stream(piece).await;
     }
 }
 
@@ -238,14 +242,7 @@ impl Agent for Supervisor {
             .run_agent("reporting", &format!("{triage}; {}", findings.join("; ")))
             .await?;
         let answer = format!("{triage}; {}; {report}", findings.join("; "));
-        for (i, word) in answer.split(' ').enumerate() {
-            let piece = if i == 0 {
-                word.to_owned()
-            } else {
-                format!(" {word}")
-            };
-            ctx.stream(piece).await;
-        }
+        stream_words(ctx, &answer, Duration::ZERO).await;
         Ok(answer)
     }
 }

@@ -3,18 +3,18 @@
 //! flight, over three rounds: every socket gets its runs' terminal events and a 1001 close frame
 //! before the process exits 0.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use engine_core::UserId;
 use engine_gateway::TokenKeys;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_engine-gateway");
-const SECRET: &str = "a-production-secret-of-at-least-32-bytes!";
+mod common;
+
+use common::SECRET;
 
 fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(BIN);
@@ -114,27 +114,11 @@ async fn next(ws: &mut Ws) -> Option<Value> {
 
 /// One round: start the binary, 60 users x 2 sockets, one slow run per user, SIGTERM.
 async fn round(round: usize) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
-        .env("GATEWAY_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let v: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(a) = v["fields"]["addr"].as_str() {
-                return a.to_owned();
-            }
-        }
-        panic!("the gateway exited before listening");
-    })
-    .await
-    .expect("listening within 30 s");
+    let common::Running {
+        mut child,
+        addr,
+        logs: mut lines,
+    } = common::start_gateway(&[]).await;
     let logs = tokio::spawn(async move {
         let mut all = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -196,12 +180,7 @@ async fn round(round: usize) {
         }
     }
 
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::terminate(&child);
 
     for (i, (user, ws)) in sockets.iter_mut().enumerate() {
         let mut terminal = None;

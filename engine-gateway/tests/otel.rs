@@ -3,7 +3,6 @@
 //! user and run ids as attributes. `cargo test -p engine-gateway --features otel --test otel`.
 #![cfg(feature = "otel")]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -15,11 +14,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "a-production-secret-of-at-least-32-bytes!";
+mod common;
+
+use common::SECRET;
 
 /// A span as received: its name and string attributes.
 #[derive(Debug)]
@@ -64,28 +64,12 @@ async fn spans_of_requests_and_runs_reach_an_otlp_endpoint() {
     let otlp = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, collector).await });
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine-gateway"))
-        .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--otlp-endpoint", &format!("http://{otlp}")])
-        .env("GATEWAY_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let v: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(a) = v["fields"]["addr"].as_str() {
-                return a.to_owned();
-            }
-        }
-        panic!("the gateway exited before listening");
-    })
-    .await
-    .expect("listening within 30 s");
+    let endpoint = format!("http://{otlp}");
+    let common::Running {
+        mut child,
+        addr,
+        logs: mut lines,
+    } = common::start_gateway(&["--otlp-endpoint", &endpoint]).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let user = "otel-user";
@@ -116,12 +100,7 @@ async fn spans_of_requests_and_runs_reach_an_otlp_endpoint() {
         }
     };
     // SIGTERM: the gateway stops and flushes its spans before it exits.
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::terminate(&child);
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("exits")
