@@ -1,9 +1,11 @@
 //! `cargo xtask bench`: runs the benchmarks briefly and prints `name  ours  baseline  ratio`,
 //! reading criterion's estimates (median per iteration, divided by the declared throughput).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::XtaskError;
 
 /// One comparison: our median per element against a baseline's.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,4 +123,64 @@ pub fn rows(criterion: &Path) -> Vec<Row> {
             })
         })
         .collect()
+}
+
+fn cargo(
+    root: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<std::process::Output, XtaskError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("==> cargo {}", args.join(" "));
+    std::process::Command::new(cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| XtaskError::io("cargo", e))
+}
+
+/// `cargo xtask bench`: runs the criterion benchmarks briefly and the footprint benchmark of the
+/// workspace at `root`, then prints `name  ours  baseline  ratio` for every comparison.
+///
+/// # Errors
+/// [`XtaskError::Io`] when cargo cannot be run.
+pub fn run(root: &Path) -> Result<u8, XtaskError> {
+    let short = [
+        "--warm-up-time",
+        "0.3",
+        "--measurement-time",
+        "0.7",
+        "--sample-size",
+        "10",
+    ];
+    let mut runs: Vec<Vec<&str>> = vec![
+        vec!["bench", "-p", "engine-tests", "--bench", "engine", "--"],
+        vec!["bench", "-p", "xtask", "--bench", "scan", "--"],
+    ];
+    for r in &mut runs {
+        r.extend_from_slice(&short);
+        let out = cargo(root, r, &[])?;
+        if !out.status.success() {
+            eprintln!("error: `cargo {}` failed", r.join(" "));
+            return Ok(1);
+        }
+    }
+    let footprint = cargo(
+        root,
+        &["bench", "-p", "engine-tests", "--bench", "footprint"],
+        &[],
+    )?;
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    println!(
+        "{:<28} {:>22} {:>22} {:>9}",
+        "name", "ours", "baseline", "ratio"
+    );
+    for row in rows(&target.join("criterion")) {
+        println!("{}", row.line());
+    }
+    print!("{}", String::from_utf8_lossy(&footprint.stdout));
+    Ok(u8::from(!footprint.status.success()))
 }

@@ -123,7 +123,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, XtaskError> {
     match cli.command {
-        Command::Bench => bench(),
+        Command::Bench => xtask::bench::run(&this_workspace()),
         Command::Doc => doc(),
         Command::Tidy => {
             let problems = xtask::tidy::tidy(&this_workspace())?;
@@ -140,54 +140,4 @@ fn run(cli: Cli) -> Result<u8, XtaskError> {
         }
         Command::Migrate(args) => xtask::migrate::run(&args, &this_workspace().join("Cargo.toml")),
     }
-}
-
-fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<std::process::Output, XtaskError> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("==> cargo {}", args.join(" "));
-    std::process::Command::new(cargo)
-        .args(args)
-        .envs(envs.iter().copied())
-        .current_dir(this_workspace())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| XtaskError::io("cargo", e))
-}
-
-fn bench() -> Result<u8, XtaskError> {
-    let short = [
-        "--warm-up-time",
-        "0.3",
-        "--measurement-time",
-        "0.7",
-        "--sample-size",
-        "10",
-    ];
-    let mut runs: Vec<Vec<&str>> = vec![
-        vec!["bench", "-p", "engine-tests", "--bench", "engine", "--"],
-        vec!["bench", "-p", "xtask", "--bench", "scan", "--"],
-    ];
-    for r in &mut runs {
-        r.extend_from_slice(&short);
-        let out = cargo(r, &[])?;
-        if !out.status.success() {
-            eprintln!("error: `cargo {}` failed", r.join(" "));
-            return Ok(1);
-        }
-    }
-    let footprint = cargo(
-        &["bench", "-p", "engine-tests", "--bench", "footprint"],
-        &[],
-    )?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map_or_else(|_| this_workspace().join("target"), PathBuf::from);
-    println!(
-        "{:<28} {:>22} {:>22} {:>9}",
-        "name", "ours", "baseline", "ratio"
-    );
-    for row in xtask::bench::rows(&target.join("criterion")) {
-        println!("{}", row.line());
-    }
-    print!("{}", String::from_utf8_lossy(&footprint.stdout));
-    Ok(u8::from(!footprint.status.success()))
 }
