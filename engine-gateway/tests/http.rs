@@ -80,10 +80,16 @@ async fn metrics_are_prometheus_text_without_user_ids() {
         matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status().as_u16() == 401),
         "{refused:?}"
     );
-    // The run's outcome is recorded by a task of its own: give it a moment.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    let (status, head, body) = get(addr, "/metrics", "").await;
+    // The run's outcome is recorded by a task of its own: scrape until it shows (5 s at most).
+    let mut scraped = get(addr, "/metrics", "").await;
+    for _ in 0..100 {
+        if scraped.2.contains("engine_gateway_runs_total{status=\"completed\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scraped = get(addr, "/metrics", "").await;
+    }
+    let (status, head, body) = scraped;
     assert_eq!(status, 200);
     assert!(
         head.contains("content-type: text/plain; version=0.0.4"),
