@@ -83,7 +83,10 @@ async fn metrics_are_prometheus_text_without_user_ids() {
     // The run's outcome is recorded by a task of its own: scrape until it shows (5 s at most).
     let mut scraped = get(addr, "/metrics", "").await;
     for _ in 0..100 {
-        if scraped.2.contains("engine_gateway_runs_total{status=\"completed\"} 1") {
+        if scraped
+            .2
+            .contains("engine_gateway_runs_total{status=\"completed\"} 1")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
