@@ -10,7 +10,7 @@ use engine_core::{
     EventEnvelope, Pipeline, PipelineStep, RunContext, RunEnd, RunOptions, RunStatus,
     UserExecutionContext,
 };
-use engine_factory::{ExecutionEngineFactory, FactoryConfig};
+use engine_factory::{EngineHandle, ExecutionEngineFactory, FactoryConfig, Subscription};
 use engine_tests::{
     check_run, demo_registry_builder, drain, script_registry, script_registry_builder,
     Observations, Supervisor,
@@ -27,6 +27,14 @@ fn count(events: &[Arc<EventEnvelope>], kind: &str) -> usize {
 fn factory_of(registry: AgentRegistry, engine: EngineConfig) -> ExecutionEngineFactory {
     let config = FactoryConfig::builder().engine(engine).build().unwrap();
     ExecutionEngineFactory::new(config, registry).expect("factory")
+}
+
+/// Alice's root context, her subscription (made before any run) and an engine for her.
+fn alice(f: &ExecutionEngineFactory) -> (UserExecutionContext, Subscription, EngineHandle) {
+    let ctx = UserExecutionContext::new("alice", "t1", "r1").unwrap();
+    let sub = f.subscribe(ctx.user_id());
+    let engine = f.create_for_user(&ctx).unwrap();
+    (ctx, sub, engine)
 }
 
 /// Thinks, then panics: a team member that dies mid-fan-out.
@@ -46,9 +54,7 @@ async fn one_message_fans_out_to_four_agents() {
         demo_registry_builder().build().unwrap(),
         EngineConfig::default(),
     );
-    let ctx = UserExecutionContext::new("alice", "t1", "r1").unwrap();
-    let mut sub = f.subscribe(ctx.user_id());
-    let engine = f.create_for_user(&ctx).unwrap();
+    let (ctx, mut sub, engine) = alice(&f);
     let out = engine
         .execute(&ctx, "supervisor", "what is 6 * 7?")
         .await
@@ -131,9 +137,7 @@ async fn a_sub_agent_that_panics_mid_fan_out_dies_alone() {
         .build()
         .unwrap();
     let f = factory_of(registry, EngineConfig::default());
-    let ctx = UserExecutionContext::new("alice", "t1", "r1").unwrap();
-    let mut sub = f.subscribe(ctx.user_id());
-    let engine = f.create_for_user(&ctx).unwrap();
+    let (ctx, mut sub, engine) = alice(&f);
     let out = engine
         .execute(&ctx, "crew", "what is 2 * 3?")
         .await
@@ -186,9 +190,7 @@ async fn a_sub_agent_that_panics_mid_fan_out_dies_alone() {
 async fn a_top_level_panic_is_an_agent_death_then_the_terminal_event() {
     let (registry, _) = script_registry();
     let f = factory_of(registry, EngineConfig::default());
-    let ctx = UserExecutionContext::new("alice", "t1", "r1").unwrap();
-    let mut sub = f.subscribe(ctx.user_id());
-    let engine = f.create_for_user(&ctx).unwrap();
+    let (ctx, mut sub, engine) = alice(&f);
     let out = engine
         .execute(&ctx, "script", "think:a;panic:boom")
         .await
@@ -227,9 +229,7 @@ async fn cancelling_or_timing_out_a_fan_out_closes_every_sub_agent_and_tool_call
             .build()
             .unwrap(),
     );
-    let ctx = UserExecutionContext::new("alice", "t1", "r1").unwrap();
-    let mut sub = f.subscribe(ctx.user_id());
-    let engine = f.create_for_user(&ctx).unwrap();
+    let (ctx, mut sub, engine) = alice(&f);
     // Three sub-agents, each inside a slow tool call, each with a nested sub-agent too.
     let script = "fanout:3:sub:tool:slow|tool:slow";
     let h = engine.spawn(&ctx, "script", script).unwrap();
@@ -265,9 +265,7 @@ async fn nesting_stops_at_the_depth_limit_with_a_typed_error() {
         .build()
         .unwrap();
     let f = factory_of(registry, EngineConfig::default());
-    let ctx = UserExecutionContext::new("alice", "t1", "r1").unwrap();
-    let mut sub = f.subscribe(ctx.user_id());
-    let engine = f.create_for_user(&ctx).unwrap();
+    let (ctx, mut sub, engine) = alice(&f);
     let out = engine.execute(&ctx, "nest", "").await.unwrap();
     assert_eq!(out.status(), RunStatus::Completed, "{out:?}");
     assert!(
@@ -312,9 +310,7 @@ fn progress(events: &[Arc<EventEnvelope>]) -> Vec<(u32, u32, String)> {
 async fn pipelines_run_step_by_step_and_stop_or_go_on_after_a_failure() {
     let (registry, _) = script_registry();
     let f = factory_of(registry, EngineConfig::default());
-    let ctx = UserExecutionContext::new("alice", "t1", "r1").unwrap();
-    let mut sub = f.subscribe(ctx.user_id());
-    let engine = f.create_for_user(&ctx).unwrap();
+    let (ctx, mut sub, engine) = alice(&f);
 
     // Each step's answer feeds the next; the run answers with the last step's answer.
     let pipeline = Pipeline::new([
