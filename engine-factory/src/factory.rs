@@ -8,11 +8,13 @@ use std::sync::{Arc, Weak};
 
 use engine_core::factory_only::{FactoryKey, KeyTaken};
 use engine_core::{
-    AgentRegistry, EngineError, RunId, UserExecutionContext, UserExecutionEngine, UserId,
+    AgentRegistry, ApprovalDecision, EngineError, RunId, UserExecutionContext, UserExecutionEngine,
+    UserId,
 };
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{Admission, AdmissionError, EventBus, Seams};
 use crate::config::FactoryConfig;
 use crate::hub::{EventHub, Subscription};
 use crate::privileged;
@@ -46,6 +48,13 @@ pub enum FactoryError {
     /// The factory was shut down; it creates no more engines.
     #[error("the engine factory has shut down and creates no more engines")]
     ShutDown,
+    /// This factory admits engines across a cluster, which takes a round trip: call
+    /// [`ExecutionEngineFactory::create`] instead of `create_for_user`.
+    #[error("this factory admits engines across a cluster; use the async `create` instead of `create_for_user`")]
+    NeedsAsyncCreate,
+    /// The cluster's admission store failed; nothing was created.
+    #[error("engine admission failed: {0}; check the cluster store (Redis) and retry")]
+    Admission(String),
     /// The engine could not be assembled.
     #[error("engine creation failed: {0}")]
     Engine(#[from] EngineError),
@@ -120,6 +129,8 @@ struct FactoryInner {
     config: FactoryConfig,
     registry: AgentRegistry,
     hub: EventHub,
+    admission: Option<Arc<dyn Admission>>,
+    bus: Option<Arc<dyn EventBus>>,
     state: Mutex<State>,
     counters: Counters,
     reaper_started: AtomicBool,
@@ -129,13 +140,38 @@ struct FactoryInner {
 impl FactoryInner {
     /// Removes one slot; `None` if it was already removed (closed, reaped, cleaned up).
     fn release(&self, user: &UserId, slot: u64) -> Option<UserExecutionEngine> {
-        let mut state = lock(&self.state);
-        let slots = state.users.get_mut(user)?;
-        let removed = slots.remove(&slot)?;
-        if slots.is_empty() {
-            state.users.remove(user);
+        let removed = {
+            let mut state = lock(&self.state);
+            let slots = state.users.get_mut(user)?;
+            let removed = slots.remove(&slot)?;
+            if slots.is_empty() {
+                state.users.remove(user);
+            }
+            removed.engine
+        };
+        self.release_leases(std::slice::from_ref(&removed));
+        Some(removed)
+    }
+
+    /// Gives the cluster-wide slots of `engines` back, in the background (a lease the release
+    /// cannot reach expires by its TTL).
+    fn release_leases(&self, engines: &[UserExecutionEngine]) {
+        let Some(admission) = &self.admission else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for e in engines {
+            let admission = Arc::clone(admission);
+            let user = e.user_id().clone();
+            let id = e.engine_id().to_owned();
+            rt.spawn(async move {
+                if let Err(err) = admission.release(&user, &id).await {
+                    tracing::warn!(user_id = %user, engine_id = %id, error = %err, "engine lease not released; it expires by its TTL");
+                }
+            });
         }
-        Some(removed.engine)
     }
 }
 
@@ -202,14 +238,34 @@ impl ExecutionEngineFactory {
     /// [`FactoryError::KeyTaken`] when other code took the key first (see
     /// [`engine_core::factory_only`]); the message names where.
     pub fn new(config: FactoryConfig, registry: AgentRegistry) -> Result<Self, FactoryError> {
+        Self::with_seams(config, registry, Seams::default())
+    }
+
+    /// A factory whose admission and event routing go through `seams` (for example Redis, so
+    /// that several nodes share per-user limits and event streams). With a cluster
+    /// [`Admission`], engines are created with the async [`create`](Self::create).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_seams(
+        config: FactoryConfig,
+        registry: AgentRegistry,
+        seams: Seams,
+    ) -> Result<Self, FactoryError> {
         let key = privileged::key()?;
-        let hub = EventHub::new(config.subscriber_buffer(), config.backpressure_deadline());
+        let hub = EventHub::new(
+            config.subscriber_buffer(),
+            config.backpressure_deadline(),
+            seams.bus.clone(),
+        );
         Ok(Self {
             inner: Arc::new(FactoryInner {
                 key,
                 config,
                 registry,
                 hub,
+                admission: seams.admission,
+                bus: seams.bus,
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
                 reaper_started: AtomicBool::new(false),
@@ -236,11 +292,64 @@ impl ExecutionEngineFactory {
     ///
     /// # Errors
     /// [`FactoryError::UserLimitReached`], [`FactoryError::DuplicateRun`],
-    /// [`FactoryError::ShutDown`].
+    /// [`FactoryError::ShutDown`]; [`FactoryError::NeedsAsyncCreate`] on a factory with a
+    /// cluster admission (use [`create`](Self::create)).
     pub fn create_for_user(
         &self,
         context: &UserExecutionContext,
     ) -> Result<EngineHandle, FactoryError> {
+        if self.inner.admission.is_some() {
+            return Err(FactoryError::NeedsAsyncCreate);
+        }
+        self.create_local(context)
+    }
+
+    /// Creates an engine for `context`'s user, admitting it across the cluster when the factory
+    /// has a cluster [`Admission`] (with `max_engines_per_user = 2`, 100 concurrent calls for
+    /// one user spread over any number of nodes yield exactly 2 engines). Without one, the same
+    /// as [`create_for_user`](Self::create_for_user).
+    ///
+    /// # Errors
+    /// As [`create_for_user`](Self::create_for_user), and [`FactoryError::Admission`] when the
+    /// cluster store fails.
+    pub async fn create(
+        &self,
+        context: &UserExecutionContext,
+    ) -> Result<EngineHandle, FactoryError> {
+        let handle = self.create_local(context)?;
+        let Some(admission) = &self.inner.admission else {
+            return Ok(handle);
+        };
+        let limit = self.inner.config.max_engines_per_user();
+        let reserved = admission
+            .reserve(handle.user_id(), handle.engine_id(), limit)
+            .await;
+        let counters = &self.inner.counters;
+        match reserved {
+            Ok(()) => Ok(handle),
+            Err(e) => {
+                // Undo the local admission; the engine never ran anything.
+                handle.close().await;
+                counters.created.fetch_sub(1, Ordering::Relaxed);
+                counters.cleaned.fetch_sub(1, Ordering::Relaxed);
+                match e {
+                    AdmissionError::LimitReached { .. } => {
+                        counters.limit_rejections.fetch_add(1, Ordering::Relaxed);
+                        Err(FactoryError::UserLimitReached {
+                            user: context.user_id().clone(),
+                            limit,
+                        })
+                    }
+                    other => {
+                        counters.creation_errors.fetch_add(1, Ordering::Relaxed);
+                        Err(FactoryError::Admission(other.to_string()))
+                    }
+                }
+            }
+        }
+    }
+
+    fn create_local(&self, context: &UserExecutionContext) -> Result<EngineHandle, FactoryError> {
         let inner = &self.inner;
         let user = context.user_id();
         let admitted = {
@@ -364,6 +473,65 @@ impl ExecutionEngineFactory {
         self.inner.hub.subscribe(user)
     }
 
+    /// The cluster event bus, if the factory has one (to [`replay`](EventBus::replay) a run on
+    /// any node).
+    pub fn event_bus(&self) -> Option<&Arc<dyn EventBus>> {
+        self.inner.bus.as_ref()
+    }
+
+    /// Whether the factory admits or routes through a cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.inner.admission.is_some() || self.inner.bus.is_some()
+    }
+
+    /// Cancels `user`'s run `run` on whichever of `user`'s engines runs it (only `user`'s
+    /// engines are searched).
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownRun`] when no engine of `user` on this factory runs `run`.
+    pub fn cancel_run(&self, user: &UserId, run: &RunId) -> Result<(), EngineError> {
+        self.user_engines(user)
+            .iter()
+            .find_map(|e| e.cancel(run).ok())
+            .ok_or_else(|| EngineError::UnknownRun {
+                run_id: run.clone(),
+            })
+    }
+
+    /// Decides the tool call `call_id` of `user`'s run `run` waiting for approval, on whichever
+    /// of `user`'s engines runs it.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownRun`] when no engine of `user` runs `run`,
+    /// [`EngineError::UnknownApproval`] when the run has no such call waiting.
+    pub fn approve_run(
+        &self,
+        user: &UserId,
+        run: &RunId,
+        call_id: u32,
+        decision: ApprovalDecision,
+    ) -> Result<(), EngineError> {
+        let mut last = EngineError::UnknownRun {
+            run_id: run.clone(),
+        };
+        for e in self.user_engines(user) {
+            match e.approve(run, call_id, decision) {
+                Ok(()) => return Ok(()),
+                Err(EngineError::UnknownRun { .. }) => {}
+                Err(other) => last = other,
+            }
+        }
+        Err(last)
+    }
+
+    fn user_engines(&self, user: &UserId) -> Vec<UserExecutionEngine> {
+        lock(&self.inner.state)
+            .users
+            .get(user)
+            .map(|slots| slots.values().map(|s| s.engine.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Live subscriptions of `user`.
     pub fn subscriber_count(&self, user: &UserId) -> usize {
         self.inner.hub.subscriber_count(user)
@@ -385,6 +553,7 @@ impl ExecutionEngineFactory {
             .map(|slots| slots.into_values().map(|s| s.engine).collect())
             .unwrap_or_default();
         let n = removed.len();
+        self.inner.release_leases(&removed);
         self.close_engines(removed).await;
         n
     }
@@ -440,8 +609,15 @@ impl ExecutionEngineFactory {
                 .collect()
         };
         self.inner.reaper_stop.cancel();
+        self.inner.release_leases(&engines);
         let engines_closed = engines.len();
         let deadline_exceeded = !self.close_engines(engines).await;
+        if let Some(bus) = &self.inner.bus {
+            let flushed = tokio::time::timeout(self.inner.config.shutdown_deadline(), bus.flush());
+            if flushed.await.is_err() {
+                tracing::warn!("events still on the bus at the shutdown deadline");
+            }
+        }
         self.inner.hub.close();
         tracing::info!(
             engines_closed,
@@ -539,6 +715,7 @@ fn reap(inner: &FactoryInner) -> usize {
     for e in &expired {
         privileged::begin_shutdown(inner.key, e);
     }
+    inner.release_leases(&expired);
     let n = expired.len() as u64;
     let c = &inner.counters;
     c.cleaned.fetch_add(n, Ordering::Relaxed);

@@ -13,8 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use engine_core::{Delivery, DeliveryError, EventEnvelope, EventSink, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::cluster::{BusError, EventBus, UserFeed};
 use crate::sync::{lock, read, write, Mutex};
 
 type Tx = mpsc::Sender<Arc<EventEnvelope>>;
@@ -44,25 +45,108 @@ pub(crate) struct HubInner {
     deadline: Duration,
     closed: AtomicBool,
     counters: Arc<Counters>,
+    /// The cluster's event bus, if any: engines publish to it and it feeds subscribers.
+    bus: Option<Arc<dyn EventBus>>,
+}
+
+/// Whether the bus feeds a user's channel yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attach {
+    /// Not asked (no bus, or no subscriber yet).
+    Idle,
+    /// Asked; the position is not fixed yet.
+    Pending,
+    /// Every event published from now on reaches the channel.
+    Ready,
+    /// The bus could not attach.
+    Failed(BusError),
 }
 
 /// One user's subscribers.
-struct UserChannel {
+pub(crate) struct UserChannel {
     user: UserId,
     hub: Weak<HubInner>,
     subscribers: RwLock<Vec<(u64, Tx)>>,
     next_id: AtomicU64,
+    counters: Arc<Counters>,
+    deadline: Duration,
+    attach: watch::Sender<Attach>,
 }
 
 impl Drop for UserChannel {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
+            if *self.attach.borrow() != Attach::Idle {
+                if let Some(bus) = &hub.bus {
+                    bus.detach(&self.user);
+                }
+            }
             let mut users = lock(&hub.users);
             // Only remove the entry if it is still this (dead) channel, not a newer one.
             if users.get(&self.user).is_some_and(|w| w.strong_count() == 0) {
                 users.remove(&self.user);
             }
         }
+    }
+}
+
+impl UserChannel {
+    /// Hands `event` to every subscriber of this user; refuses another user's envelope.
+    pub(crate) fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+        let counters = &self.counters;
+        if event.user_id != self.user {
+            // Unreachable through the engine (it stamps its own user); refuse rather than route.
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Delivery::ready(Err(DeliveryError::Failed(format!(
+                "envelope for user {} refused by the sink of user {}",
+                event.user_id, self.user
+            ))));
+        }
+        // Fast path: every subscriber has room; no allocation, no waiting.
+        let mut full: Vec<Tx> = Vec::new();
+        let mut delivered = 0u64;
+        let subscribers = {
+            let subs = read(&self.subscribers);
+            for (_, tx) in subs.iter() {
+                match tx.try_send(Arc::clone(&event)) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => full.push(tx.clone()),
+                    // The receiver is being dropped; its Drop removes the entry.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            subs.len()
+        };
+        counters.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if subscribers == 0 {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Delivery::ready(Err(DeliveryError::NoSubscriber(self.user.clone())));
+        }
+        if full.is_empty() {
+            return Delivery::ready(Ok(()));
+        }
+        // Backpressure: wait on the full subscribers, all at once, up to the deadline.
+        let deadline = self.deadline;
+        Delivery::pending(async move {
+            let sends = full
+                .iter()
+                .map(|tx| tx.send_timeout(Arc::clone(&event), deadline));
+            let results = futures_util::future::join_all(sends).await;
+            let dropped = results.iter().filter(|r| r.is_err()).count();
+            let sent = (results.len() - dropped) as u64;
+            counters.delivered.fetch_add(sent, Ordering::Relaxed);
+            counters
+                .dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            if dropped > 0 {
+                Err(DeliveryError::Backpressure {
+                    dropped,
+                    subscribers,
+                })
+            } else {
+                Ok(())
+            }
+        })
     }
 }
 
@@ -83,7 +167,7 @@ impl std::fmt::Debug for EventHub {
 impl EventHub {
     /// A hub whose subscribers buffer `buffer` events each, waiting up to `deadline` on a
     /// full subscriber before dropping the event for it.
-    pub(crate) fn new(buffer: usize, deadline: Duration) -> Self {
+    pub(crate) fn new(buffer: usize, deadline: Duration, bus: Option<Arc<dyn EventBus>>) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 users: Mutex::new(HashMap::new()),
@@ -91,6 +175,7 @@ impl EventHub {
                 deadline,
                 closed: AtomicBool::new(false),
                 counters: Arc::default(),
+                bus,
             }),
         }
     }
@@ -105,6 +190,9 @@ impl EventHub {
             hub: Arc::downgrade(&self.inner),
             subscribers: RwLock::new(Vec::new()),
             next_id: AtomicU64::new(0),
+            counters: Arc::clone(&self.inner.counters),
+            deadline: self.inner.deadline,
+            attach: watch::Sender::new(Attach::Idle),
         });
         users.insert(user.clone(), Arc::downgrade(&channel));
         channel
@@ -119,6 +207,9 @@ impl EventHub {
         let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
         if !self.inner.closed.load(Ordering::Acquire) {
             write(&channel.subscribers).push((id, tx));
+            if let Some(bus) = &self.inner.bus {
+                Self::attach(bus, &channel);
+            }
         }
         Subscription {
             user: user.clone(),
@@ -128,14 +219,51 @@ impl EventHub {
         }
     }
 
+    /// Asks the bus, once per channel, to feed this user's events into it.
+    fn attach(bus: &Arc<dyn EventBus>, channel: &Arc<UserChannel>) {
+        let first = channel.attach.send_if_modified(|a| {
+            let idle = *a == Attach::Idle;
+            if idle {
+                *a = Attach::Pending;
+            }
+            idle
+        });
+        if !first {
+            return;
+        }
+        let attaching = bus.attach(UserFeed {
+            user: channel.user.clone(),
+            channel: Arc::downgrade(channel),
+        });
+        let state = channel.attach.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let _ = state.send(match attaching.await {
+                        Ok(()) => Attach::Ready,
+                        Err(e) => Attach::Failed(e),
+                    });
+                });
+            }
+            Err(_) => {
+                let _ = state.send(Attach::Failed(BusError::Unavailable(
+                    "subscribing through the event bus needs a tokio runtime".into(),
+                )));
+            }
+        }
+    }
+
     /// The sink an engine of `user` delivers through. Crate-private: only the factory hands
     /// sinks out, each bound to the engine's own user.
     pub(crate) fn sink_for(&self, user: &UserId) -> Arc<dyn EventSink> {
-        Arc::new(HubSink {
-            channel: self.channel(user),
-            counters: Arc::clone(&self.inner.counters),
-            deadline: self.inner.deadline,
-        })
+        let channel = self.channel(user);
+        match &self.inner.bus {
+            None => Arc::new(HubSink { channel }),
+            Some(bus) => Arc::new(BusSink {
+                channel,
+                bus: Arc::clone(bus),
+            }),
+        }
     }
 
     /// Counters over all users.
@@ -173,8 +301,6 @@ impl EventHub {
 /// The sink of one engine: holds its user's channel and nothing else.
 struct HubSink {
     channel: Arc<UserChannel>,
-    counters: Arc<Counters>,
-    deadline: Duration,
 }
 
 impl EventSink for HubSink {
@@ -183,60 +309,35 @@ impl EventSink for HubSink {
     }
 
     fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
-        let counters = &self.counters;
+        self.channel.deliver(event)
+    }
+}
+
+/// The sink of one engine in a cluster: publishes its user's events to the bus, which feeds them
+/// back to the subscribers of every node (this one included).
+struct BusSink {
+    /// Keeps the user's channel (and so the bus feed) alive while the engine lives.
+    channel: Arc<UserChannel>,
+    bus: Arc<dyn EventBus>,
+}
+
+impl EventSink for BusSink {
+    fn user_id(&self) -> &UserId {
+        &self.channel.user
+    }
+
+    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
         if event.user_id != self.channel.user {
-            // Unreachable through the engine (it stamps its own user); refuse rather than route.
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.channel
+                .counters
+                .dropped
+                .fetch_add(1, Ordering::Relaxed);
             return Delivery::ready(Err(DeliveryError::Failed(format!(
                 "envelope for user {} refused by the sink of user {}",
                 event.user_id, self.channel.user
             ))));
         }
-        // Fast path: every subscriber has room; no allocation, no waiting.
-        let mut full: Vec<Tx> = Vec::new();
-        let mut delivered = 0u64;
-        let subscribers = {
-            let subs = read(&self.channel.subscribers);
-            for (_, tx) in subs.iter() {
-                match tx.try_send(Arc::clone(&event)) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => full.push(tx.clone()),
-                    // The receiver is being dropped; its Drop removes the entry.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-            }
-            subs.len()
-        };
-        counters.delivered.fetch_add(delivered, Ordering::Relaxed);
-        if subscribers == 0 {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return Delivery::ready(Err(DeliveryError::NoSubscriber(self.channel.user.clone())));
-        }
-        if full.is_empty() {
-            return Delivery::ready(Ok(()));
-        }
-        // Backpressure: wait on the full subscribers, all at once, up to the deadline.
-        let deadline = self.deadline;
-        Delivery::pending(async move {
-            let sends = full
-                .iter()
-                .map(|tx| tx.send_timeout(Arc::clone(&event), deadline));
-            let results = futures_util::future::join_all(sends).await;
-            let dropped = results.iter().filter(|r| r.is_err()).count();
-            let sent = (results.len() - dropped) as u64;
-            counters.delivered.fetch_add(sent, Ordering::Relaxed);
-            counters
-                .dropped
-                .fetch_add(dropped as u64, Ordering::Relaxed);
-            if dropped > 0 {
-                Err(DeliveryError::Backpressure {
-                    dropped,
-                    subscribers,
-                })
-            } else {
-                Ok(())
-            }
-        })
+        self.bus.publish(event)
     }
 }
 
@@ -276,6 +377,26 @@ impl Subscription {
     /// Events buffered and not yet read.
     pub fn buffered(&self) -> usize {
         self.rx.len()
+    }
+    /// Waits until the subscription receives every event published from now on. Immediate on
+    /// a single node; with a cluster event bus, until the bus has fixed this user's position.
+    ///
+    /// # Errors
+    /// [`BusError`] when the bus could not start feeding this user (the subscription then only
+    /// ends at shutdown).
+    pub async fn ready(&self) -> Result<(), BusError> {
+        let Some(channel) = &self.channel else {
+            return Ok(());
+        };
+        let mut state = channel.attach.subscribe();
+        let seen = state
+            .wait_for(|a| !matches!(a, Attach::Pending))
+            .await
+            .map(|a| a.clone());
+        match seen {
+            Ok(Attach::Failed(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 

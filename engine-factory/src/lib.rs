@@ -36,12 +36,16 @@
 //!
 //! [`UserExecutionEngine`]: engine_core::UserExecutionEngine
 
+mod cluster;
 mod config;
 mod factory;
 mod hub;
 mod privileged;
 mod sync;
 
+pub use cluster::{
+    Admission, AdmissionError, BoxFuture, BusError, EventBus, Replayed, Seams, UserFeed,
+};
 pub use config::{FactoryConfig, FactoryConfigBuilder};
 pub use factory::{
     EngineHandle, ExecutionEngineFactory, FactoryError, FactoryMetrics, ShutdownReport,

@@ -1,0 +1,199 @@
+//! The two seams that let several factories (several gateway nodes) share state: per-user
+//! [`Admission`] and the per-user [`EventBus`]. Each defaults to the factory's in-memory
+//! behaviour; `engine-redis` implements both on Redis.
+//!
+//! The hub stays the one path events take on a node: with a bus, an engine's sink publishes to
+//! the bus, and the bus feeds what it reads back into the hub through a [`UserFeed`], which
+//! delivers to one user's subscribers only.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+
+use engine_core::{Delivery, DeliveryError, EventEnvelope, RunId, UserId};
+
+use crate::hub::UserChannel;
+
+/// A boxed future, as the seams return them (object-safe traits without `async_trait`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a cluster-wide admission failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmissionError {
+    /// The user already holds `held` engines across the cluster.
+    #[error("the user holds {held} engines across the cluster")]
+    LimitReached {
+        /// Engines (leases) the user holds on all nodes.
+        held: usize,
+    },
+    /// The shared store could not be reached or answered with an error.
+    #[error("cluster admission unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Reserves and releases a user's engine slots across every node that shares the store.
+///
+/// `reserve` must be atomic across nodes: however many nodes race, a user never holds more
+/// than `limit` reservations. A node that dies keeps its reservations only until they expire
+/// (the implementation's lease TTL). The factory calls `reserve` after its own (per-node)
+/// checks and `release` whenever an engine leaves it (closed, dropped, cleaned up, reaped or
+/// shut down); `release` must be idempotent.
+pub trait Admission: Send + Sync + std::fmt::Debug + 'static {
+    /// Reserves one of `user`'s slots for the engine `engine_id` of this node.
+    ///
+    /// # Errors
+    /// [`AdmissionError::LimitReached`] when `user` already holds `limit` slots,
+    /// [`AdmissionError::Unavailable`] when the store fails.
+    fn reserve<'a>(
+        &'a self,
+        user: &'a UserId,
+        engine_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<(), AdmissionError>>;
+
+    /// Releases the slot of `engine_id`. Releasing an unknown or expired slot is not an error.
+    fn release<'a>(
+        &'a self,
+        user: &'a UserId,
+        engine_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), AdmissionError>>;
+}
+
+/// Why the event bus failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The shared store could not be reached or answered with an error.
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What [`EventBus::replay`] found of one run.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Replayed {
+    /// Events of the run after the requested position that are no longer retained
+    /// (`from_seq..=to_seq`), if any.
+    pub gap: Option<(u64, u64)>,
+    /// The retained events of the run after the requested position, in order.
+    pub events: Vec<Arc<EventEnvelope>>,
+}
+
+impl Replayed {
+    /// What a bus found: the missing range, if any, and the retained events after it.
+    pub fn new(gap: Option<(u64, u64)>, events: Vec<Arc<EventEnvelope>>) -> Self {
+        Self { gap, events }
+    }
+}
+
+/// Carries every user's events between the nodes of a cluster.
+///
+/// * [`publish`](Self::publish) stores one envelope in its user's log (the engine's sink calls
+///   it for every event of a run on this node);
+/// * [`attach`](Self::attach) starts feeding a user's events, from now on, into that user's hub
+///   channel on this node (the factory calls it when the user's first subscriber appears) and
+///   [`detach`](Self::detach) stops it;
+/// * [`replay`](Self::replay) reads a run's retained events after a sequence number (resume on
+///   any node).
+///
+/// A bus must keep the order of each run's events, and must only ever hand a feed the events of
+/// that feed's user ([`UserFeed::deliver`] refuses others).
+pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes one envelope to its user's log. A failed publish must still reach this node's
+    /// subscribers of the user (through the feed, if attached) so that no run loses its events
+    /// locally.
+    fn publish(&self, event: Arc<EventEnvelope>) -> Delivery<'_>;
+
+    /// Starts feeding `feed`'s user's events, published from now on, into `feed`. The returned
+    /// future completes once the position is fixed: every event published afterwards is fed.
+    fn attach(&self, feed: UserFeed) -> BoxFuture<'static, Result<(), BusError>>;
+
+    /// Stops feeding `user`'s events (the user's last subscriber on this node is gone).
+    fn detach(&self, user: &UserId);
+
+    /// The retained events of `user`'s run `run` after `after_seq`; `None` when the run is not
+    /// one of `user`'s runs in the retained log.
+    fn replay<'a>(
+        &'a self,
+        user: &'a UserId,
+        run: &'a RunId,
+        after_seq: u64,
+    ) -> BoxFuture<'a, Result<Option<Replayed>, BusError>>;
+
+    /// Waits until every event published so far has reached this node's feeds (or could not
+    /// be stored). The factory's shutdown calls it, within its deadline, before it ends the
+    /// subscriptions, so that terminal events are not cut off. Default: nothing to wait for.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Where a bus hands one user's events on this node: that user's hub channel, and nothing else.
+#[derive(Clone)]
+pub struct UserFeed {
+    pub(crate) user: UserId,
+    /// Weak: a feed never keeps a channel alive, so the channel's end detaches the bus.
+    pub(crate) channel: Weak<UserChannel>,
+}
+
+impl std::fmt::Debug for UserFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserFeed")
+            .field("user", self.user_id())
+            .finish()
+    }
+}
+
+impl UserFeed {
+    /// The user whose events this feed accepts.
+    pub fn user_id(&self) -> &UserId {
+        &self.user
+    }
+
+    /// Whether the user still has a channel on this node (a subscriber or an engine).
+    pub fn is_open(&self) -> bool {
+        self.channel.strong_count() > 0
+    }
+
+    /// Hands one envelope to this user's subscribers on this node. An envelope of another
+    /// user is refused (counted as dropped), never routed.
+    pub async fn deliver(&self, event: Arc<EventEnvelope>) -> Result<(), DeliveryError> {
+        let Some(channel) = self.channel.upgrade() else {
+            return Err(DeliveryError::Closed);
+        };
+        channel.deliver(event).await
+    }
+}
+
+/// The cluster seams a factory uses; both default to in-memory (one node).
+///
+/// ```
+/// use engine_factory::Seams;
+/// let seams = Seams::default();
+/// assert!(!seams.is_clustered());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Seams {
+    pub(crate) admission: Option<Arc<dyn Admission>>,
+    pub(crate) bus: Option<Arc<dyn EventBus>>,
+}
+
+impl Seams {
+    /// Admission across nodes (default: the factory's own per-node count).
+    #[must_use]
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+    /// An event bus across nodes (default: the in-process hub alone).
+    #[must_use]
+    pub fn event_bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+    /// Whether either seam goes beyond this process.
+    pub fn is_clustered(&self) -> bool {
+        self.admission.is_some() || self.bus.is_some()
+    }
+}

@@ -1,0 +1,264 @@
+//! [`RedisAdmission`]: per-user engine leases in one sorted set per user, reserved and released
+//! by Lua scripts (atomic on the server however many nodes race) and renewed by a heartbeat.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use engine_core::UserId;
+use engine_factory::{Admission, AdmissionError, BoxFuture};
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::keys::Keys;
+
+/// The server's clock in ms, so that no node's clock matters. Leases past their score are
+/// purged before anything is counted.
+const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+";
+
+/// KEYS[1] leases; ARGV member, limit, ttl_ms. Returns {admitted (1/0), held after}.
+const RESERVE: &str = r"
+local ttl = tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  return {1, redis.call('ZCARD', KEYS[1])}
+end
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[2]) then
+  return {0, held}
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {1, held + 1}
+";
+
+/// KEYS[1] leases; ARGV member. Returns the leases left.
+const RELEASE: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+local left = redis.call('ZCARD', KEYS[1])
+if left == 0 then redis.call('DEL', KEYS[1]) end
+return left
+";
+
+/// KEYS[1] leases; ARGV ttl_ms, limit, members... Renews each held lease; one that expired is
+/// restored only while the user is under the limit. Returns {renewed, restored, lost}.
+const RENEW: &str = r"
+local ttl = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local renewed, restored, lost = 0, 0, 0
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+    renewed = renewed + 1
+  elseif redis.call('ZCARD', KEYS[1]) < limit then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+    restored = restored + 1
+  else
+    lost = lost + 1
+  end
+end
+if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return {renewed, restored, lost}
+";
+
+/// Leases this node holds: user -> (member -> limit it was admitted under).
+type Held = HashMap<UserId, HashMap<String, usize>>;
+
+/// Cluster-wide per-user admission on Redis. Created by
+/// [`RedisCluster::connect`](crate::RedisCluster::connect).
+pub(crate) struct RedisAdmission {
+    conn: ConnectionManager,
+    keys: Keys,
+    node: String,
+    ttl: Duration,
+    reserve: Script,
+    release: Script,
+    renew: Script,
+    held: Mutex<Held>,
+    health: Arc<Health>,
+}
+
+impl std::fmt::Debug for RedisAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAdmission")
+            .field("node", &self.node)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn held(m: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RedisAdmission {
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        keys: Keys,
+        node: String,
+        ttl: Duration,
+        health: Arc<Health>,
+    ) -> Self {
+        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Self {
+            conn,
+            keys,
+            node,
+            ttl,
+            reserve: script(RESERVE),
+            release: script(RELEASE),
+            renew: script(RENEW),
+            held: Mutex::new(HashMap::new()),
+            health,
+        }
+    }
+
+    fn member(&self, engine_id: &str) -> String {
+        format!("{}/{engine_id}", self.node)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Renews every lease this node holds once. Returns how many were renewed.
+    pub(crate) async fn renew_all(&self) -> u64 {
+        let snapshot: Vec<(UserId, Vec<String>, usize)> = held(&self.held)
+            .iter()
+            .map(|(u, m)| {
+                let limit = m.values().copied().max().unwrap_or(1);
+                (u.clone(), m.keys().cloned().collect(), limit)
+            })
+            .collect();
+        let mut total = 0;
+        for (user, members, limit) in snapshot {
+            let mut conn = self.conn.clone();
+            let mut inv = self.renew.key(self.keys.leases(&user));
+            inv.arg(self.ttl_ms()).arg(limit);
+            for m in &members {
+                inv.arg(m);
+            }
+            match inv.invoke_async::<(u64, u64, u64)>(&mut conn).await {
+                Ok((renewed, restored, lost)) => {
+                    self.health.ok();
+                    let h = &self.health;
+                    h.renewals
+                        .fetch_add(renewed + restored, std::sync::atomic::Ordering::Relaxed);
+                    if lost > 0 {
+                        h.leases_lost
+                            .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(user_id = %user, lost, "engine leases expired while Redis was unreachable and the user is at the limit elsewhere");
+                    }
+                    total += renewed + restored;
+                }
+                Err(e) => self.health.failed("renew leases", &e),
+            }
+        }
+        total
+    }
+
+    /// Renews every third of the TTL until `stop`.
+    pub(crate) fn spawn_heartbeat(self: &Arc<Self>, stop: CancellationToken) {
+        let me = Arc::downgrade(self);
+        let period = self.ttl / 3;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(me) = me.upgrade() else { break };
+                me.renew_all().await;
+            }
+        });
+    }
+
+    /// Leases this node holds now.
+    pub(crate) fn held_count(&self) -> usize {
+        held(&self.held).values().map(HashMap::len).sum()
+    }
+}
+
+impl Admission for RedisAdmission {
+    fn reserve<'a>(
+        &'a self,
+        user: &'a UserId,
+        engine_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<(), AdmissionError>> {
+        Box::pin(async move {
+            let member = self.member(engine_id);
+            let mut conn = self.conn.clone();
+            let answer = self
+                .reserve
+                .key(self.keys.leases(user))
+                .arg(&member)
+                .arg(limit)
+                .arg(self.ttl_ms())
+                .invoke_async::<(u8, usize)>(&mut conn)
+                .await;
+            match answer {
+                Ok((1, _)) => {
+                    self.health.ok();
+                    held(&self.held)
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(member, limit);
+                    Ok(())
+                }
+                Ok((_, held)) => {
+                    self.health.ok();
+                    Err(AdmissionError::LimitReached { held })
+                }
+                Err(e) => {
+                    self.health.failed("reserve lease", &e);
+                    Err(AdmissionError::Unavailable(e.to_string()))
+                }
+            }
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        user: &'a UserId,
+        engine_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), AdmissionError>> {
+        Box::pin(async move {
+            let member = self.member(engine_id);
+            {
+                let mut all = held(&self.held);
+                if let Some(mine) = all.get_mut(user) {
+                    mine.remove(&member);
+                    if mine.is_empty() {
+                        all.remove(user);
+                    }
+                }
+            }
+            let mut conn = self.conn.clone();
+            let answer = self
+                .release
+                .key(self.keys.leases(user))
+                .arg(&member)
+                .invoke_async::<u64>(&mut conn)
+                .await;
+            match answer {
+                Ok(_) => {
+                    self.health.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    self.health.failed("release lease", &e);
+                    Err(AdmissionError::Unavailable(e.to_string()))
+                }
+            }
+        })
+    }
+}
