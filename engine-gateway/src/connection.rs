@@ -20,6 +20,7 @@ pub(crate) async fn connection(
     mut rx: mpsc::Receiver<Outgoing>,
 ) {
     gw.inner.metrics.connection(1);
+    session.wait_live().await;
     let (mut sink, mut stream) = socket.split();
     let lag_gw = gw.clone();
     let welcome = ServerFrame::Welcome {

@@ -4,10 +4,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use engine_core::{
-    EngineError, MultitaskPolicy, Pipeline, PipelineStep, RunId, RunOptions, ThreadId,
-    UserExecutionContext,
+    ApprovalDecision, EngineError, MultitaskPolicy, Pipeline, PipelineStep, RunId, RunOptions,
+    ThreadId, UserExecutionContext,
 };
 use engine_factory::FactoryError;
+use engine_redis::ControlError;
 
 use crate::metrics::GatewayMetrics;
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame};
@@ -108,19 +109,8 @@ impl Gateway {
                         "run_id is not a valid run id",
                     ));
                 };
-                let engine = session.engine.lock().await;
-                // Only this user's engine is asked: another user's run id is unknown here.
-                match engine.as_ref().map(|e| e.approve(&run, call_id, decision)) {
-                    Some(Ok(())) => None,
-                    Some(Err(EngineError::UnknownApproval { .. })) => Some(ServerFrame::error(
-                        ErrorCode::UnknownApproval,
-                        format!("run {run_id} has no tool call {call_id} waiting for approval"),
-                    )),
-                    _ => Some(ServerFrame::error(
-                        ErrorCode::UnknownRun,
-                        format!("no active run {run_id} of yours"),
-                    )),
-                }
+                // Only this user's runs are asked: another user's run id is unknown everywhere.
+                self.approve(session, &run, call_id, decision).await.err()
             }
             ClientFrame::Cancel { run_id } => {
                 let Ok(run) = RunId::new(&run_id) else {
@@ -129,33 +119,107 @@ impl Gateway {
                         "run_id is not a valid run id",
                     ));
                 };
-                let engine = session.engine.lock().await;
-                match engine.as_ref().map(|e| e.cancel(&run)) {
-                    Some(Ok(())) => None,
-                    _ => Some(ServerFrame::error(
-                        ErrorCode::UnknownRun,
-                        format!("no active run {run_id} of yours"),
-                    )),
-                }
+                self.cancel(session, &run).await.err()
             }
             ClientFrame::Resume { run_id, after_seq } => {
-                let frames = RunId::new(&run_id)
-                    .ok()
-                    .and_then(|run| lock(&session.replay).resume(&run, after_seq));
-                match frames {
-                    None => Some(ServerFrame::error(
+                let Ok(run) = RunId::new(&run_id) else {
+                    return Some(ServerFrame::error(
                         ErrorCode::UnknownRun,
                         format!("no run {run_id} of yours to resume"),
-                    )),
-                    Some(frames) => {
+                    ));
+                };
+                match self.resume(session, &run, after_seq).await {
+                    Ok(frames) => {
                         for f in frames {
                             session.send_to(conn, Outgoing::plain(f.to_json()));
                         }
                         None
                     }
+                    Err(frame) => Some(frame),
                 }
             }
         }
+    }
+
+    /// Cancels one of the user's runs: on this node's engine, or in cluster mode on the node
+    /// that runs it.
+    async fn cancel(&self, session: &UserSession, run: &RunId) -> Result<(), ServerFrame> {
+        let local = session.engine.lock().await.as_ref().map(|e| e.cancel(run));
+        match (local, &self.inner.cluster) {
+            (Some(Ok(())), _) => Ok(()),
+            (_, Some(cluster)) => cluster
+                .cancel(&session.user, run)
+                .await
+                .map_err(|e| control_frame(run, &e)),
+            _ => Err(unknown_run(run)),
+        }
+    }
+
+    /// Decides a tool call of one of the user's runs, wherever it runs.
+    async fn approve(
+        &self,
+        session: &UserSession,
+        run: &RunId,
+        call_id: u32,
+        decision: ApprovalDecision,
+    ) -> Result<(), ServerFrame> {
+        let local = session
+            .engine
+            .lock()
+            .await
+            .as_ref()
+            .map(|e| e.approve(run, call_id, decision));
+        match (local, &self.inner.cluster) {
+            (Some(Ok(())), _) => Ok(()),
+            (Some(Err(EngineError::UnknownApproval { .. })), _) => {
+                Err(unknown_approval(run, call_id))
+            }
+            (_, Some(cluster)) => cluster
+                .approve(&session.user, run, call_id, decision)
+                .await
+                .map_err(|e| control_frame(run, &e)),
+            _ => Err(unknown_run(run)),
+        }
+    }
+
+    /// The frames that bring a client up to date on one of the user's runs: from this node's
+    /// replay buffer, or in cluster mode from the user's Redis stream (any node's runs).
+    async fn resume(
+        &self,
+        session: &UserSession,
+        run: &RunId,
+        after_seq: u64,
+    ) -> Result<Vec<ServerFrame>, ServerFrame> {
+        let Some(bus) = self.inner.factory.event_bus() else {
+            return lock(&session.replay)
+                .resume(run, after_seq)
+                .ok_or_else(|| no_run_to_resume(run));
+        };
+        let replayed = bus
+            .replay(&session.user, run, after_seq)
+            .await
+            .map_err(|e| {
+                ServerFrame::error(
+                    ErrorCode::ClusterUnavailable,
+                    format!("cannot read run {run} from the cluster: {e}; retry the resume"),
+                )
+            })?
+            .ok_or_else(|| no_run_to_resume(run))?;
+        let mut frames = Vec::with_capacity(replayed.events.len() + 1);
+        if let Some((from_seq, to_seq)) = replayed.gap {
+            frames.push(ServerFrame::Gap {
+                run_id: run.clone(),
+                from_seq,
+                to_seq,
+            });
+        }
+        frames.extend(
+            replayed
+                .events
+                .into_iter()
+                .map(|envelope| ServerFrame::Event { envelope }),
+        );
+        Ok(frames)
     }
 
     /// Starts a run; answers `run_accepted` itself (before any event of the run reaches the
@@ -202,18 +266,21 @@ impl Gateway {
             Ok(c) => c,
             Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
         };
+        session.wait_live().await;
         let mut engine = session.engine.lock().await;
         if engine.as_ref().is_none_or(|e| !e.is_active()) {
             let root = ctx.with_run_id(RunId::generate());
-            match self.inner.factory.create_for_user(&root) {
+            match self.inner.factory.create(&root).await {
                 Ok(e) => *engine = Some(e),
-                Err(FactoryError::ShutDown) => {
-                    return Some(ServerFrame::error(
-                        ErrorCode::ShuttingDown,
-                        "the server is shutting down",
-                    ))
+                Err(e) => {
+                    let code = match e {
+                        FactoryError::ShutDown => ErrorCode::ShuttingDown,
+                        FactoryError::UserLimitReached { .. } => ErrorCode::TooManyEngines,
+                        FactoryError::Admission(_) => ErrorCode::ClusterUnavailable,
+                        _ => ErrorCode::Internal,
+                    };
+                    return Some(ServerFrame::error(code, e.to_string()));
                 }
-                Err(e) => return Some(ServerFrame::error(ErrorCode::Internal, e.to_string())),
             }
         }
         let Some(engine) = engine.as_ref() else {
@@ -296,4 +363,36 @@ enum Work {
 
 fn options(multitask: Option<MultitaskPolicy>) -> RunOptions {
     multitask.map_or_else(RunOptions::new, |p| RunOptions::new().multitask(p))
+}
+
+fn unknown_run(run: &RunId) -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::UnknownRun,
+        format!("no active run {run} of yours"),
+    )
+}
+
+fn no_run_to_resume(run: &RunId) -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::UnknownRun,
+        format!("no run {run} of yours to resume"),
+    )
+}
+
+fn unknown_approval(run: &RunId, call_id: u32) -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::UnknownApproval,
+        format!("run {run} has no tool call {call_id} waiting for approval"),
+    )
+}
+
+/// The frame for a cancel or approval the cluster could not deliver.
+fn control_frame(run: &RunId, e: &ControlError) -> ServerFrame {
+    match e {
+        ControlError::UnknownApproval { call_id, .. } => unknown_approval(run, *call_id),
+        ControlError::NodeUnreachable { .. } | ControlError::Unavailable(_) => {
+            ServerFrame::error(ErrorCode::ClusterUnavailable, e.to_string())
+        }
+        _ => unknown_run(run),
+    }
 }

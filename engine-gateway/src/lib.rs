@@ -55,7 +55,8 @@
 //! - `{"type":"gap","run_id":..,"from_seq":1,"to_seq":40}` when a `resume` asks for events
 //!   already evicted from the per-user replay buffer;
 //! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,
-//!   `frame_too_large`, `rate_limited`, `too_many_runs`, `thread_busy`, `unknown_run`,
+//!   `frame_too_large`, `rate_limited`, `too_many_runs`, `too_many_engines`, `thread_busy`,
+//!   `unknown_run`, `cluster_unavailable`,
 //!   `unknown_approval`, `bad_request`, `shutting_down`, `internal`. `too_many_runs` is the engine's own limit
 //!   (`EngineError::QueueFull`: by default 3 runs of a user at once and 4 waiting), reported,
 //!   not decided, by the gateway. The connection stays open. (A frame larger than four times

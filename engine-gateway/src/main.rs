@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use engine_core::{EngineConfig, UserId};
 use engine_factory::FactoryConfig;
 use engine_gateway::{demo::demo_registry, Gateway, GatewayConfig};
+use engine_redis::{ClusterConfig, RedisCluster};
 
 /// The reference WebSocket gateway of the one engine: authenticated per-user event streams,
 /// replay, limits, graceful shutdown. Without a JWT secret it runs in development mode (a
@@ -65,6 +66,23 @@ struct Args {
     /// Longest a shutdown waits for runs to end and sockets to close, in seconds.
     #[arg(long, env = "GATEWAY_SHUTDOWN_DEADLINE_SECS", default_value_t = 10)]
     shutdown_deadline_secs: u64,
+    /// Cluster mode: the Redis shared by every gateway node (`redis://host:port[/db]`). Per-user
+    /// limits, event streams, resume, cancel and approvals then span all nodes.
+    #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// This node's name in the cluster (default: random).
+    #[arg(long, env = "GATEWAY_NODE_ID", requires = "redis_url")]
+    node_id: Option<String>,
+    /// Cluster mode: how long a crashed node's engine slots outlive it, in milliseconds.
+    #[arg(long, env = "GATEWAY_LEASE_TTL_MS", default_value_t = 30_000)]
+    lease_ttl_ms: u64,
+    /// Cluster mode: about how many events each user's Redis stream keeps for resume.
+    #[arg(long, env = "GATEWAY_STREAM_MAXLEN", default_value_t = 10_000)]
+    stream_maxlen: u64,
+    /// Keep `/dev/token` and the printed development token while using `--jwt-secret` (for
+    /// several development nodes sharing one secret; never in production).
+    #[arg(long, env = "GATEWAY_DEV_TOKENS", value_parser = clap::builder::BoolishValueParser::new())]
+    dev_tokens: bool,
     /// Export tracing spans (HTTP requests, runs) over OTLP/HTTP to this collector base URL,
     /// for example `http://127.0.0.1:4318` (built with the `otel` feature).
     #[cfg(feature = "otel")]
@@ -87,6 +105,7 @@ impl Args {
             Some(secret) => GatewayConfig::with_secret(secret.clone().into_bytes()),
             None => GatewayConfig::development(),
         };
+        config.development |= self.dev_tokens;
         config.max_frame_bytes = self.max_frame_bytes;
         config.messages_per_minute = self.messages_per_minute;
         config.max_connections_per_user = self.max_connections_per_user;
@@ -207,7 +226,22 @@ async fn run(args: Args) -> Result<(), String> {
         config.messages_per_minute,
         config.max_connections_per_user,
     );
-    let gateway = Gateway::new(config, demo_registry()).map_err(|e| e.to_string())?;
+    let gateway = match &args.redis_url {
+        None => Gateway::new(config, demo_registry()).map_err(|e| e.to_string())?,
+        Some(url) => {
+            let mut cluster = ClusterConfig::new(url.clone())
+                .with_lease_ttl(Duration::from_millis(args.lease_ttl_ms))
+                .with_stream_maxlen(args.stream_maxlen);
+            if let Some(node) = &args.node_id {
+                cluster = cluster.with_node_id(node.clone());
+            }
+            let cluster = RedisCluster::connect(cluster)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(node_id = cluster.config().node_id(), redis = %cluster.config().url_redacted(), "cluster mode");
+            Gateway::clustered(config, demo_registry(), cluster).map_err(|e| e.to_string())?
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;

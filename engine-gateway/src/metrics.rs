@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use engine_core::RunOutcome;
 use engine_factory::FactoryMetrics;
+use engine_redis::ClusterMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +40,20 @@ struct FactoryMirror {
     subscribers: Gauge,
 }
 
+/// The cluster link's counters (cluster mode; zero on a single node), mirrored at each scrape.
+#[derive(Debug, Default)]
+struct ClusterMirror {
+    redis_up: Gauge,
+    published: Counter,
+    publish_errors: Counter,
+    read: Counter,
+    read_errors: Counter,
+    reconnects: Counter,
+    lease_renewals: Counter,
+    leases_lost: Counter,
+    control_forwarded: Counter,
+}
+
 /// Every metric of one gateway.
 pub(crate) struct GatewayMetrics {
     registry: Mutex<Registry>,
@@ -53,6 +68,7 @@ pub(crate) struct GatewayMetrics {
     pub(crate) upgrades_refused: Family<ReasonLabel, Counter>,
     pub(crate) limit_hits: Family<ReasonLabel, Counter>,
     factory: FactoryMirror,
+    cluster: ClusterMirror,
     /// Connections currently open (also the gauge), for the JSON view.
     pub(crate) open_connections: AtomicU64,
 }
@@ -84,6 +100,7 @@ impl GatewayMetrics {
             upgrades_refused: Family::default(),
             limit_hits: Family::default(),
             factory: FactoryMirror::default(),
+            cluster: ClusterMirror::default(),
             open_connections: AtomicU64::new(0),
         };
         {
@@ -166,6 +183,25 @@ impl GatewayMetrics {
                 "Live hub subscriptions",
                 f.subscribers.clone(),
             );
+            let c = &m.cluster;
+            let cluster: [(&str, &str, &Counter); 8] = [
+                ("redis_events_published", "Cluster mode: events stored in users' Redis streams", &c.published),
+                ("redis_publish_errors", "Cluster mode: events whose Redis publish failed (this node's connections still got them)", &c.publish_errors),
+                ("redis_events_read", "Cluster mode: events read from Redis streams for this node's connections", &c.read),
+                ("redis_read_errors", "Cluster mode: failed Redis stream reads (retried from the same position)", &c.read_errors),
+                ("redis_reconnects", "Cluster mode: times Redis came back after being unreachable", &c.reconnects),
+                ("redis_lease_renewals", "Cluster mode: engine leases renewed by the heartbeat", &c.lease_renewals),
+                ("redis_leases_lost", "Cluster mode: leases expired during an outage and not restored (user at the limit)", &c.leases_lost),
+                ("redis_control_forwarded", "Cluster mode: cancels and approvals forwarded to another node", &c.control_forwarded),
+            ];
+            for (name, help, counter) in cluster {
+                r.register(name, help, counter.clone());
+            }
+            r.register(
+                "redis_up",
+                "Cluster mode: 1 while the last Redis operation succeeded (always 1 on a single node)",
+                c.redis_up.clone(),
+            );
         }
         m
     }
@@ -189,7 +225,12 @@ impl GatewayMetrics {
     }
 
     /// The Prometheus text exposition, after mirroring the factory's counters and the users.
-    pub(crate) fn render(&self, factory: &FactoryMetrics, users: usize) -> String {
+    pub(crate) fn render(
+        &self,
+        factory: &FactoryMetrics,
+        users: usize,
+        cluster: Option<&ClusterMetrics>,
+    ) -> String {
         fn mirror(counter: &Counter, now: u64) {
             let seen = counter.get();
             if now > seen {
@@ -207,6 +248,23 @@ impl GatewayMetrics {
         f.subscribers
             .set(i64::try_from(factory.subscribers).unwrap_or(i64::MAX));
         self.users.set(i64::try_from(users).unwrap_or(i64::MAX));
+        let c = &self.cluster;
+        match cluster {
+            Some(m) => {
+                mirror(&c.published, m.events_published);
+                mirror(&c.publish_errors, m.publish_errors);
+                mirror(&c.read, m.events_read);
+                mirror(&c.read_errors, m.read_errors);
+                mirror(&c.reconnects, m.reconnects);
+                mirror(&c.lease_renewals, m.lease_renewals);
+                mirror(&c.leases_lost, m.leases_lost);
+                mirror(&c.control_forwarded, m.control_forwarded);
+                c.redis_up.set(i64::from(m.redis_up));
+            }
+            None => {
+                c.redis_up.set(1);
+            }
+        }
         let mut text = String::new();
         let registry = crate::session::lock(&self.registry);
         if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {

@@ -109,6 +109,11 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Something failed inside the gateway.
     Internal,
+    /// Cluster mode: Redis (or the node that runs the run) cannot be reached; live events from
+    /// other nodes pause and new engines cannot be admitted until it is back.
+    ClusterUnavailable,
+    /// The user holds the most engines allowed (across every node in cluster mode).
+    TooManyEngines,
 }
 
 impl ErrorCode {
@@ -125,6 +130,8 @@ impl ErrorCode {
             Self::BadRequest => "bad_request",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::ClusterUnavailable => "cluster_unavailable",
+            Self::TooManyEngines => "too_many_engines",
         }
     }
 }

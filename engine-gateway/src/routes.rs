@@ -148,23 +148,45 @@ async fn dev_token(State(gw): State<Gateway>, Query(q): Query<DevTokenQuery>) ->
     }
 }
 
+/// `200 {"status":"ok"}`; `503` while shutting down, or in cluster mode while Redis does not
+/// answer (`"redis":"unreachable"`: this node cannot admit engines, route users elsewhere).
 async fn health(State(gw): State<Gateway>) -> Response {
     let shutting = gw.inner.shutting_down.load(Ordering::Acquire);
-    let status = if shutting {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
+    let redis_up = match &gw.inner.cluster {
+        Some(cluster) => Some(cluster.ping().await),
+        None => None,
     };
-    (
-        status,
-        Json(json!({ "status": if shutting { "shutting_down" } else { "ok" } })),
-    )
-        .into_response()
+    let status_text = if shutting {
+        "shutting_down"
+    } else if redis_up == Some(false) {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let status = if status_text == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({ "status": status_text });
+    if let (Some(cluster), Some(up)) = (&gw.inner.cluster, redis_up) {
+        body["node_id"] = json!(cluster.config().node_id());
+        body["redis"] = json!(if up { "ok" } else { "unreachable" });
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(gw): State<Gateway>) -> Response {
     let users = lock(&gw.inner.sessions).len();
-    let text = gw.inner.metrics.render(&gw.inner.factory.metrics(), users);
+    let cluster = gw
+        .inner
+        .cluster
+        .as_ref()
+        .map(engine_redis::RedisCluster::metrics);
+    let text = gw
+        .inner
+        .metrics
+        .render(&gw.inner.factory.metrics(), users, cluster.as_ref());
     (
         [(
             header::CONTENT_TYPE,
@@ -192,6 +214,22 @@ async fn metrics_json(State(gw): State<Gateway>) -> Response {
         "users": lock(&gw.inner.sessions).len(),
         "events_sent": g.events_sent.get(),
         "events_dropped": g.events_dropped.get(),
+        "cluster": gw.inner.cluster.as_ref().map(|c| {
+            let m = c.metrics();
+            json!({
+                "node_id": c.config().node_id(),
+                "redis_up": m.redis_up,
+                "events_published": m.events_published,
+                "publish_errors": m.publish_errors,
+                "events_read": m.events_read,
+                "read_errors": m.read_errors,
+                "reconnects": m.reconnects,
+                "lease_renewals": m.lease_renewals,
+                "leases_lost": m.leases_lost,
+                "leases_held": c.leases_held(),
+                "control_forwarded": m.control_forwarded,
+            })
+        }),
     }))
     .into_response()
 }

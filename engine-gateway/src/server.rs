@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::{header, HeaderMap};
 use engine_core::{AgentRegistry, UserId};
 use engine_factory::{ExecutionEngineFactory, FactoryError};
+use engine_redis::RedisCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, TokenKeys};
@@ -28,6 +29,8 @@ pub(crate) struct Inner {
     pub(crate) config: GatewayConfig,
     pub(crate) keys: TokenKeys,
     pub(crate) factory: ExecutionEngineFactory,
+    /// Cluster mode: this node's link to Redis (limits, event streams, remote cancel).
+    pub(crate) cluster: Option<RedisCluster>,
     pub(crate) sessions: Mutex<HashMap<UserId, Arc<UserSession>>>,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) shutting_down: AtomicBool,
@@ -55,11 +58,41 @@ impl Gateway {
     pub fn new(config: GatewayConfig, registry: AgentRegistry) -> Result<Self, GatewayError> {
         config.validate(&registry)?;
         let factory = ExecutionEngineFactory::new(config.factory.clone(), registry)?;
-        Ok(Self {
+        Ok(Self::assemble(config, factory, None))
+    }
+
+    /// A gateway node of a cluster: per-user limits, event streams, resume, cancel and
+    /// approvals are shared through `cluster`'s Redis with every other node on it. A user's
+    /// tabs on any node see the runs of every node. Start the cluster link with
+    /// [`RedisCluster::connect`]; the nodes must share the JWT secret.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn clustered(
+        config: GatewayConfig,
+        registry: AgentRegistry,
+        cluster: RedisCluster,
+    ) -> Result<Self, GatewayError> {
+        config.validate(&registry)?;
+        let factory =
+            ExecutionEngineFactory::with_seams(config.factory.clone(), registry, cluster.seams())?;
+        cluster.serve(&factory);
+        let gateway = Self::assemble(config, factory, Some(cluster));
+        gateway.watch_cluster();
+        Ok(gateway)
+    }
+
+    fn assemble(
+        config: GatewayConfig,
+        factory: ExecutionEngineFactory,
+        cluster: Option<RedisCluster>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 keys: TokenKeys::new(&config.jwt_secret),
                 config,
                 factory,
+                cluster,
                 sessions: Mutex::new(HashMap::new()),
                 metrics: GatewayMetrics::new(),
                 shutting_down: AtomicBool::new(false),
@@ -67,7 +100,45 @@ impl Gateway {
                 pumps: tokio_util::task::TaskTracker::new(),
                 connections: tokio_util::task::TaskTracker::new(),
             }),
-        })
+        }
+    }
+
+    /// Tells every connection when Redis becomes unreachable (live events from other nodes
+    /// pause; runs on this node go on and still reach this node's connections).
+    fn watch_cluster(&self) {
+        let Some(cluster) = &self.inner.cluster else {
+            return;
+        };
+        let mut reach = cluster.watch_reachability();
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while reach.changed().await.is_ok() {
+                let up = *reach.borrow_and_update();
+                let Some(inner) = weak.upgrade() else { break };
+                if up {
+                    continue;
+                }
+                let frame = Outgoing::plain(
+                    ServerFrame::error(
+                        crate::protocol::ErrorCode::ClusterUnavailable,
+                        "the cluster's Redis is unreachable: events of runs on other nodes pause \
+                         and new engines cannot start; runs on this node go on. Resume your runs \
+                         once it is back",
+                    )
+                    .to_json(),
+                );
+                let sessions: Vec<Arc<UserSession>> =
+                    lock(&inner.sessions).values().cloned().collect();
+                for s in sessions {
+                    s.broadcast(&frame);
+                }
+            }
+        });
+    }
+
+    /// The cluster link, in cluster mode.
+    pub fn cluster(&self) -> Option<&RedisCluster> {
+        self.inner.cluster.as_ref()
     }
 
     /// The token keys (to issue tokens in tests or an auth service).
@@ -183,7 +254,16 @@ impl Gateway {
         let s = Arc::clone(&session);
         let me = self.clone();
         let stop = session.pump_stop.clone();
+        let clustered = self.inner.cluster.is_some();
         self.inner.pumps.spawn(async move {
+            // Cluster mode: events come through Redis, where a run's events can be trimmed or
+            // lost with a Redis crash; a jump in a run's sequence is announced as a gap.
+            let mut last_seq: std::collections::HashMap<engine_core::RunId, u64> =
+                std::collections::HashMap::new();
+            if let Err(e) = sub.ready().await {
+                tracing::warn!(user_id = %s.user, error = %e, "live events from other nodes unavailable");
+            }
+            s.mark_live();
             loop {
                 let e = tokio::select! {
                     e = sub.recv() => match e {
@@ -192,6 +272,25 @@ impl Gateway {
                     },
                     () = stop.cancelled() => break,
                 };
+                if clustered {
+                    let last = last_seq.get(&e.run_id).copied().unwrap_or(0);
+                    if e.seq > last + 1 {
+                        let gap = ServerFrame::Gap {
+                            run_id: e.run_id.clone(),
+                            from_seq: last + 1,
+                            to_seq: e.seq - 1,
+                        };
+                        s.broadcast(&Outgoing::plain(gap.to_json()));
+                    }
+                    if e.event.is_terminal() {
+                        last_seq.remove(&e.run_id);
+                    } else {
+                        if last_seq.len() >= 10_000 {
+                            last_seq.clear();
+                        }
+                        last_seq.insert(e.run_id.clone(), e.seq.max(last));
+                    }
+                }
                 lock(&s.replay).push(Arc::clone(&e));
                 let emitted_us = e.timestamp_us;
                 let frame = Outgoing {

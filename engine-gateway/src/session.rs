@@ -141,6 +141,9 @@ pub(crate) struct UserSession {
     last_seen: Mutex<Instant>,
     /// Stops this user's event pump when the session is swept.
     pub pump_stop: tokio_util::sync::CancellationToken,
+    /// Set once the pump receives every event published from then on (at once on one node;
+    /// in cluster mode once the Redis stream position is fixed).
+    live: tokio::sync::watch::Sender<bool>,
 }
 
 impl UserSession {
@@ -154,7 +157,20 @@ impl UserSession {
             rate: Mutex::new(VecDeque::new()),
             last_seen: Mutex::new(Instant::now()),
             pump_stop: tokio_util::sync::CancellationToken::new(),
+            live: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Called by the pump once its subscription is live.
+    pub(crate) fn mark_live(&self) {
+        self.live.send_replace(true);
+    }
+
+    /// Waits (at most 5 s) until the pump's subscription is live, so that a connection is
+    /// welcomed, and a run started, only once every later event will reach it.
+    pub(crate) async fn wait_live(&self) {
+        let mut live = self.live.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), live.wait_for(|l| *l)).await;
     }
 
     /// Marks activity (a connection, a message, a disconnect).

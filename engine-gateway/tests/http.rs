@@ -8,23 +8,12 @@ use engine_core::UserId;
 use engine_gateway::{demo::demo_registry, Gateway, GatewayConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A plain HTTP/1.1 GET; returns (status, headers, body).
+mod common;
+
 async fn get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{extra}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("a response within 10 s")
-        .unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_owned())
+    common::http_get(&addr.to_string(), path, extra).await
 }
 
 /// Reads a chunked body as text (axum streams the metrics text with chunked encoding or a

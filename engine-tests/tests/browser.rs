@@ -298,6 +298,27 @@ async fn scenario(
             .map_err(|e| format!("screenshot: {e}"))?;
         std::fs::write(&path, png).map_err(|e| format!("{path}: {e}"))?;
     }
+    // 2b. A run that waits until cancelled: its card's Cancel button stops it.
+    page.eval(
+        "document.getElementById('agent').value = 'waiter'; \
+         document.getElementById('message').value = 'wait'; \
+         document.getElementById('send').click(); true",
+    )
+    .await;
+    page.wait(
+        "the waiter's card with its Cancel button",
+        "document.querySelectorAll('.run').length === 3 && \
+         document.querySelectorAll('.run')[2].querySelector('button.cancel') !== null",
+    )
+    .await?;
+    page.eval("document.querySelectorAll('.run')[2].querySelector('button.cancel').click(); true")
+        .await;
+    page.wait(
+        "the waiter run ends and its Cancel button goes",
+        "document.querySelectorAll('.run')[2].dataset.status !== 'running' && \
+         document.querySelectorAll('.run')[2].querySelector('button.cancel') === null",
+    )
+    .await?;
     page.eval("document.getElementById('agent').value = 'assistant'; true")
         .await;
 

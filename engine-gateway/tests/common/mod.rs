@@ -1,11 +1,13 @@
-//! Shared by the tests that run the real `engine-gateway` binary: start it in production mode
-//! on a free loopback port with JSON logs, and wait until it says where it listens.
+//! Shared by the gateway's tests: start the real binary in production mode on a free loopback
+//! port with JSON logs and wait until it says where it listens; plain HTTP GETs.
+// Each test binary uses some of these helpers, not all.
+#![allow(dead_code)]
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr};
 
 /// The production secret the tests start the gateway with (and mint tokens from).
@@ -53,4 +55,21 @@ pub(crate) fn terminate(child: &Child) {
         .status()
         .expect("kill runs");
     assert!(sent.success());
+}
+
+/// A plain HTTP/1.1 GET on loopback with `extra` header lines; returns (status, lower-cased
+/// head, body).
+pub(crate) async fn http_get(addr: &str, path: &str, extra: &str) -> (u16, String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("a response within 10 s")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
