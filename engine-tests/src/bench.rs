@@ -101,23 +101,28 @@ pub fn bench_registry() -> AgentRegistry {
         .unwrap_or_else(|e| unreachable!("static bench registry: {e}"))
 }
 
-/// A factory for benchmarks: up to 10 engines per user, 64 concurrent runs per engine and
-/// room for 10,000 more; runs of one thread run side by side (`parallel`), so the benchmarks
-/// measure the engine's run path, not a thread's queue.
-pub fn bench_factory(subscriber_buffer: usize) -> ExecutionEngineFactory {
+/// The benchmarks' factory settings: 64 runs at once per engine, 10,000 queued, parallel
+/// threads, 10 engines per user, `subscriber_buffer` events per subscriber.
+pub fn bench_config(subscriber_buffer: usize) -> FactoryConfig {
     let engine = engine_core::EngineConfig::builder()
         .max_concurrent_runs(64)
         .max_queued_runs(10_000)
         .multitask(engine_core::MultitaskPolicy::Parallel)
         .build()
         .unwrap_or_else(|e| unreachable!("{e}"));
-    let config = FactoryConfig::builder()
+    FactoryConfig::builder()
         .max_engines_per_user(10)
         .subscriber_buffer(subscriber_buffer)
         .engine(engine)
         .build()
-        .unwrap_or_else(|e| unreachable!("{e}"));
-    ExecutionEngineFactory::new(config, bench_registry()).expect("factory")
+        .unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+/// A factory for benchmarks: up to 10 engines per user, 64 concurrent runs per engine and
+/// room for 10,000 more; runs of one thread run side by side (`parallel`), so the benchmarks
+/// measure the engine's run path, not a thread's queue.
+pub fn bench_factory(subscriber_buffer: usize) -> ExecutionEngineFactory {
+    ExecutionEngineFactory::new(bench_config(subscriber_buffer), bench_registry()).expect("factory")
 }
 
 /// `n` users named `bench-user-<i>`, each with a root context.

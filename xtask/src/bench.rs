@@ -103,6 +103,9 @@ pub const COMPARISONS: &[(&str, &str, &str, &str)] = &[
     ("admission", "op", "ours", "baseline"),
     ("supervisor", "job", "ours", "four_runs"),
     ("scan", "line", "ours", "baseline"),
+    ("redis_events", "event", "ours", "raw_xadd_xread"),
+    ("redis_events", "event", "ours", "in_memory"),
+    ("redis_admission", "op", "ours", "raw_evalsha"),
 ];
 
 /// Reads every comparison present under `criterion` (the `target/criterion` directory).
@@ -158,13 +161,23 @@ pub fn run(root: &Path) -> Result<u8, XtaskError> {
     let mut runs: Vec<Vec<&str>> = vec![
         vec!["bench", "-p", "engine-tests", "--bench", "engine", "--"],
         vec!["bench", "-p", "xtask", "--bench", "scan", "--"],
+        // Needs redis-server (Debian's package); without it, it says so and measures nothing.
+        vec!["bench", "-p", "engine-tests", "--bench", "redis", "--"],
     ];
+    let mut printed = String::new();
     for r in &mut runs {
         r.extend_from_slice(&short);
         let out = cargo(root, r, &[])?;
         if !out.status.success() {
             eprintln!("error: `cargo {}` failed", r.join(" "));
             return Ok(1);
+        }
+        // Lines a benchmark prints itself (latency percentiles, skips), not criterion's.
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.starts_with("redis") && !line.starts_with("redis_") {
+                printed.push_str(line);
+                printed.push('\n');
+            }
         }
     }
     let footprint = cargo(
@@ -181,6 +194,7 @@ pub fn run(root: &Path) -> Result<u8, XtaskError> {
     for row in rows(&target.join("criterion")) {
         println!("{}", row.line());
     }
+    print!("{printed}");
     print!("{}", String::from_utf8_lossy(&footprint.stdout));
     Ok(u8::from(!footprint.status.success()))
 }
