@@ -184,6 +184,35 @@ async fn two_nodes_share_runs_resume_and_cancel_per_user() {
         assert_eq!(f["type"], "error", "bob only gets his own answers: {f}");
     }
 
+    // A tool call on A waiting for approval is approved from B.
+    let asks = start_run(&mut alice_a, "assistant", "please remember: 2 + 2").await;
+    let call_id = loop {
+        let f = next(&mut alice_b).await;
+        if f["type"] == "event"
+            && f["run_id"] == asks.as_str()
+            && f["event"]["type"] == "approval_requested"
+        {
+            break f["event"]["call_id"].as_u64().unwrap();
+        }
+    };
+    let f = reply(
+        &mut bob_b,
+        json!({"type":"approve","run_id":asks,"call_id":call_id,"decision":"approve"}),
+    )
+    .await;
+    assert_eq!(
+        f["code"], "unknown_run",
+        "bob cannot approve alice's call: {f}"
+    );
+    send(
+        &mut alice_b,
+        json!({"type":"approve","run_id":asks,"call_id":call_id,"decision":"approve"}),
+    )
+    .await;
+    let kinds = until_terminal(&mut alice_a, &asks).await;
+    assert!(kinds.iter().any(|k| k == "approval_decided"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("agent_completed"));
+
     // Health and metrics report the cluster.
     let health: Value = json_of(&b.addr, "/healthz").await;
     assert_eq!(health["redis"], "ok");
