@@ -115,17 +115,28 @@ fn sample_json() -> String {
     serde_json::to_string(&e).expect("json")
 }
 
+/// A reader and a writer connection (a blocking `XREAD` holds its connection).
+async fn two_connections(
+    client: &redis::Client,
+) -> (
+    redis::aio::MultiplexedConnection,
+    redis::aio::MultiplexedConnection,
+) {
+    let reader = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let writer = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    (reader, writer)
+}
+
 /// The floor: `n` entries through raw redis-rs, pipelined in 256s, read back by a blocking
 /// `XREAD` on a second connection and decoded.
 async fn raw_xadd_xread(client: &redis::Client, key: &str, n: usize, json: &str) {
-    let mut reader = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let mut writer = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let (mut reader, mut writer) = two_connections(client).await;
     let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")
@@ -300,14 +311,7 @@ async fn paced_factory(factory: &ExecutionEngineFactory, user: &str, n: usize) -
 }
 
 async fn paced_raw(client: &redis::Client, n: usize) -> Vec<u64> {
-    let mut reader = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let mut writer = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let (mut reader, mut writer) = two_connections(client).await;
     let key = "raw:paced";
     let read = tokio::spawn(async move {
         let mut pos = "$".to_owned();
