@@ -83,6 +83,43 @@ pub struct RunOutcome {
     pub events_dropped: u64,
     /// For a pipeline run, each step in order; empty for an agent run.
     pub steps: Vec<StepOutcome>,
+    /// Model tokens the run's agents reported with
+    /// [`RunContext::record_usage`](crate::RunContext::record_usage) (zero for agents without a
+    /// model).
+    pub usage: TokenUsage,
+}
+
+/// Tokens a model used: prompt (input) and completion (output).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[non_exhaustive]
+pub struct TokenUsage {
+    /// Tokens of the prompts sent.
+    pub prompt_tokens: u64,
+    /// Tokens of the completions received.
+    pub completion_tokens: u64,
+}
+
+impl TokenUsage {
+    /// A usage of `prompt_tokens` in and `completion_tokens` out.
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+        }
+    }
+    /// Both together.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+impl std::ops::AddAssign for TokenUsage {
+    fn add_assign(&mut self, other: Self) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
 }
 
 /// How one step of a pipeline run ended.

@@ -73,6 +73,10 @@ impl AgentRegistry {
     pub(crate) fn create_agent(&self, name: &str) -> Option<Box<dyn Agent>> {
         self.inner.agents.get(name).map(|make| make())
     }
+    /// Every tool with its name, sorted by name.
+    pub(crate) fn tools(&self) -> impl Iterator<Item = (&str, &Arc<dyn Tool>)> {
+        self.inner.tools.iter().map(|(n, t)| (&**n, &t.tool))
+    }
     pub(crate) fn tool(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.inner.tools.get(name).map(|t| &t.tool)
     }

@@ -58,6 +58,53 @@ pub trait Tool: Send + Sync + 'static {
     /// Performs the call. An `Err` or a panic is reported as a `tool_completed` with status
     /// `error` and returned to the agent as a [`ToolError`](crate::ToolError).
     async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, BoxError>;
+
+    /// What the tool does, for a model choosing tools (one or two sentences). Default: none.
+    fn description(&self) -> Option<&str> {
+        None
+    }
+
+    /// A JSON Schema of the arguments object, for a model calling the tool. Default: none
+    /// (models then see an object with any properties).
+    ///
+    /// ```
+    /// use engine_core::{async_trait, BoxError, Tool, ToolContext};
+    /// use serde_json::{json, Value};
+    ///
+    /// struct Shout;
+    /// #[async_trait]
+    /// impl Tool for Shout {
+    ///     async fn call(&self, args: Value, _ctx: &ToolContext) -> Result<Value, BoxError> {
+    ///         Ok(json!(args["text"].as_str().unwrap_or_default().to_uppercase()))
+    ///     }
+    ///     fn description(&self) -> Option<&str> {
+    ///         Some("Returns the text in capitals.")
+    ///     }
+    ///     fn parameters(&self) -> Option<Value> {
+    ///         Some(json!({
+    ///             "type": "object",
+    ///             "properties": { "text": { "type": "string" } },
+    ///             "required": ["text"]
+    ///         }))
+    ///     }
+    /// }
+    /// ```
+    fn parameters(&self) -> Option<Value> {
+        None
+    }
+}
+
+/// How a tool presents itself to a model: its registered name, description and argument
+/// schema (from [`ToolDispatcher::specs`](crate::ToolDispatcher::specs)).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ToolSpec {
+    /// The registered name.
+    pub name: String,
+    /// [`Tool::description`].
+    pub description: Option<String>,
+    /// [`Tool::parameters`].
+    pub parameters: Option<Value>,
 }
 
 /// Decides whether a user may call a tool. Denied calls do not run; the agent gets

@@ -49,7 +49,7 @@ pub enum FactoryError {
     #[error("the engine factory has shut down and creates no more engines")]
     ShutDown,
     /// This factory admits engines across a cluster, which takes a round trip: call
-    /// [`ExecutionEngineFactory::create`] instead of `create_for_user`.
+    /// `ExecutionEngineFactory::create` (async) instead of `create_for_user`.
     #[error("this factory admits engines across a cluster; use the async `create` instead of `create_for_user`")]
     NeedsAsyncCreate,
     /// The cluster's admission store failed; nothing was created.

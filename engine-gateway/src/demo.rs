@@ -103,6 +103,16 @@ impl Tool for Calculator {
         };
         Ok(json!(v))
     }
+    fn description(&self) -> Option<&str> {
+        Some("Evaluates one arithmetic operation `a op b` with op one of + - * /.")
+    }
+    fn parameters(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "for example \"6 * 7\""}},
+            "required": ["expression"]
+        }))
+    }
 }
 
 /// Reports the current Unix time.
@@ -114,6 +124,12 @@ impl Tool for Clock {
     async fn call(&self, _args: Value, _ctx: &ToolContext) -> Result<Value, BoxError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         Ok(json!({ "unix_seconds": now.as_secs() }))
+    }
+    fn description(&self) -> Option<&str> {
+        Some("Returns the current time as Unix seconds.")
+    }
+    fn parameters(&self) -> Option<Value> {
+        Some(json!({"type": "object", "properties": {}}))
     }
 }
 
@@ -133,6 +149,16 @@ impl Tool for TextStats {
             "lines": text.lines().count(),
         }))
     }
+    fn description(&self) -> Option<&str> {
+        Some("Counts the characters, words and lines of a text.")
+    }
+    fn parameters(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"]
+        }))
+    }
 }
 
 /// "Saves" a note for the user (it keeps nothing: a demo of a tool with side effects, so every
@@ -147,6 +173,16 @@ impl Tool for SaveNote {
             .as_str()
             .ok_or("argument `text` must be a string")?;
         Ok(json!({ "saved": true, "chars": text.chars().count() }))
+    }
+    fn description(&self) -> Option<&str> {
+        Some("Saves a note for the user. The user must approve each call.")
+    }
+    fn parameters(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {"text": {"type": "string", "description": "the note"}},
+            "required": ["text"]
+        }))
     }
 }
 
@@ -258,8 +294,21 @@ pub fn demo_registry() -> AgentRegistry {
 
 /// The demo registry's builder, to add test agents or a policy on top.
 pub fn demo_registry_builder() -> engine_core::AgentRegistryBuilder {
+    team_builder().agent("assistant", || DemoAssistant)
+}
+
+/// The demo registry with the `assistant` answered by a model (`engine-llm`) that may call
+/// the demo tools (`save_note` still needs the user's approval); the other demo agents stay.
+pub fn model_registry(kit: engine_llm::LlmAgentKit) -> AgentRegistry {
+    team_builder()
+        .agent("assistant", move || kit.agent())
+        .build()
+        .unwrap_or_else(|e| unreachable!("static demo registry is valid: {e}"))
+}
+
+/// Every demo agent but `assistant`, and the demo tools.
+fn team_builder() -> engine_core::AgentRegistryBuilder {
     AgentRegistry::builder()
-        .agent("assistant", || DemoAssistant)
         .agent("supervisor", Supervisor::default)
         .agent("waiter", || Waiter)
         .agent("triage", || Specialist::new("triage", "text_stats"))

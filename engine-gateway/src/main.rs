@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use engine_core::{EngineConfig, UserId};
 use engine_factory::FactoryConfig;
-use engine_gateway::{demo::demo_registry, Gateway, GatewayConfig};
+use engine_gateway::demo::{demo_registry, model_registry};
+use engine_gateway::{Gateway, GatewayConfig};
+use engine_llm::{ApiKey, LlmAgentKit, LlmConfig};
 use engine_redis::{ClusterConfig, RedisCluster};
 
 /// The reference WebSocket gateway of the one engine: authenticated per-user event streams,
@@ -83,6 +85,21 @@ struct Args {
     /// several development nodes sharing one secret; never in production).
     #[arg(long, env = "GATEWAY_DEV_TOKENS", value_parser = clap::builder::BoolishValueParser::new())]
     dev_tokens: bool,
+    /// Answer the `assistant` with a model: the base URL of an OpenAI-compatible server (for
+    /// example `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1` for Ollama). The key
+    /// comes from `LLM_API_KEY`. Without it the assistant is the rule-based demo.
+    #[arg(long, env = "GATEWAY_LLM_BASE_URL", requires = "llm_model")]
+    llm_base_url: Option<String>,
+    /// The model the server should use (with `--llm-base-url`).
+    #[arg(long, env = "GATEWAY_LLM_MODEL", requires = "llm_base_url")]
+    llm_model: Option<String>,
+    /// The system prompt of the model assistant.
+    #[arg(
+        long,
+        env = "GATEWAY_LLM_SYSTEM_PROMPT",
+        default_value = "You are a helpful assistant in a chat. Use the tools when they help. Answer briefly."
+    )]
+    llm_system_prompt: String,
     /// Export tracing spans (HTTP requests, runs) over OTLP/HTTP to this collector base URL,
     /// for example `http://127.0.0.1:4318` (built with the `otel` feature).
     #[cfg(feature = "otel")]
@@ -226,8 +243,21 @@ async fn run(args: Args) -> Result<(), String> {
         config.messages_per_minute,
         config.max_connections_per_user,
     );
+    let registry = match (&args.llm_base_url, &args.llm_model) {
+        (Some(url), Some(model)) => {
+            let mut llm = LlmConfig::new(url.clone(), model.clone())
+                .with_system_prompt(args.llm_system_prompt.clone());
+            if let Some(key) = ApiKey::from_env("LLM_API_KEY") {
+                llm = llm.with_api_key(key);
+            }
+            let kit = LlmAgentKit::new(llm).map_err(|e| format!("--llm-base-url: {e}"))?;
+            tracing::info!(base_url = %url, model = %model, "the assistant is answered by a model");
+            model_registry(kit)
+        }
+        _ => demo_registry(),
+    };
     let gateway = match &args.redis_url {
-        None => Gateway::new(config, demo_registry()).map_err(|e| e.to_string())?,
+        None => Gateway::new(config, registry).map_err(|e| e.to_string())?,
         Some(url) => {
             let mut cluster = ClusterConfig::new(url.clone())
                 .with_lease_ttl(Duration::from_millis(args.lease_ttl_ms))
@@ -239,7 +269,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(node_id = cluster.config().node_id(), redis = %cluster.config().url_redacted(), "cluster mode");
-            Gateway::clustered(config, demo_registry(), cluster).map_err(|e| e.to_string())?
+            Gateway::clustered(config, registry, cluster).map_err(|e| e.to_string())?
         }
     };
     let listener = tokio::net::TcpListener::bind(args.addr)

@@ -22,6 +22,12 @@ pub(crate) struct StatusLabel {
     pub(crate) status: &'static str,
 }
 
+/// `kind` of model tokens.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
+}
+
 /// `reason` of a refusal.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
@@ -67,6 +73,8 @@ pub(crate) struct GatewayMetrics {
     pub(crate) emit_to_socket: Histogram,
     pub(crate) upgrades_refused: Family<ReasonLabel, Counter>,
     pub(crate) limit_hits: Family<ReasonLabel, Counter>,
+    /// Model tokens of ended runs, by kind (`prompt`, `completion`).
+    pub(crate) tokens: Family<KindLabel, Counter>,
     factory: FactoryMirror,
     cluster: ClusterMirror,
     /// Connections currently open (also the gauge), for the JSON view.
@@ -99,6 +107,7 @@ impl GatewayMetrics {
             emit_to_socket: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
             upgrades_refused: Family::default(),
             limit_hits: Family::default(),
+            tokens: Family::default(),
             factory: FactoryMirror::default(),
             cluster: ClusterMirror::default(),
             open_connections: AtomicU64::new(0),
@@ -150,6 +159,11 @@ impl GatewayMetrics {
                 "limit_hits",
                 "Messages refused by a limit, by reason",
                 m.limit_hits.clone(),
+            );
+            r.register(
+                "model_tokens",
+                "Model tokens of ended runs, by kind (prompt, completion)",
+                m.tokens.clone(),
             );
             let f = &m.factory;
             r.register(
@@ -217,6 +231,15 @@ impl GatewayMetrics {
             .get_or_create(&label)
             .observe(total.as_secs_f64());
         self.queue_wait.observe(outcome.queue_wait.as_secs_f64());
+        let usage = outcome.usage;
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            if n > 0 {
+                self.tokens.get_or_create(&KindLabel { kind }).inc_by(n);
+            }
+        }
     }
 
     /// Counts a refusal.

@@ -55,6 +55,17 @@ impl Keys {
         format!("{}:node:{}", self.prefix, encode(node))
     }
 
+    /// A key under `user`'s namespace for another crate's data: `{prefix}:{u:<user>}:` and the
+    /// `parts`, each encoded like the user id and joined with `:`.
+    pub(crate) fn user_key(&self, user: &UserId, parts: &[&str]) -> String {
+        let mut key = self.user(user);
+        for p in parts {
+            key.push(':');
+            key.push_str(&encode(p));
+        }
+        key
+    }
+
     /// The user a key of [`events`](Self::events) belongs to, if it is one.
     pub(crate) fn is_events_key_of(&self, key: &str, user: &UserId) -> bool {
         key == self.events(user)

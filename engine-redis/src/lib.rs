@@ -61,6 +61,30 @@ use control::{Control, Op};
 use health::Health;
 use keys::Keys;
 
+/// Names keys in one user's namespace on the cluster's Redis, for data kept beside the
+/// engine's (for example a model agent's thread history). No user id can spell another user's
+/// key: ids and parts are percent-encoded as for the engine's own keys.
+///
+/// ```
+/// # fn demo(cluster: &engine_redis::RedisCluster) {
+/// use engine_core::UserId;
+/// let keys = cluster.key_builder();
+/// let key = keys.user_key(&UserId::new("alice:1").unwrap(), &["thread", "t-1"]);
+/// assert!(key.ends_with("{u:alice%3A1}:thread:t-1"));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyBuilder {
+    keys: Keys,
+}
+
+impl KeyBuilder {
+    /// `{prefix}:{u:<user>}:<part>:<part>...`.
+    pub fn user_key(&self, user: &UserId, parts: &[&str]) -> String {
+        self.keys.user_key(user, parts)
+    }
+}
+
 /// Why a node could not join the cluster.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -269,6 +293,19 @@ impl RedisCluster {
     /// This node's configuration.
     pub fn config(&self) -> &ClusterConfig {
         &self.config
+    }
+
+    /// A handle on the node's shared Redis connection (it reconnects by itself), for data kept
+    /// beside the engine's.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Key names in users' namespaces under this cluster's prefix.
+    pub fn key_builder(&self) -> KeyBuilder {
+        KeyBuilder {
+            keys: Keys::new(&self.config.prefix),
+        }
     }
 
     /// The Redis client (for tools and tests that inspect keys).

@@ -33,6 +33,8 @@ pub(crate) struct RunControl {
     open: Mutex<Vec<Open>>,
     cleanups: Mutex<Vec<Cleanup>>,
     pub(crate) steps: Mutex<Vec<StepOutcome>>,
+    /// Model tokens reported by the run's agents: prompt, completion.
+    pub(crate) usage: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// A cleanup action registered with `RunContext::on_cleanup`.
@@ -91,7 +93,22 @@ impl RunControl {
             open: Mutex::default(),
             cleanups: Mutex::default(),
             steps: Mutex::default(),
+            usage: Default::default(),
         }
+    }
+
+    /// Adds reported model tokens.
+    pub(crate) fn add_usage(&self, usage: crate::outcome::TokenUsage) {
+        self.usage[0].fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+        self.usage[1].fetch_add(usage.completion_tokens, Ordering::Relaxed);
+    }
+
+    /// The model tokens reported so far.
+    pub(crate) fn usage(&self) -> crate::outcome::TokenUsage {
+        crate::outcome::TokenUsage::new(
+            self.usage[0].load(Ordering::Relaxed),
+            self.usage[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Marks the run ended and wakes the runs waiting for it.

@@ -177,6 +177,12 @@ impl RunContext {
         }
     }
 
+    /// Adds model tokens used by this agent (a sub-agent's count with the run's) to the run's
+    /// [`RunOutcome::usage`](crate::RunOutcome::usage).
+    pub fn record_usage(&self, usage: crate::TokenUsage) {
+        self.control.add_usage(usage);
+    }
+
     /// The answer text streamed so far.
     pub fn streamed(&self) -> &str {
         &self.streamed

@@ -136,6 +136,7 @@ impl Run {
             events_delivered: emitter.delivered,
             events_dropped: emitter.dropped,
             steps,
+            usage: self.control.usage(),
         };
         drop(emitter);
         self.finish(&outcome);

@@ -19,7 +19,7 @@ use crate::registry::AgentRegistry;
 use crate::run::control::{Open, OpenItem, RunControl};
 use crate::run::emit::{millis, within, EmitterSlot};
 use crate::sanitize::{sanitize_arguments, sanitize_result, truncate_str};
-use crate::tool::{Tool, ToolContext};
+use crate::tool::{Tool, ToolContext, ToolSpec};
 
 /// The per-run tool dispatcher: resolves tool names, applies the permission policy, the tool
 /// timeout and cancellation, contains panics, and emits the `tool_executing` /
@@ -61,6 +61,20 @@ impl ToolDispatcher {
     /// Whether the run's user may call this tool under the permission policy.
     pub fn is_allowed(&self, name: &str) -> bool {
         self.registry.is_allowed(self.context.user_id(), name)
+    }
+    /// The tools this run's user may call, described for a model: name, description and
+    /// argument schema, sorted by name (tools the permission policy denies are left out).
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        let user = self.context.user_id();
+        self.registry
+            .tools()
+            .filter(|(name, _)| self.registry.is_allowed(user, name))
+            .map(|(name, tool)| ToolSpec {
+                name: name.to_owned(),
+                description: tool.description().map(str::to_owned),
+                parameters: tool.parameters(),
+            })
+            .collect()
     }
     /// Tool calls made so far by this agent.
     pub fn calls_made(&self) -> u32 {

@@ -1,0 +1,94 @@
+//! The real gateway binary with `--llm-base-url`: the page's `assistant` is answered by an
+//! OpenAI-compatible server (`llmposter`, a third-party mock server started here on
+//! loopback), its tokens stream to the WebSocket client, and its tool call runs through the
+//! engine (the demo calculator).
+
+use std::time::Duration;
+
+use engine_core::UserId;
+use engine_gateway::TokenKeys;
+use futures_util::{SinkExt, StreamExt};
+use llmposter::fixture::ToolCall;
+use llmposter::{Fixture, ServerBuilder};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assistant_streams_a_models_answer_and_runs_its_tool_call() {
+    let server = ServerBuilder::new()
+        .fixture(
+            Fixture::new()
+                .match_user_message("6 * 7")
+                .respond_with_tool_calls(vec![ToolCall {
+                    name: "calculator".into(),
+                    arguments: json!({"expression": "6 * 7"}),
+                }])
+                .with_scenario("calc", Some(""), Some("done")),
+        )
+        .fixture(
+            Fixture::new()
+                .match_user_message("6 * 7")
+                .respond_with_content("Six times seven is 42.")
+                .with_streaming(Some(5), Some(3))
+                .with_scenario("calc", Some("done"), None),
+        )
+        .build()
+        .await
+        .expect("llmposter starts");
+    let base = format!("{}/v1", server.url());
+    let gw = common::start_gateway(&["--llm-base-url", &base, "--llm-model", "mock-model"]).await;
+    let token = TokenKeys::new(common::SECRET.as_bytes())
+        .issue(&UserId::new("alice").unwrap(), 600)
+        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", gw.addr))
+            .await
+            .unwrap();
+    ws.send(Message::Text(
+        json!({"type":"user_message","thread_id":"t1","text":"what is 6 * 7?"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut deltas = Vec::new();
+    let mut tools = Vec::new();
+    let result = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("frames keep coming")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let f: Value = serde_json::from_str(t.as_str()).unwrap();
+        if f["type"] != "event" {
+            continue;
+        }
+        let e = &f["event"];
+        match e["type"].as_str().unwrap() {
+            "answer_delta" => deltas.push(e["delta"].as_str().unwrap().to_owned()),
+            "tool_completed" => tools.push((e["tool_name"].clone(), e["result"].clone())),
+            "agent_completed" => break e.clone(),
+            _ => {}
+        }
+    };
+    assert_eq!(result["status"], "completed", "{result}");
+    assert!(deltas.len() >= 5, "streamed in pieces: {deltas:?}");
+    assert_eq!(deltas.concat(), "Six times seven is 42.");
+    assert_eq!(result["result"], "Six times seven is 42.");
+    assert_eq!(tools, vec![(json!("calculator"), json!(42.0))]);
+    // The model was told the tools, with their descriptions.
+    let first: Value = serde_json::from_str(&server.get_requests()[0].body).unwrap();
+    let names: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"calculator") && names.contains(&"save_note"),
+        "{names:?}"
+    );
+}

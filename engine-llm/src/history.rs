@@ -1,0 +1,232 @@
+//! Thread history: the earlier turns of one user's thread, sent with each run. Stores are keyed
+//! by user and thread, and the agent only ever asks with its run's own user and thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+
+use engine_core::{ThreadId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// A boxed future, as the store trait returns them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One exchange of a thread: the user's message and the model's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Turn {
+    /// What the user sent.
+    pub user: String,
+    /// What the model answered.
+    pub assistant: String,
+}
+
+impl Turn {
+    /// A turn.
+    pub fn new(user: impl Into<String>, assistant: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            assistant: assistant.into(),
+        }
+    }
+}
+
+/// Why the history could not be read or written (the run goes on without it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The store failed.
+    #[error("thread history unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where thread history lives. Every call names the user and the thread: an implementation
+/// must keep users apart (the agent passes its run's own ids, never an id from the input).
+pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The last `turns` turns of `user`'s `thread`, oldest first.
+    fn load<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+        turns: usize,
+    ) -> BoxFuture<'a, Result<Vec<Turn>, HistoryError>>;
+
+    /// Appends one turn to `user`'s `thread`.
+    fn append<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+        turn: Turn,
+    ) -> BoxFuture<'a, Result<(), HistoryError>>;
+}
+
+/// History in this process: per user, per thread, the last `keep` turns of at most
+/// `max_threads` threads (the thread used longest ago is dropped first).
+#[derive(Debug)]
+pub struct InMemoryHistory {
+    keep: usize,
+    max_threads: usize,
+    users: Mutex<HashMap<UserId, UserThreads>>,
+}
+
+#[derive(Debug, Default)]
+struct UserThreads {
+    /// Threads, most recently used last.
+    order: VecDeque<ThreadId>,
+    turns: HashMap<ThreadId, VecDeque<Turn>>,
+}
+
+impl Default for InMemoryHistory {
+    fn default() -> Self {
+        Self::new(100, 100)
+    }
+}
+
+impl InMemoryHistory {
+    /// Keeps `keep` turns per thread and `max_threads` threads per user.
+    pub fn new(keep: usize, max_threads: usize) -> Self {
+        Self {
+            keep: keep.max(1),
+            max_threads: max_threads.max(1),
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl HistoryStore for InMemoryHistory {
+    fn load<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+        turns: usize,
+    ) -> BoxFuture<'a, Result<Vec<Turn>, HistoryError>> {
+        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = users
+            .get(user)
+            .and_then(|u| u.turns.get(thread))
+            .map(|t| {
+                t.iter()
+                    .skip(t.len().saturating_sub(turns))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn append<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+        turn: Turn,
+    ) -> BoxFuture<'a, Result<(), HistoryError>> {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = users.entry(user.clone()).or_default();
+        mine.order.retain(|t| t != thread);
+        mine.order.push_back(thread.clone());
+        while mine.order.len() > self.max_threads {
+            if let Some(old) = mine.order.pop_front() {
+                mine.turns.remove(&old);
+            }
+        }
+        let turns = mine.turns.entry(thread.clone()).or_default();
+        turns.push_back(turn);
+        while turns.len() > self.keep {
+            turns.pop_front();
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// History on the cluster's Redis: one list per user and thread under the user's keys
+/// (`{prefix}:{u:<user>}:thread:<thread>`), trimmed to `keep` turns and expiring `retention`
+/// after its last turn.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct RedisHistory {
+    conn: redis::aio::ConnectionManager,
+    keys: engine_redis::KeyBuilder,
+    keep: usize,
+    retention_ms: u64,
+}
+
+#[cfg(feature = "redis")]
+impl RedisHistory {
+    /// History on `cluster`'s Redis, keeping `keep` turns per thread for `retention`.
+    pub fn new(
+        cluster: &engine_redis::RedisCluster,
+        keep: usize,
+        retention: std::time::Duration,
+    ) -> Self {
+        Self {
+            conn: cluster.connection(),
+            keys: cluster.key_builder(),
+            keep: keep.max(1),
+            retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn key(&self, user: &UserId, thread: &ThreadId) -> String {
+        self.keys.user_key(user, &["thread", thread.as_str()])
+    }
+}
+
+#[cfg(feature = "redis")]
+impl HistoryStore for RedisHistory {
+    fn load<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+        turns: usize,
+    ) -> BoxFuture<'a, Result<Vec<Turn>, HistoryError>> {
+        Box::pin(async move {
+            if turns == 0 {
+                return Ok(Vec::new());
+            }
+            let mut conn = self.conn.clone();
+            let raw: Vec<String> = redis::cmd("LRANGE")
+                .arg(self.key(user, thread))
+                .arg(-i64::try_from(turns).unwrap_or(i64::MAX))
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            Ok(raw
+                .iter()
+                .filter_map(|t| serde_json::from_str(t).ok())
+                .collect())
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+        turn: Turn,
+    ) -> BoxFuture<'a, Result<(), HistoryError>> {
+        Box::pin(async move {
+            let key = self.key(user, thread);
+            let json = serde_json::to_string(&turn)
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            let mut conn = self.conn.clone();
+            redis::pipe()
+                .cmd("RPUSH")
+                .arg(&key)
+                .arg(json)
+                .ignore()
+                .cmd("LTRIM")
+                .arg(&key)
+                .arg(-i64::try_from(self.keep).unwrap_or(i64::MAX))
+                .arg(-1)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.retention_ms)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))
+        })
+    }
+}
