@@ -92,9 +92,11 @@ pub(crate) struct ModelClient {
 
 impl ModelClient {
     pub(crate) fn new(config: &LlmConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .build()?;
+        let mut http = reqwest::Client::builder().connect_timeout(config.connect_timeout);
+        if !config.keep_alive {
+            http = http.pool_max_idle_per_host(0);
+        }
+        let http = http.build()?;
         Ok(Self { http })
     }
 

@@ -80,6 +80,7 @@ pub struct LlmConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) history_turns: usize,
     pub(crate) history_chars: usize,
+    pub(crate) keep_alive: bool,
 }
 
 impl LlmConfig {
@@ -103,6 +104,7 @@ impl LlmConfig {
             connect_timeout: Duration::from_secs(10),
             history_turns: 20,
             history_chars: 16_000,
+            keep_alive: true,
         }
     }
     /// The bearer key (never logged, never in events or `Debug`).
@@ -148,6 +150,14 @@ impl LlmConfig {
     pub fn with_history(mut self, turns: usize, chars: usize) -> Self {
         self.history_turns = turns;
         self.history_chars = chars;
+        self
+    }
+    /// Whether connections to the server are kept open between requests (default `true`).
+    /// Turn it off for servers or proxies that stall on reused connections (for example one
+    /// that does not set `TCP_NODELAY`, where a reused connection can wait on a delayed ACK).
+    #[must_use]
+    pub fn with_keep_alive(mut self, keep_alive: bool) -> Self {
+        self.keep_alive = keep_alive;
         self
     }
     /// The model name.

@@ -106,6 +106,8 @@ pub const COMPARISONS: &[(&str, &str, &str, &str)] = &[
     ("redis_events", "event", "ours", "raw_xadd_xread"),
     ("redis_events", "event", "ours", "in_memory"),
     ("redis_admission", "op", "ours", "raw_evalsha"),
+    ("llm_tokens", "token", "ours", "baseline"),
+    ("llm_tool_round", "round", "ours", "baseline"),
 ];
 
 /// Reads every comparison present under `criterion` (the `target/criterion` directory).
@@ -163,6 +165,7 @@ pub fn run(root: &Path) -> Result<u8, XtaskError> {
         vec!["bench", "-p", "xtask", "--bench", "scan", "--"],
         // Needs redis-server (Debian's package); without it, it says so and measures nothing.
         vec!["bench", "-p", "engine-tests", "--bench", "redis", "--"],
+        vec!["bench", "-p", "engine-tests", "--bench", "llm", "--"],
     ];
     let mut printed = String::new();
     for r in &mut runs {
