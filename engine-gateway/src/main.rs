@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -11,7 +12,7 @@ use engine_core::{EngineConfig, UserId};
 use engine_factory::FactoryConfig;
 use engine_gateway::demo::{demo_registry, model_registry};
 use engine_gateway::{Gateway, GatewayConfig};
-use engine_llm::{ApiKey, LlmAgentKit, LlmConfig};
+use engine_llm::{ApiKey, HistoryStore, InMemoryHistory, LlmAgentKit, LlmConfig, RedisHistory};
 use engine_redis::{ClusterConfig, RedisCluster};
 
 /// The reference WebSocket gateway of the one engine: authenticated per-user event streams,
@@ -243,21 +244,8 @@ async fn run(args: Args) -> Result<(), String> {
         config.messages_per_minute,
         config.max_connections_per_user,
     );
-    let registry = match (&args.llm_base_url, &args.llm_model) {
-        (Some(url), Some(model)) => {
-            let mut llm = LlmConfig::new(url.clone(), model.clone())
-                .with_system_prompt(args.llm_system_prompt.clone());
-            if let Some(key) = ApiKey::from_env("LLM_API_KEY") {
-                llm = llm.with_api_key(key);
-            }
-            let kit = LlmAgentKit::new(llm).map_err(|e| format!("--llm-base-url: {e}"))?;
-            tracing::info!(base_url = %url, model = %model, "the assistant is answered by a model");
-            model_registry(kit)
-        }
-        _ => demo_registry(),
-    };
-    let gateway = match &args.redis_url {
-        None => Gateway::new(config, registry).map_err(|e| e.to_string())?,
+    let cluster = match &args.redis_url {
+        None => None,
         Some(url) => {
             let mut cluster = ClusterConfig::new(url.clone())
                 .with_lease_ttl(Duration::from_millis(args.lease_ttl_ms))
@@ -269,6 +257,35 @@ async fn run(args: Args) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(node_id = cluster.config().node_id(), redis = %cluster.config().url_redacted(), "cluster mode");
+            Some(cluster)
+        }
+    };
+    let registry = match (&args.llm_base_url, &args.llm_model) {
+        (Some(url), Some(model)) => {
+            let mut llm = LlmConfig::new(url.clone(), model.clone())
+                .with_system_prompt(args.llm_system_prompt.clone());
+            if let Some(key) = ApiKey::from_env("LLM_API_KEY") {
+                llm = llm.with_api_key(key);
+            }
+            // In cluster mode a thread's history is shared by every node, under its user's keys.
+            let history: Arc<dyn HistoryStore> = match &cluster {
+                Some(c) => Arc::new(RedisHistory::new(
+                    c,
+                    100,
+                    Duration::from_secs(7 * 24 * 3600),
+                )),
+                None => Arc::new(InMemoryHistory::default()),
+            };
+            let kit = LlmAgentKit::with_history(llm, history)
+                .map_err(|e| format!("--llm-base-url: {e}"))?;
+            tracing::info!(base_url = %url, model = %model, "the assistant is answered by a model");
+            model_registry(kit)
+        }
+        _ => demo_registry(),
+    };
+    let gateway = match cluster {
+        None => Gateway::new(config, registry).map_err(|e| e.to_string())?,
+        Some(cluster) => {
             Gateway::clustered(config, registry, cluster).map_err(|e| e.to_string())?
         }
     };

@@ -61,6 +61,14 @@ fn config(server: &MockServer) -> LlmConfig {
 }
 
 async fn setup(fixtures: Vec<Fixture>, tune: impl FnOnce(LlmConfig) -> LlmConfig) -> Setup {
+    setup_with(fixtures, tune, engine_core::EngineConfig::default()).await
+}
+
+async fn setup_with(
+    fixtures: Vec<Fixture>,
+    tune: impl FnOnce(LlmConfig) -> LlmConfig,
+    engine: engine_core::EngineConfig,
+) -> Setup {
     let server = ServerBuilder::new()
         .fixtures(fixtures)
         .build()
@@ -78,6 +86,7 @@ async fn setup(fixtures: Vec<Fixture>, tune: impl FnOnce(LlmConfig) -> LlmConfig
     let factory = ExecutionEngineFactory::new(
         FactoryConfig::builder()
             .max_engines_per_user(2)
+            .engine(engine)
             .build()
             .unwrap(),
         registry,
@@ -564,6 +573,41 @@ async fn cancel_in_the_middle_of_a_stream_closes_the_upstream_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(deltas(&events).len() < 200, "cut short");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_timeout_also_closes_the_upstream_connection() {
+    let s = setup_with(
+        vec![Fixture::new()
+            .match_user_message("long")
+            .respond_with_content(&"word ".repeat(400))
+            .with_streaming(Some(20), Some(5))],
+        |c| c,
+        engine_core::EngineConfig::builder()
+            .run_timeout(Duration::from_millis(400))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let port = s.server.port();
+    let mut open_during = 0;
+    let events = run_with(&s, "kit", "thread-1", "long story", |e, _| {
+        if matches!(e.event, AgentEvent::AnswerDelta { .. }) && open_during == 0 {
+            open_during = established_to(port);
+        }
+        None
+    })
+    .await;
+    assert!(open_during >= 1);
+    assert_eq!(ending(&events).0, RunStatus::TimedOut);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while established_to(port) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

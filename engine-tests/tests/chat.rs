@@ -490,3 +490,45 @@ async fn interrupt_ordering_holds_across_workers() {
         );
     }
 }
+
+/// Reports 10 prompt and 3 completion tokens, and asks its sub-agent to do the same.
+struct Counting {
+    nested: bool,
+}
+
+#[engine_core::async_trait]
+impl engine_core::Agent for Counting {
+    async fn run(
+        &mut self,
+        ctx: &mut engine_core::RunContext,
+        _input: &str,
+    ) -> Result<String, engine_core::BoxError> {
+        ctx.record_usage(engine_core::TokenUsage::new(10, 3));
+        if self.nested {
+            ctx.run_agent("counting_leaf", "x").await?;
+        }
+        Ok("counted".into())
+    }
+}
+
+#[tokio::test]
+async fn model_tokens_of_a_run_and_its_sub_agents_add_up_in_its_outcome() {
+    let registry = engine_core::AgentRegistry::builder()
+        .agent("counting", || Counting { nested: true })
+        .agent("counting_leaf", || Counting { nested: false })
+        .build()
+        .unwrap();
+    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry).unwrap();
+    let ctx = engine_core::UserExecutionContext::new("alice", "thread-1", "run-tokens").unwrap();
+    let engine = factory.create_for_user(&ctx).unwrap();
+    let outcome = engine.execute(&ctx, "counting", "go").await.unwrap();
+    assert_eq!(outcome.usage, engine_core::TokenUsage::new(20, 6));
+    assert_eq!(outcome.usage.total(), 26);
+    let other = ctx.with_run_id(RunId::new("run-tokens-2").unwrap());
+    let again = engine.execute(&other, "counting_leaf", "go").await.unwrap();
+    assert_eq!(
+        again.usage,
+        engine_core::TokenUsage::new(10, 3),
+        "per run, not per engine"
+    );
+}
