@@ -17,7 +17,7 @@
 //! let source = "//! app\nuse engine_compat::ExecutionEngine;\nfn f(_: &ExecutionEngine) {}\n";
 //! let out = check_file(&FileInput {
 //!     path: "src/lib.rs", source, role: Role::Other, engine_related: true,
-//!     aliases: &aliases, compat_crate: "engine_compat",
+//!     aliases: &aliases, compat_crate: "engine_compat", module: "crate", reexports: None,
 //! })?;
 //! assert_eq!(out.findings.len(), 2);
 //! let fixed = xtask::fix::apply_edits(source, &out.edits)?;

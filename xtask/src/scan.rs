@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::legacy::{aliases, Canonical};
 use crate::model::{Edit, Finding, Rule};
-use crate::rules::{check_file, FileInput, Role};
+use crate::rules::reexports::module_path_of;
+use crate::rules::{check_parsed, parse_source, FileInput, Reexports, Role};
 use crate::XtaskError;
 
 /// `[workspace.metadata.ssot]` in the target workspace's `Cargo.toml`. Every key is optional.
@@ -236,13 +237,33 @@ impl Workspace {
                     .first()
                     .map_or("engine_compat".into(), |c| c.replace('-', "_"))
             });
+            // Each file is parsed once: for the package's `use` chains, then for its checks.
+            let mut files = Vec::new();
             for file in self.rust_files(pkg) {
                 let source =
                     std::fs::read_to_string(&file).map_err(|e| XtaskError::io(&file, e))?;
                 let rel = self.rel(&file);
+                let in_pkg = file
+                    .strip_prefix(&pkg.dir)
+                    .map_or_else(|_| rel.clone(), |p| p.display().to_string());
+                let parsed = match parse_source(&rel, &source) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        proc_macro2::extra::invalidate_current_thread_spans();
+                        return Err(e.into());
+                    }
+                };
+                files.push((file, rel, module_path_of(&in_pkg), source, parsed));
+            }
+            let trees: Vec<(&str, &syn::File)> = files
+                .iter()
+                .map(|(_, _, m, _, p)| (m.as_str(), &p.file))
+                .collect();
+            let reexports = Reexports::of_package(&trees, &compat_local, &aliases);
+            for (file, rel, module, source, parsed) in &files {
                 let input = FileInput {
-                    path: &rel,
-                    source: &source,
+                    path: rel,
+                    source,
                     role: pkg.role,
                     engine_related: pkg.engine_related
                         || source.contains("Engine")
@@ -250,15 +271,20 @@ impl Workspace {
                         || source.contains("active_runs"),
                     aliases: &aliases,
                     compat_crate: &compat_local,
+                    module,
+                    reexports: Some(&reexports),
                 };
-                let outcome = check_file(&input)?;
+                let outcome = check_parsed(&input, parsed);
                 scan.lines += source.lines().count();
-                scan.files.insert(rel);
+                scan.files.insert(rel.clone());
                 scan.findings.extend(outcome.findings);
                 if !outcome.edits.is_empty() {
-                    scan.edits.insert(file, outcome.edits);
+                    scan.edits.insert(file.clone(), outcome.edits);
                 }
             }
+            drop(files);
+            // The spans of this package's trees are no longer used.
+            proc_macro2::extra::invalidate_current_thread_spans();
         }
         scan.findings
             .sort_by(|a, b| (&a.path, a.line, a.column).cmp(&(&b.path, b.line, b.column)));

@@ -119,6 +119,7 @@ fn each_fixture_reports_exactly_its_expected_findings_and_exit_code() {
         ("legacy", 1),
         ("own_engine", 1),
         ("global_map", 1),
+        ("reexports", 1),
         ("clean", 0),
     ] {
         let out = check(&fixture(name).join("Cargo.toml"), &[]);
@@ -397,4 +398,50 @@ fn this_workspace_is_clean_and_tidy() {
     );
     let out = check(&root().join("Cargo.toml"), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn use_chains_through_the_packages_own_modules_are_followed_and_fixed() {
+    let ws = copy_fixture("reexports", "fix");
+    let m = ws.join("Cargo.toml");
+    let m = m.to_str().unwrap();
+    // --fix verifies its result with `cargo check` under -D deprecated (exit 0 means it built).
+    let fixed = xtask(&["migrate", "--fix", "--manifest-path", m]);
+    assert_eq!(fixed.status.code(), Some(0), "{}", stdout(&fixed));
+    let said = format!(
+        "{}{}",
+        stdout(&fixed),
+        String::from_utf8_lossy(&fixed.stderr)
+    );
+    assert!(
+        said.contains("verified: reexports build(s) under -D deprecated"),
+        "{said}"
+    );
+    let service = std::fs::read_to_string(ws.join("src/service.rs")).unwrap();
+    assert!(
+        service.contains("use engine_core::ToolDispatcher as Dispatch;"),
+        "{service}"
+    );
+    assert!(
+        service.contains("_e: Option<&UserExecutionEngine>, _f: Option<&ExecutionEngineFactory>"),
+        "names used through the glob are renamed: {service}"
+    );
+    assert!(
+        service.contains("use crate::names::*;"),
+        "the glob stays: {service}"
+    );
+    let lib = std::fs::read_to_string(ws.join("src/lib.rs")).unwrap();
+    assert!(
+        lib.contains("std::any::type_name::<ToolDispatcher>()"),
+        "{lib}"
+    );
+    // Nothing left, and a second run changes nothing.
+    assert!(findings_of(&check(&ws.join("Cargo.toml"), &[])).is_empty());
+    let again = xtask(&["migrate", "--fix", "--manifest-path", m]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(ws.join("src/service.rs")).unwrap(),
+        service
+    );
+    assert_eq!(std::fs::read_to_string(ws.join("src/lib.rs")).unwrap(), lib);
 }

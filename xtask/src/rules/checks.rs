@@ -168,17 +168,28 @@ impl Analyzer<'_> {
         } else if self.scope.glob && self.input.aliases.contains_key(&s) {
             self.scope.used_via_glob.insert(s.clone());
             s.clone()
+        } else if let Some(l) = self.scope.chain_glob.get(&s) {
+            let l = l.clone();
+            self.scope.used_via_glob.insert(s.clone());
+            l
         } else {
             return;
         };
         let Some(c) = self.input.aliases.get(&legacy).cloned() else {
             return;
         };
+        let message = match self.scope.named_via.get(&s) {
+            Some(via) => format!("legacy name `{legacy}` (imported through `{via}`)"),
+            None if self.scope.chain_glob.contains_key(&s) => {
+                format!("legacy name `{legacy}` (through a glob import of a module re-exporting engine_compat)")
+            }
+            None => format!("legacy name `{legacy}` (imported from engine_compat)"),
+        };
         self.report(
             Rule::DeprecatedName,
             ident.span(),
             &legacy,
-            format!("legacy name `{legacy}` (imported from engine_compat)"),
+            message,
             format!("use `{}`", c.path),
         );
         let (start, end) = self.range(ident.span());

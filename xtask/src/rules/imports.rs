@@ -24,6 +24,8 @@ pub(super) struct Leaf {
     pub(super) kind: LeafKind,
     /// Where to report it (the leaf's name, rename or `*`).
     pub(super) at: Span,
+    /// For a legacy name reached through another module of the package: that module.
+    pub(super) via: Option<String>,
 }
 
 /// A `use` item that imports from the compat crate.
@@ -55,6 +57,7 @@ fn flatten(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) {
                 segs,
                 kind: LeafKind::Name,
                 at: n.ident.span(),
+                via: None,
             });
         }
         UseTree::Rename(r) => {
@@ -64,12 +67,14 @@ fn flatten(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) {
                 segs,
                 kind: LeafKind::Rename(r.rename.to_string()),
                 at: r.ident.span(),
+                via: None,
             });
         }
         UseTree::Glob(g) => out.push(Leaf {
             segs: prefix.clone(),
             kind: LeafKind::Glob,
             at: g.star_token.span,
+            via: None,
         }),
         UseTree::Group(g) => {
             for t in &g.items {
@@ -127,11 +132,76 @@ impl Analyzer<'_> {
         }
     }
 
+    /// Turns the leaves that reach legacy names through another module of the package
+    /// (`use crate::names::X`, `use super::X`) into compat leaves naming the legacy name, and
+    /// records what a glob through such a module brings in. Returns whether a glob did.
+    fn resolve_chains(&mut self, leaves: &mut [Leaf]) -> bool {
+        let Some(table) = self.input.reexports else {
+            return false;
+        };
+        let mut chain_glob = false;
+        for leaf in leaves.iter_mut() {
+            if leaf
+                .segs
+                .first()
+                .is_some_and(|s| self.scope.compat_mods.contains(s))
+            {
+                continue;
+            }
+            let glob = matches!(leaf.kind, LeafKind::Glob);
+            let Some((from, pairs)) = table.through_package(&self.scope.module, &leaf.segs, glob)
+            else {
+                continue;
+            };
+            if glob {
+                self.scope.chain_glob.extend(pairs);
+                chain_glob = true;
+                continue;
+            }
+            let Some((_, legacy)) = pairs.into_iter().next() else {
+                continue;
+            };
+            let local = match &leaf.kind {
+                LeafKind::Rename(a) => a.clone(),
+                _ => leaf.segs.last().cloned().unwrap_or_default(),
+            };
+            leaf.kind = if local == legacy {
+                LeafKind::Name
+            } else {
+                LeafKind::Rename(local)
+            };
+            leaf.segs = vec![self.input.compat_crate.to_owned(), legacy];
+            leaf.via = Some(from);
+        }
+        chain_glob
+    }
+
     fn collect_use(&mut self, u: &ItemUse, nested: bool) {
         let mut leaves = Vec::new();
         flatten(&u.tree, &mut Vec::new(), &mut leaves);
+        let chain_glob = !self.is_compat_role() && self.resolve_chains(&mut leaves);
         let mods = self.scope.compat_mods.clone();
         let is_compat = |l: &Leaf| l.segs.first().is_some_and(|s| mods.contains(s));
+        let chained = leaves.iter().any(|l| l.via.is_some());
+        if chain_glob && !chained && !leaves.iter().any(is_compat) {
+            // `use crate::names::*;`: the glob stays (it may bring other items); the legacy
+            // names it brings are reported where they are used, and imported canonically.
+            let (s, e) = self.range(u.tree.span());
+            let glob = Leaf {
+                segs: vec![self.input.compat_crate.to_owned()],
+                kind: LeafKind::Glob,
+                at: u.tree.span(),
+                via: Some(String::new()),
+            };
+            self.push_compat_use(
+                u,
+                nested,
+                vec![glob],
+                vec![self.input.source[s..e].to_owned()],
+                leaves.len() == 1,
+            );
+            return;
+        }
         if !leaves.iter().any(is_compat) {
             for l in &leaves {
                 self.check_bypass_import(l);
@@ -150,16 +220,33 @@ impl Analyzer<'_> {
             return;
         }
         let mut kept = Vec::new();
+        let mut fixable = true;
         if let UseTree::Group(g) = &u.tree {
             for elem in &g.items {
-                if !root_ident(elem).is_some_and(|r| self.scope.compat_mods.contains(&r)) {
-                    let (s, e) = self.range(elem.span());
-                    kept.push(self.input.source[s..e].to_owned());
+                if root_ident(elem).is_some_and(|r| self.scope.compat_mods.contains(&r)) {
+                    continue;
                 }
+                if chained {
+                    // Keep the element unless all of it names legacy names through the package.
+                    let mut inner = Vec::new();
+                    flatten(elem, &mut Vec::new(), &mut inner);
+                    self.resolve_chains(&mut inner);
+                    let through = inner.iter().filter(|l| l.via.is_some()).count();
+                    if through == inner.len() {
+                        continue;
+                    }
+                    if through > 0 {
+                        fixable = false;
+                    }
+                }
+                let (s, e) = self.range(elem.span());
+                kept.push(self.input.source[s..e].to_owned());
             }
+        } else if chained && leaves.len() > 1 && !leaves.iter().all(is_compat) {
+            // `use crate::names::{Legacy, Other}`: rewritten by hand.
+            fixable = false;
         }
         let mut compat_leaves = Vec::new();
-        let mut fixable = true;
         let public = !matches!(u.vis, syn::Visibility::Inherited);
         for mut leaf in leaves.into_iter().filter(is_compat) {
             // A re-export is the crate's API: keep its public name, import the canonical type.
@@ -199,12 +286,21 @@ impl Analyzer<'_> {
                 (kind, Some(name), Some(c)) => {
                     if matches!(kind, LeafKind::Name) {
                         self.scope.named.insert(name.clone(), name.clone());
+                        if let Some(via) = &leaf.via {
+                            self.scope.named_via.insert(name.clone(), via.clone());
+                        }
                     }
+                    let message = match &leaf.via {
+                        Some(via) => format!(
+                            "legacy name `{name}` imported through `{via}`, which re-exports it from engine_compat"
+                        ),
+                        None => format!("legacy name `{name}` imported from engine_compat"),
+                    };
                     self.report(
                         Rule::DeprecatedName,
                         leaf.at,
                         name,
-                        format!("legacy name `{name}` imported from engine_compat"),
+                        message,
                         format!("use `{}`", c.path),
                     );
                 }
@@ -224,6 +320,18 @@ impl Analyzer<'_> {
             }
             compat_leaves.push(leaf);
         }
+        self.push_compat_use(u, nested, compat_leaves, kept, fixable);
+    }
+
+    /// Records a `use` item to rewrite in pass 3.
+    fn push_compat_use(
+        &mut self,
+        u: &ItemUse,
+        nested: bool,
+        compat_leaves: Vec<Leaf>,
+        kept: Vec<String>,
+        fixable: bool,
+    ) {
         let vis = match &u.vis {
             syn::Visibility::Inherited => String::new(),
             v => {

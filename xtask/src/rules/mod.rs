@@ -18,7 +18,10 @@ use crate::model::{Edit, Finding, Rule};
 
 mod checks;
 mod imports;
+pub mod reexports;
 mod rewrite;
+
+pub use reexports::Reexports;
 
 use checks::BYPASS_HELP;
 use imports::CompatUse;
@@ -51,6 +54,12 @@ pub struct FileInput<'a> {
     pub aliases: &'a BTreeMap<String, Canonical>,
     /// Local names of the compat crate (`engine_compat`, plus any extern rename).
     pub compat_crate: &'a str,
+    /// The file's module path in its package (`crate`, `crate::a::b`; see
+    /// [`reexports::module_path_of`]).
+    pub module: &'a str,
+    /// The package's legacy names bound per module, to follow `use` chains through the
+    /// package's own modules; `None` checks the file alone.
+    pub reexports: Option<&'a Reexports>,
 }
 
 /// The result of checking one file.
@@ -81,31 +90,51 @@ pub struct ParseError {
 /// # Errors
 /// [`ParseError`] naming the file when it is not valid Rust.
 pub fn check_file(input: &FileInput<'_>) -> Result<FileOutcome, ParseError> {
-    let (base, body) = strip_prelude(input.source);
-    let parsed = syn::parse_str::<syn::File>(body);
-    let result = match parsed {
-        Err(e) => {
-            let start = e.span().start();
-            Err(ParseError {
-                path: input.path.to_owned(),
-                line: start.line,
-                column: start.column + 1,
-                message: e.to_string(),
-            })
-        }
-        Ok(file) => {
-            let mut a = Analyzer::new(input, base);
-            a.analyze_scope(&file.items);
-            a.findings.sort_by_key(|f| (f.line, f.column));
-            Ok(FileOutcome {
-                findings: a.findings,
-                edits: a.edits,
-            })
-        }
-    };
+    let result = parse_source(input.path, input.source).map(|parsed| check_parsed(input, &parsed));
     // Free the span source map of this thread: spans are not used past this point.
     proc_macro2::extra::invalidate_current_thread_spans();
     result
+}
+
+/// A file parsed once, for [`check_parsed`] (and the package's [`Reexports`]).
+#[derive(Debug)]
+pub struct Parsed {
+    /// Bytes of BOM / shebang before the parsed text.
+    base: usize,
+    /// The syntax tree.
+    pub file: syn::File,
+}
+
+/// Parses a file's source (after a BOM or shebang line) with span locations.
+///
+/// # Errors
+/// [`ParseError`] naming `path` when it is not valid Rust.
+pub fn parse_source(path: &str, source: &str) -> Result<Parsed, ParseError> {
+    let (base, body) = strip_prelude(source);
+    syn::parse_str::<syn::File>(body)
+        .map(|file| Parsed { base, file })
+        .map_err(|e| {
+            let start = e.span().start();
+            ParseError {
+                path: path.to_owned(),
+                line: start.line,
+                column: start.column + 1,
+                message: e.to_string(),
+            }
+        })
+}
+
+/// Checks a file parsed by [`parse_source`] from `input.source`. The caller frees the thread's
+/// span map (`proc_macro2::extra::invalidate_current_thread_spans`) once it is done with the
+/// spans of every file it parsed.
+pub fn check_parsed(input: &FileInput<'_>, parsed: &Parsed) -> FileOutcome {
+    let mut a = Analyzer::new(input, parsed.base);
+    a.analyze_scope(&parsed.file.items, input.module.to_owned());
+    a.findings.sort_by_key(|f| (f.line, f.column));
+    FileOutcome {
+        findings: a.findings,
+        edits: a.edits,
+    }
 }
 
 /// Strips a BOM and a shebang line the way `syn::parse_file` does; returns the byte offset of
@@ -124,6 +153,8 @@ fn strip_prelude(source: &str) -> (usize, &str) {
 
 /// The import state of one module scope, saved and restored around nested modules.
 struct Scope {
+    /// The scope's module path (`crate::a::b`).
+    module: String,
     /// Local names of the compat crate (its name and `as` renames).
     compat_mods: BTreeSet<String>,
     /// Local name -> legacy name, for plain (non-renamed) imports.
@@ -134,11 +165,20 @@ struct Scope {
     /// Full paths imported by non-compat `use` leaves, as `(path, local name)`.
     existing: BTreeSet<(String, String)>,
     compat_uses: Vec<CompatUse>,
+    /// Local name -> legacy name of the names a glob import brings in through another module of
+    /// the package (`use crate::names::*`).
+    chain_glob: BTreeMap<String, String>,
+    /// Local name -> the package module it was imported through, for named imports of legacy
+    /// names re-exported by another module.
+    named_via: BTreeMap<String, String>,
 }
 
 impl Scope {
-    fn new(compat_crate: &str) -> Self {
+    fn new(compat_crate: &str, module: String) -> Self {
         Self {
+            module,
+            chain_glob: BTreeMap::new(),
+            named_via: BTreeMap::new(),
             compat_mods: BTreeSet::from([compat_crate.to_owned()]),
             named: BTreeMap::new(),
             glob: false,
@@ -164,7 +204,7 @@ impl<'a> Analyzer<'a> {
         Self {
             input,
             base,
-            scope: Scope::new(input.compat_crate),
+            scope: Scope::new(input.compat_crate, input.module.to_owned()),
             bypass_names: BTreeSet::new(),
             findings: Vec::new(),
             edits: Vec::new(),
@@ -221,8 +261,8 @@ impl<'a> Analyzer<'a> {
 
     /// Analyzes one module scope: its imports apply to its own items (function bodies
     /// included) but not to nested modules, which get a fresh scope as in Rust.
-    fn analyze_scope(&mut self, items: &[syn::Item]) {
-        let fresh = Scope::new(self.input.compat_crate);
+    fn analyze_scope(&mut self, items: &[syn::Item], module: String) {
+        let fresh = Scope::new(self.input.compat_crate, module);
         let saved = std::mem::replace(&mut self.scope, fresh);
         self.collect_imports(items);
         for item in items {
@@ -241,7 +281,8 @@ impl<'ast> Visit<'ast> for Analyzer<'_> {
             self.visit_attribute(attr);
         }
         if let Some((_, items)) = &m.content {
-            self.analyze_scope(items);
+            let module = format!("{}::{}", self.scope.module, m.ident);
+            self.analyze_scope(items, module);
         }
     }
 

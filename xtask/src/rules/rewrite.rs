@@ -71,7 +71,8 @@ impl Analyzer<'_> {
                 match (&leaf.kind, canonical) {
                     (LeafKind::Glob, _) => {
                         for name in &self.scope.used_via_glob {
-                            if let Some(c) = self.input.aliases.get(name) {
+                            let legacy = self.scope.chain_glob.get(name).unwrap_or(name);
+                            if let Some(c) = self.input.aliases.get(legacy) {
                                 want(c, None);
                             }
                         }
