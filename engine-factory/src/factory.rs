@@ -138,19 +138,16 @@ struct FactoryInner {
 }
 
 impl FactoryInner {
-    /// Removes one slot; `None` if it was already removed (closed, reaped, cleaned up).
+    /// Removes one slot; `None` if it was already removed (closed, reaped, cleaned up). The
+    /// caller gives the cluster lease back.
     fn release(&self, user: &UserId, slot: u64) -> Option<UserExecutionEngine> {
-        let removed = {
-            let mut state = lock(&self.state);
-            let slots = state.users.get_mut(user)?;
-            let removed = slots.remove(&slot)?;
-            if slots.is_empty() {
-                state.users.remove(user);
-            }
-            removed.engine
-        };
-        self.release_leases(std::slice::from_ref(&removed));
-        Some(removed)
+        let mut state = lock(&self.state);
+        let slots = state.users.get_mut(user)?;
+        let removed = slots.remove(&slot)?;
+        if slots.is_empty() {
+            state.users.remove(user);
+        }
+        Some(removed.engine)
     }
 
     /// Gives the cluster-wide slots of `engines` back, in the background (a lease the release
@@ -748,30 +745,40 @@ impl EngineHandle {
         &self.engine
     }
 
-    /// Shuts the engine down, waits for its runs to emit their terminal events, and frees the
-    /// slot.
+    /// Shuts the engine down, gives its slot back (across the cluster too, before this
+    /// returns, so a `create` right after is admitted), and waits for its runs to emit their
+    /// terminal events.
     pub async fn close(mut self) {
-        self.release_slot();
+        if self.release_slot() {
+            if let Some(admission) = &self.factory.admission {
+                let (user, id) = (self.engine.user_id(), self.engine.engine_id());
+                if let Err(err) = admission.release(user, id).await {
+                    tracing::warn!(user_id = %user, engine_id = %id, error = %err, "engine lease not released; it expires by its TTL");
+                }
+            }
+        }
         privileged::shutdown(self.factory.key, &self.engine).await;
     }
 
     /// Frees the slot once (counting the cleanup unless the reaper or `cleanup_user` already
-    /// removed it) and stops the engine from accepting runs.
-    fn release_slot(&mut self) {
+    /// removed it) and stops the engine from accepting runs. `true` when this call removed
+    /// the slot (its cluster lease is then the caller's to give back).
+    fn release_slot(&mut self) -> bool {
         if std::mem::replace(&mut self.released, true) {
-            return;
+            return false;
         }
-        if self
+        let removed = self
             .factory
             .release(self.engine.user_id(), self.slot)
-            .is_some()
-        {
+            .is_some();
+        if removed {
             self.factory
                 .counters
                 .cleaned
                 .fetch_add(1, Ordering::Relaxed);
         }
         privileged::begin_shutdown(self.factory.key, &self.engine);
+        removed
     }
 }
 
@@ -784,6 +791,10 @@ impl std::ops::Deref for EngineHandle {
 
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        self.release_slot();
+        if self.release_slot() {
+            // No await in a drop: the cluster lease goes back in the background.
+            self.factory
+                .release_leases(std::slice::from_ref(&self.engine));
+        }
     }
 }

@@ -239,14 +239,15 @@ impl EventHub {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    let _ = state.send(match attaching.await {
+                    // `send_replace`: `send` would drop the value while nobody waits yet.
+                    state.send_replace(match attaching.await {
                         Ok(()) => Attach::Ready,
                         Err(e) => Attach::Failed(e),
                     });
                 });
             }
             Err(_) => {
-                let _ = state.send(Attach::Failed(BusError::Unavailable(
+                state.send_replace(Attach::Failed(BusError::Unavailable(
                     "subscribing through the event bus needs a tokio runtime".into(),
                 )));
             }

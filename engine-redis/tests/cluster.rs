@@ -428,3 +428,19 @@ async fn two_hundred_users_on_two_nodes_each_see_all_and_only_their_events() {
     }
     drop(engines);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_when_the_bus_attached_before_anyone_asked() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", 2, |c| c).await;
+    let user = UserId::new("olga").unwrap();
+    let sub = a.factory.subscribe(&user);
+    // Let the attach finish while nobody waits on it yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(2), sub.ready())
+        .await
+        .expect("ready does not hang")
+        .expect("attached");
+}
