@@ -166,6 +166,7 @@ pub fn run(root: &Path) -> Result<u8, XtaskError> {
         // Needs redis-server (Debian's package); without it, it says so and measures nothing.
         vec!["bench", "-p", "engine-tests", "--bench", "redis", "--"],
         vec!["bench", "-p", "engine-tests", "--bench", "llm", "--"],
+        vec!["bench", "-p", "engine-tests", "--bench", "tail", "--"],
     ];
     let mut printed = String::new();
     for r in &mut runs {
@@ -177,7 +178,10 @@ pub fn run(root: &Path) -> Result<u8, XtaskError> {
         }
         // Lines a benchmark prints itself (latency percentiles, skips), not criterion's.
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if line.starts_with("redis") && !line.starts_with("redis_") {
+            let own = (line.starts_with("redis") && !line.starts_with("redis_"))
+                || line.starts_with("tail ")
+                || line.contains("p99/p50");
+            if own {
                 printed.push_str(line);
                 printed.push('\n');
             }

@@ -1,0 +1,286 @@
+//! Latency per run under many concurrent runs (issue 18): 10,000 trivial runs (6 events
+//! each) over 1,000 users, run `i` for user `i % 1000`, each user's events read by that user's
+//! subscriber task, at most N runs in flight; latency from submitting a run to its last event
+//! reaching the subscriber. Ours (factory, engine, hub) against a raw-tokio floor of the same
+//! shape measured in the same process: a spawned task per run sending the same six events into
+//! the user's `mpsc` channel, read by the user's subscriber task. Both on a multi-thread
+//! runtime with 2 workers and on a current-thread runtime; each side's order alternates over
+//! `TAIL_ROUNDS` rounds (default 3) and the median of each number is printed as
+//! `name  ours  baseline  ratio` lines (ratio of p99).
+#![allow(clippy::print_stdout)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine_core::{
+    AgentEvent, EventEnvelope, RequestId, RunId, ThreadId, UserExecutionContext, UserId,
+};
+use engine_factory::ExecutionEngineFactory;
+use engine_tests::bench::{bench_config, bench_registry, bench_users};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+const RUNS: usize = 10_000;
+const USERS: usize = 1_000;
+
+/// One measurement: runs/s and latency percentiles in µs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shape {
+    runs_per_s: f64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(0)
+}
+
+fn shape(mut lat: Vec<u64>, elapsed: Duration) -> Shape {
+    lat.sort_unstable();
+    Shape {
+        runs_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        p999: percentile(&lat, 0.999),
+    }
+}
+
+/// Per-run bookkeeping shared by the submitter and the subscribers: submit time and the
+/// in-flight permit, indexed by run number.
+struct Book {
+    start: Instant,
+    submitted: Vec<AtomicU64>,
+    latency: Vec<AtomicU64>,
+    permits: Vec<Mutex<Option<OwnedSemaphorePermit>>>,
+    done: AtomicU64,
+    all_done: tokio::sync::Notify,
+}
+
+impl Book {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            submitted: (0..RUNS).map(|_| AtomicU64::new(0)).collect(),
+            latency: (0..RUNS).map(|_| AtomicU64::new(0)).collect(),
+            permits: (0..RUNS).map(|_| Mutex::new(None)).collect(),
+            done: AtomicU64::new(0),
+            all_done: tokio::sync::Notify::new(),
+        })
+    }
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+    fn submit(&self, i: usize, permit: OwnedSemaphorePermit) {
+        self.submitted[i].store(self.now_us(), Ordering::Relaxed);
+        *self.permits[i].lock().unwrap() = Some(permit);
+    }
+    fn finish(&self, i: usize) {
+        let lat = self
+            .now_us()
+            .saturating_sub(self.submitted[i].load(Ordering::Relaxed));
+        self.latency[i].store(lat.max(1), Ordering::Relaxed);
+        self.permits[i].lock().unwrap().take();
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == RUNS as u64 {
+            self.all_done.notify_one();
+        }
+    }
+    fn latencies(&self) -> Vec<u64> {
+        self.latency
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+fn run_index(run: &RunId) -> usize {
+    run.as_str()
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn ours(in_flight: usize) -> Shape {
+    let factory: ExecutionEngineFactory =
+        ExecutionEngineFactory::new(bench_config(256), bench_registry()).expect("factory");
+    let users = bench_users(USERS);
+    let book = Book::new();
+    let mut engines = Vec::with_capacity(USERS);
+    for ctx in &users {
+        let mut sub = factory.subscribe(ctx.user_id());
+        let b = Arc::clone(&book);
+        tokio::spawn(async move {
+            while let Some(e) = sub.recv().await {
+                if e.event.is_terminal() {
+                    b.finish(run_index(&e.run_id));
+                }
+            }
+        });
+        engines.push(factory.create_for_user(ctx).expect("engine"));
+    }
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let started = Instant::now();
+    for i in 0..RUNS {
+        let permit = Arc::clone(&gate).acquire_owned().await.expect("gate");
+        let u = i % USERS;
+        let ctx = users[u].with_run_id(RunId::new(format!("run-{i}")).expect("id"));
+        book.submit(i, permit);
+        let handle = engines[u].spawn(&ctx, "six", "").expect("spawn");
+        drop(handle);
+    }
+    let notified = book.all_done.notified();
+    if book.done.load(Ordering::Acquire) < RUNS as u64 {
+        notified.await;
+    }
+    let elapsed = started.elapsed();
+    drop(engines);
+    factory.shutdown().await;
+    shape(book.latencies(), elapsed)
+}
+
+fn envelope(user: &UserId, run: &RunId, seq: u64, event: AgentEvent) -> Arc<EventEnvelope> {
+    Arc::new(EventEnvelope {
+        user_id: user.clone(),
+        thread_id: ThreadId::new("thread").expect("id"),
+        run_id: run.clone(),
+        request_id: RequestId::new("req-floor").expect("id"),
+        seq,
+        timestamp_us: 0,
+        event,
+    })
+}
+
+async fn floor(in_flight: usize) -> Shape {
+    let users: Vec<UserId> = bench_users(USERS)
+        .iter()
+        .map(|c| c.user_id().clone())
+        .collect();
+    let book = Book::new();
+    let mut senders = Vec::with_capacity(USERS);
+    for _ in 0..USERS {
+        let (tx, mut rx) = mpsc::channel::<Arc<EventEnvelope>>(256);
+        let b = Arc::clone(&book);
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if e.seq == 6 {
+                    b.finish(run_index(&e.run_id));
+                }
+            }
+        });
+        senders.push(tx);
+    }
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let started = Instant::now();
+    for i in 0..RUNS {
+        let permit = Arc::clone(&gate).acquire_owned().await.expect("gate");
+        let u = i % USERS;
+        let run = RunId::new(format!("run-{i}")).expect("id");
+        // The caller builds the run's context, as ours does.
+        let ctx =
+            UserExecutionContext::new(users[u].as_str(), "thread", run.as_str()).expect("ctx");
+        book.submit(i, permit);
+        let tx = senders[u].clone();
+        let user = users[u].clone();
+        tokio::spawn(async move {
+            let _ctx = ctx;
+            for seq in 1..=6u64 {
+                let event = AgentEvent::AgentThinking {
+                    reasoning: "x".into(),
+                };
+                if tx.send(envelope(&user, &run, seq, event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let notified = book.all_done.notified();
+    if book.done.load(Ordering::Acquire) < RUNS as u64 {
+        notified.await;
+    }
+    let elapsed = started.elapsed();
+    shape(book.latencies(), elapsed)
+}
+
+fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rounds: usize = std::env::var("TAIL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    for multi in [true, false] {
+        for in_flight in [64, 256] {
+            let mut o = Vec::new();
+            let mut b = Vec::new();
+            for round in 0..rounds {
+                // Alternate which side goes first.
+                let rt = runtime(multi);
+                if round % 2 == 0 {
+                    o.push(rt.block_on(ours(in_flight)));
+                    b.push(rt.block_on(floor(in_flight)));
+                } else {
+                    b.push(rt.block_on(floor(in_flight)));
+                    o.push(rt.block_on(ours(in_flight)));
+                }
+            }
+            let m = |v: &[Shape], f: fn(&Shape) -> f64| median(v.iter().map(f).collect());
+            let (or, op50, op99, op999) = (
+                m(&o, |s| s.runs_per_s),
+                m(&o, |s| s.p50 as f64),
+                m(&o, |s| s.p99 as f64),
+                m(&o, |s| s.p999 as f64),
+            );
+            let (br, bp50, bp99, bp999) = (
+                m(&b, |s| s.runs_per_s),
+                m(&b, |s| s.p50 as f64),
+                m(&b, |s| s.p99 as f64),
+                m(&b, |s| s.p999 as f64),
+            );
+            let name = format!(
+                "tail {} {in_flight} in flight",
+                if multi { "2 workers" } else { "1 thread" }
+            );
+            println!(
+                "{name:<28} {:>36} {:>36} {:>8.2}x",
+                format!(
+                    "{:.0}k runs/s p50/p99/p99.9 {op50:.0}/{op99:.0}/{op999:.0} us",
+                    or / 1e3
+                ),
+                format!(
+                    "{:.0}k runs/s p50/p99/p99.9 {bp50:.0}/{bp99:.0}/{bp999:.0} us",
+                    br / 1e3
+                ),
+                op99 / bp99.max(1.0)
+            );
+            println!(
+                "{:<28} ours p99/p50 {:.1}x, floor p99/p50 {:.1}x",
+                "",
+                op99 / op50.max(1.0),
+                bp99 / bp50.max(1.0)
+            );
+        }
+    }
+}
