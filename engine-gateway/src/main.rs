@@ -73,6 +73,10 @@ struct Args {
     /// limits, event streams, resume, cancel and approvals then span all nodes.
     #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// Cluster mode: the prefix of every Redis key and channel (several deployments can share
+    /// one Redis under different prefixes).
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "engine")]
+    redis_prefix: String,
     /// This node's name in the cluster (default: random).
     #[arg(long, env = "GATEWAY_NODE_ID", requires = "redis_url")]
     node_id: Option<String>,
@@ -248,6 +252,7 @@ async fn run(args: Args) -> Result<(), String> {
         None => None,
         Some(url) => {
             let mut cluster = ClusterConfig::new(url.clone())
+                .with_prefix(args.redis_prefix.clone())
                 .with_lease_ttl(Duration::from_millis(args.lease_ttl_ms))
                 .with_stream_maxlen(args.stream_maxlen);
             if let Some(node) = &args.node_id {
