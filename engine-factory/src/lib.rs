@@ -34,6 +34,13 @@
 //! # }
 //! ```
 //!
+//! Several factories (several gateway nodes) can share per-user limits and event streams
+//! through the two [`Seams`]: an [`Admission`] that reserves a user's engine slots across
+//! nodes (engines are then created with the async
+//! [`ExecutionEngineFactory::create`]) and an [`EventBus`] that carries each user's events
+//! between nodes and feeds them back into this factory's hub. `engine-redis` implements both
+//! on Redis; by default both stay in memory and nothing changes.
+//!
 //! [`UserExecutionEngine`]: engine_core::UserExecutionEngine
 
 mod cluster;
