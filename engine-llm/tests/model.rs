@@ -95,6 +95,27 @@ async fn setup_with(
     Setup { server, factory }
 }
 
+/// The model calls `calls` once (for a message containing `matching`), then answers `answer`.
+fn calls_then_answer(matching: &str, calls: Vec<ToolCall>, answer: &str) -> Vec<Fixture> {
+    vec![
+        Fixture::new()
+            .match_user_message(matching)
+            .respond_with_tool_calls(calls)
+            .with_scenario(matching, Some(""), Some("called")),
+        Fixture::new()
+            .match_user_message(matching)
+            .respond_with_content(answer)
+            .with_scenario(matching, Some("called"), None),
+    ]
+}
+
+fn call(name: &str, arguments: Value) -> ToolCall {
+    ToolCall {
+        name: name.into(),
+        arguments,
+    }
+}
+
 /// Runs `text` for `user` on `thread` and collects the run's events until its terminal one.
 async fn run(s: &Setup, user: &str, thread: &str, text: &str) -> Vec<Arc<EventEnvelope>> {
     run_with(s, user, thread, text, |_, _| None).await
@@ -239,19 +260,16 @@ async fn a_streamed_answer_arrives_in_deltas_that_add_up_to_the_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tool_rounds_run_through_the_engine_and_go_back_to_the_model() {
-    let call = |a: i64, b: i64| ToolCall {
-        name: "add".into(),
-        arguments: json!({"a": a, "b": b}),
-    };
+    let add = |a: i64, b: i64| call("add", json!({"a": a, "b": b}));
     let s = setup(
         vec![
             Fixture::new()
                 .match_user_message("sum")
-                .respond_with_tool_calls(vec![call(2, 3)])
+                .respond_with_tool_calls(vec![add(2, 3)])
                 .with_scenario("rounds", Some(""), Some("one")),
             Fixture::new()
                 .match_user_message("sum")
-                .respond_with_tool_calls(vec![call(5, 5)])
+                .respond_with_tool_calls(vec![add(5, 5)])
                 .with_scenario("rounds", Some("one"), Some("two")),
             Fixture::new()
                 .match_user_message("sum")
@@ -287,25 +305,14 @@ async fn two_tool_rounds_run_through_the_engine_and_go_back_to_the_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_tool_calls_of_one_turn_all_run_and_all_answer() {
     let s = setup(
-        vec![
-            Fixture::new()
-                .match_user_message("both")
-                .respond_with_tool_calls(vec![
-                    ToolCall {
-                        name: "add".into(),
-                        arguments: json!({"a": 1, "b": 2}),
-                    },
-                    ToolCall {
-                        name: "add".into(),
-                        arguments: json!({"a": 3, "b": 4}),
-                    },
-                ])
-                .with_scenario("par", Some(""), Some("called")),
-            Fixture::new()
-                .match_user_message("both")
-                .respond_with_content("3 and 7.")
-                .with_scenario("par", Some("called"), None),
-        ],
+        calls_then_answer(
+            "both",
+            vec![
+                call("add", json!({"a": 1, "b": 2})),
+                call("add", json!({"a": 3, "b": 4})),
+            ],
+            "3 and 7.",
+        ),
         |c| c,
     )
     .await;
@@ -443,19 +450,11 @@ async fn malformed_and_cut_streams_fail_the_run_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_tool_is_reported_to_the_model_and_the_run_goes_on() {
     let s = setup(
-        vec![
-            Fixture::new()
-                .match_user_message("mystery")
-                .respond_with_tool_calls(vec![ToolCall {
-                    name: "teleport".into(),
-                    arguments: json!({"to": "mars"}),
-                }])
-                .with_scenario("unk", Some(""), Some("told")),
-            Fixture::new()
-                .match_user_message("mystery")
-                .respond_with_content("I cannot teleport.")
-                .with_scenario("unk", Some("told"), None),
-        ],
+        calls_then_answer(
+            "mystery",
+            vec![call("teleport", json!({"to": "mars"}))],
+            "I cannot teleport.",
+        ),
         |c| c,
     )
     .await;
@@ -472,19 +471,11 @@ async fn an_unknown_tool_is_reported_to_the_model_and_the_run_goes_on() {
 
 async fn approval_case(decision: ApprovalDecision) -> (Vec<Arc<EventEnvelope>>, Vec<Value>) {
     let s = setup(
-        vec![
-            Fixture::new()
-                .match_user_message("note")
-                .respond_with_tool_calls(vec![ToolCall {
-                    name: "save_note".into(),
-                    arguments: json!({"text": "buy milk"}),
-                }])
-                .with_scenario("ap", Some(""), Some("asked")),
-            Fixture::new()
-                .match_user_message("note")
-                .respond_with_content("Done deciding.")
-                .with_scenario("ap", Some("asked"), None),
-        ],
+        calls_then_answer(
+            "note",
+            vec![call("save_note", json!({"text": "buy milk"}))],
+            "Done deciding.",
+        ),
         |c| c,
     )
     .await;
