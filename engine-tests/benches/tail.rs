@@ -218,6 +218,63 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
     }
 }
 
+/// The runtime's scheduler counters (`--cfg tokio_unstable` only), summed over workers.
+#[cfg(tokio_unstable)]
+#[derive(Debug, Default, Clone, Copy)]
+struct Sched {
+    steals: u64,
+    local: u64,
+    overflow: u64,
+    remote: u64,
+    forced_yields: u64,
+    parks: u64,
+    polls: u64,
+}
+
+#[cfg(tokio_unstable)]
+fn sched() -> Sched {
+    let m = tokio::runtime::Handle::current().metrics();
+    let mut s = Sched {
+        remote: m.remote_schedule_count(),
+        forced_yields: m.budget_forced_yield_count(),
+        ..Sched::default()
+    };
+    for w in 0..m.num_workers() {
+        s.steals += m.worker_steal_count(w);
+        s.local += m.worker_local_schedule_count(w);
+        s.overflow += m.worker_overflow_count(w);
+        s.parks += m.worker_park_count(w);
+        s.polls += m.worker_poll_count(w);
+    }
+    s
+}
+
+/// Runs `side` and prints what the scheduler did meanwhile (`--cfg tokio_unstable`).
+async fn measured<F: std::future::Future<Output = Shape>>(name: &str, side: F) -> Shape {
+    #[cfg(tokio_unstable)]
+    let before = sched();
+    let out = side.await;
+    #[cfg(tokio_unstable)]
+    {
+        let after = sched();
+        println!(
+            "sched {name:<24} polls {} local {} remote {} overflow {} steals {} parks {} forced-yields {} (per run: {:.1} polls, {:.2} steals)",
+            after.polls - before.polls,
+            after.local - before.local,
+            after.remote - before.remote,
+            after.overflow - before.overflow,
+            after.steals - before.steals,
+            after.parks - before.parks,
+            after.forced_yields - before.forced_yields,
+            (after.polls - before.polls) as f64 / RUNS as f64,
+            (after.steals - before.steals) as f64 / RUNS as f64,
+        );
+    }
+    #[cfg(not(tokio_unstable))]
+    let _ = name;
+    out
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -238,12 +295,13 @@ fn main() {
             for round in 0..rounds {
                 // Alternate which side goes first.
                 let rt = runtime(multi);
+                let label = format!("{}/{in_flight}", if multi { "2w" } else { "1t" });
                 if round % 2 == 0 {
-                    o.push(rt.block_on(ours(in_flight)));
-                    b.push(rt.block_on(floor(in_flight)));
+                    o.push(rt.block_on(measured(&format!("ours {label}"), ours(in_flight))));
+                    b.push(rt.block_on(measured(&format!("floor {label}"), floor(in_flight))));
                 } else {
-                    b.push(rt.block_on(floor(in_flight)));
-                    o.push(rt.block_on(ours(in_flight)));
+                    b.push(rt.block_on(measured(&format!("floor {label}"), floor(in_flight))));
+                    o.push(rt.block_on(measured(&format!("ours {label}"), ours(in_flight))));
                 }
             }
             let m = |v: &[Shape], f: fn(&Shape) -> f64| median(v.iter().map(f).collect());
