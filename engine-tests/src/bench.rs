@@ -1,5 +1,7 @@
 //! Agents and set-up shared by the benchmarks (`benches/engine.rs`, `benches/footprint.rs`).
 
+use std::sync::Arc;
+
 use engine_core::{
     async_trait, Agent, AgentRegistry, BoxError, RunContext, SubAgentCall, UserExecutionContext,
     UserId,
@@ -149,4 +151,76 @@ pub fn bench_engines(
             (c.user_id().clone(), e)
         })
         .collect()
+}
+
+/// The trivial-run scenario of the instruction and allocation counts: `n` six-event runs,
+/// one after another on a current-thread runtime, through one engine with a reading
+/// subscriber (`ours`), or as `n` raw-tokio tasks sending six envelopes to a consumer
+/// (`baseline`). Returns the events read.
+pub fn trivial_runs(ours: bool, n: usize) -> usize {
+    use engine_core::{AgentEvent, EventEnvelope, ThreadId};
+    use tokio::sync::mpsc;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let users = bench_users(1);
+        if ours {
+            let factory = bench_factory(8192);
+            let mut sub = factory.subscribe(users[0].user_id());
+            let engines = bench_engines(&factory, &users);
+            let reader = tokio::spawn(async move {
+                let mut got = 0usize;
+                while sub.recv().await.is_some() {
+                    got += 1;
+                }
+                got
+            });
+            for _ in 0..n {
+                let ctx = users[0].new_run();
+                engines[0].1.execute(&ctx, "six", "").await.expect("ran");
+            }
+            drop(engines);
+            factory.shutdown().await;
+            reader.await.expect("reader")
+        } else {
+            let (tx, mut rx) = mpsc::channel::<Arc<EventEnvelope>>(8192);
+            let reader = tokio::spawn(async move {
+                let mut got = 0usize;
+                while rx.recv().await.is_some() {
+                    got += 1;
+                }
+                got
+            });
+            let user = users[0].user_id().clone();
+            let thread = ThreadId::new("thread").expect("id");
+            for _ in 0..n {
+                let ctx = Arc::new(users[0].new_run());
+                let tx = tx.clone();
+                let user = user.clone();
+                let thread = thread.clone();
+                tokio::spawn(async move {
+                    for seq in 1..=6 {
+                        let e = EventEnvelope {
+                            user_id: user.clone(),
+                            thread_id: thread.clone(),
+                            run_id: ctx.run_id().clone(),
+                            request_id: ctx.request_id().clone(),
+                            seq,
+                            timestamp_us: 0,
+                            event: AgentEvent::AgentThinking {
+                                reasoning: "step".into(),
+                            },
+                        };
+                        let _ = tx.send(Arc::new(e)).await;
+                    }
+                })
+                .await
+                .expect("task");
+            }
+            drop(tx);
+            reader.await.expect("reader")
+        }
+    })
 }

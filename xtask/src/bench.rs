@@ -167,6 +167,7 @@ pub fn run(root: &Path) -> Result<u8, XtaskError> {
         vec!["bench", "-p", "engine-tests", "--bench", "redis", "--"],
         vec!["bench", "-p", "engine-tests", "--bench", "llm", "--"],
         vec!["bench", "-p", "engine-tests", "--bench", "tail", "--"],
+        vec!["bench", "-p", "engine-tests", "--bench", "allocs", "--"],
     ];
     let mut printed = String::new();
     for r in &mut runs {
@@ -180,6 +181,7 @@ pub fn run(root: &Path) -> Result<u8, XtaskError> {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let own = (line.starts_with("redis") && !line.starts_with("redis_"))
                 || line.starts_with("tail ")
+                || line.starts_with("allocations ")
                 || line.contains("p99/p50");
             if own {
                 printed.push_str(line);
