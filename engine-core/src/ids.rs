@@ -164,7 +164,7 @@ macro_rules! define_id {
 
             #[doc = concat!("A fresh, globally unique id (`", $prefix, "_<uuid>`).")]
             pub fn generate() -> Self {
-                Self(Arc::from(format!(concat!($prefix, "_{}"), uuid::Uuid::new_v4().simple())))
+                Self(generated(concat!($prefix, "_")))
             }
 
             /// The id as a string slice.
@@ -244,6 +244,21 @@ define_id!(
     "request_id",
     "req"
 );
+
+/// `<prefix><uuid as 32 hex digits>` in one allocation (the `Arc` itself): the text is put
+/// together on the stack.
+fn generated(prefix: &str) -> Arc<str> {
+    const HEX: usize = uuid::fmt::Simple::LENGTH;
+    let mut buf = [0u8; 64];
+    let len = prefix.len() + HEX;
+    debug_assert!(len <= buf.len(), "id prefix too long");
+    buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    uuid::Uuid::new_v4()
+        .simple()
+        .encode_lower(&mut buf[prefix.len()..len]);
+    // Both parts are ASCII.
+    Arc::from(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+}
 
 #[cfg(test)]
 mod tests {

@@ -30,7 +30,9 @@ pub(crate) struct RunControl {
     done_notify: tokio::sync::Notify,
     approvals: Mutex<Approvals>,
     next_call_id: AtomicU32,
-    open: Mutex<Vec<Open>>,
+    /// Started tool calls and sub-agents not yet ended; inline for the usual one at a time, so
+    /// a run's first tool call does not allocate.
+    open: Mutex<smallvec::SmallVec<[Open; 1]>>,
     cleanups: Mutex<Vec<Cleanup>>,
     pub(crate) steps: Mutex<Vec<StepOutcome>>,
     /// Model tokens reported by the run's agents: prompt, completion.
@@ -166,7 +168,7 @@ impl RunControl {
     pub(crate) fn take_open_of(&self, owners: Option<&RequestId>) -> Vec<Open> {
         let mut open = lock(&self.open);
         let Some(root) = owners else {
-            let mut all = std::mem::take(&mut *open);
+            let mut all = std::mem::take(&mut *open).into_vec();
             all.reverse();
             return all;
         };
