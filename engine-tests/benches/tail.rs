@@ -249,11 +249,20 @@ fn sched() -> Sched {
     s
 }
 
-/// Runs `side` and prints what the scheduler did meanwhile (`--cfg tokio_unstable`).
-async fn measured<F: std::future::Future<Output = Shape>>(name: &str, side: F) -> Shape {
+/// Runs `side` and prints what the scheduler did meanwhile (`--cfg tokio_unstable`). With
+/// `TAIL_SUBMITTER=worker` the side (its submitting loop) runs as a task on the runtime's
+/// workers, as a gateway's connection tasks do, instead of on the `block_on` thread.
+async fn measured<F>(name: &str, side: F) -> Shape
+where
+    F: std::future::Future<Output = Shape> + Send + 'static,
+{
     #[cfg(tokio_unstable)]
     let before = sched();
-    let out = side.await;
+    let out = if std::env::var("TAIL_SUBMITTER").as_deref() == Ok("worker") {
+        tokio::spawn(side).await.expect("side")
+    } else {
+        side.await
+    };
     #[cfg(tokio_unstable)]
     {
         let after = sched();
