@@ -43,7 +43,8 @@ pub(super) struct CompatUse {
     pub(super) nested: bool,
 }
 
-fn flatten(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) {
+/// The leaves of a `use` tree: one per name, rename or glob, with its full path.
+pub(super) fn flatten(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<Leaf>) {
     match tree {
         UseTree::Path(p) => {
             prefix.push(p.ident.to_string());

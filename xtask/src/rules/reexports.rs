@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use syn::visit::Visit;
-use syn::{ItemUse, UseTree};
+use syn::ItemUse;
 
+use super::imports::{flatten, LeafKind};
 use crate::legacy::Canonical;
 
 /// Legacy names bound per module of one package: module path (`crate::a::b`) -> local name ->
@@ -53,32 +54,6 @@ pub fn module_path_of(rel: &str) -> String {
     path
 }
 
-fn flatten(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Option<String>)>) {
-    match tree {
-        UseTree::Path(p) => {
-            prefix.push(p.ident.to_string());
-            flatten(&p.tree, prefix, out);
-            prefix.pop();
-        }
-        UseTree::Name(n) => {
-            let mut segs = prefix.clone();
-            segs.push(n.ident.to_string());
-            out.push((segs, Some(n.ident.to_string())));
-        }
-        UseTree::Rename(r) => {
-            let mut segs = prefix.clone();
-            segs.push(r.ident.to_string());
-            out.push((segs, Some(r.rename.to_string())));
-        }
-        UseTree::Glob(_) => out.push((prefix.clone(), None)),
-        UseTree::Group(g) => {
-            for t in &g.items {
-                flatten(t, prefix, out);
-            }
-        }
-    }
-}
-
 /// Collects the modules and `use` leaves of one file.
 struct Collector<'c> {
     module: String,
@@ -90,10 +65,15 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_item_use(&mut self, u: &'ast ItemUse) {
         let mut out = Vec::new();
         flatten(&u.tree, &mut Vec::new(), &mut out);
-        for (segs, local) in out {
+        for leaf in out {
+            let local = match leaf.kind {
+                LeafKind::Name => leaf.segs.last().cloned(),
+                LeafKind::Rename(alias) => Some(alias),
+                LeafKind::Glob => None,
+            };
             self.leaves.push(UseLeaf {
                 module: self.module.clone(),
-                segs,
+                segs: leaf.segs,
                 local,
             });
         }
