@@ -81,6 +81,13 @@ pub(crate) struct RedisBus {
     tx: mpsc::Sender<Arc<EventEnvelope>>,
 }
 
+impl RedisBus {
+    /// See [`BusInner::tracked`].
+    pub(crate) fn tracked(&self) -> (usize, usize) {
+        self.inner.tracked()
+    }
+}
+
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBus")
@@ -192,8 +199,14 @@ async fn publish_batch(inner: &BusInner, batch: &[Arc<EventEnvelope>]) {
                 .health
                 .published
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            // Only attached users are waited for by `flush`: track no one else, so the map
+            // stays as small as the node's subscribed users (lock order: published, feeds).
             let mut published = lock(&inner.published);
+            let feeds = lock(&inner.feeds);
             for (e, id) in batch.iter().zip(&ids) {
+                if !feeds.by_user.contains_key(&e.user_id) {
+                    continue;
+                }
                 if let Some(pos) = StreamPos::parse(id) {
                     published.insert(e.user_id.clone(), pos);
                 }
@@ -359,6 +372,13 @@ fn field_str(map: &HashMap<String, Value>, name: &str) -> Option<String> {
 }
 
 impl BusInner {
+    /// Users this node follows (attached feeds) and users it tracks publish positions of.
+    pub(crate) fn tracked(&self) -> (usize, usize) {
+        let published = lock(&self.published).len();
+        let feeds = lock(&self.feeds).by_user.len();
+        (feeds, published)
+    }
+
     /// Interrupts the reader's blocking read so it picks up a new user now.
     async fn interrupt_reader(&self) {
         self.wake_reader.notify_one();
@@ -438,10 +458,17 @@ impl EventBus for RedisBus {
     }
 
     fn detach(&self, user: &UserId) {
-        let mut feeds = lock(&self.inner.feeds);
-        // A newer channel of the same user may already have attached: keep an open feed.
-        if feeds.by_user.get(user).is_some_and(|f| !f.feed.is_open()) {
-            feeds.by_user.remove(user);
+        let removed = {
+            let mut feeds = lock(&self.inner.feeds);
+            // A newer channel of the same user may already have attached: keep an open feed.
+            let gone = feeds.by_user.get(user).is_some_and(|f| !f.feed.is_open());
+            if gone {
+                feeds.by_user.remove(user);
+            }
+            gone
+        };
+        if removed {
+            lock(&self.inner.published).remove(user);
         }
     }
 

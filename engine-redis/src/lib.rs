@@ -279,6 +279,13 @@ impl RedisCluster {
         self.health.snapshot()
     }
 
+    /// Users this node keeps per-user bus state for (attached feeds, tracked publish
+    /// positions): only users with a subscriber on this node, so it returns to 0 when they go.
+    pub fn tracked_users(&self) -> usize {
+        let (feeds, published) = self.bus.tracked();
+        feeds.max(published)
+    }
+
     /// Engine leases this node holds now.
     pub fn leases_held(&self) -> usize {
         self.admission.held_count()

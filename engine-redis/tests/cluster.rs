@@ -426,7 +426,18 @@ async fn two_hundred_users_on_two_nodes_each_see_all_and_only_their_events() {
             assert!(sub.try_recv().is_none(), "{u}: nothing extra");
         }
     }
+    // Nothing per user stays behind on either node once the users are gone.
+    assert!(a.cluster.tracked_users() >= 200);
     drop(engines);
+    drop(subs);
+    for _ in 0..100 {
+        if a.cluster.tracked_users() == 0 && b.cluster.tracked_users() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.cluster.tracked_users(), 0, "node a keeps per-user state");
+    assert_eq!(b.cluster.tracked_users(), 0, "node b keeps per-user state");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
