@@ -28,8 +28,15 @@ enum Command {
     /// Build this workspace's docs (warnings denied) with cross-crate links resolved on the
     /// first build, and fail on any link left unresolved in the HTML.
     Doc,
-    /// Run the benchmarks briefly (under 2 minutes) and print `name  ours  baseline  ratio`.
-    Bench,
+    /// Run the benchmarks as interleaved rounds of ours and the baseline (a few minutes) and
+    /// print `name  ours  baseline  median-ratio  spread`.
+    Bench {
+        /// Rounds per comparison; each measures ours and every baseline once.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+        rounds: u16,
+        /// Only the benchmarks whose name contains one of these (e.g. `lifecycle tail`).
+        only: Vec<String>,
+    },
 }
 
 fn doc() -> Result<u8, XtaskError> {
@@ -123,7 +130,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, XtaskError> {
     match cli.command {
-        Command::Bench => xtask::bench::run(&this_workspace()),
+        Command::Bench { rounds, only } => xtask::bench::run(
+            &this_workspace(),
+            &xtask::bench::Options {
+                rounds: usize::from(rounds),
+                only,
+            },
+        ),
         Command::Doc => doc(),
         Command::Tidy => {
             let problems = xtask::tidy::tidy(&this_workspace())?;
