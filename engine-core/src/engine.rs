@@ -9,7 +9,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::EngineConfig;
@@ -19,7 +18,6 @@ use crate::ids::{RunId, UserId};
 use crate::multitask::{ApprovalDecision, MultitaskPolicy, RunOptions};
 use crate::outcome::{EngineStats, RunOutcome, StatsAcc};
 use crate::pipeline::{Pipeline, PIPELINE_AGENT};
-use crate::registry::AgentRegistry;
 use crate::run::control::RunControl;
 use crate::run::task::Run;
 use crate::run::RunKit;
@@ -83,9 +81,12 @@ pub struct UserExecutionEngine {
 /// The engine's shared state; the run task ([`Run`]) reads its configuration and records its
 /// outcome here.
 pub(crate) struct EngineInner {
-    engine_id: String,
+    /// Built (with a fresh UUID) on first use: most engines are never asked for it on the
+    /// single-node path.
+    engine_id: std::sync::OnceLock<Box<str>>,
     context: UserExecutionContext,
-    /// The registry and configuration, shared with every run's agents.
+    /// The registry and configuration, shared with every run's agents and every engine of
+    /// the factory.
     pub(crate) kit: Arc<RunKit>,
     pub(crate) sink: Arc<dyn EventSink>,
     pub(crate) semaphore: Semaphore,
@@ -93,15 +94,20 @@ pub(crate) struct EngineInner {
     created_at: Instant,
     /// Everything mutable, behind one lock taken once when a run starts and once when it ends.
     pub(crate) state: Mutex<EngineState>,
-    tracker: TaskTracker,
 }
+
+/// The hasher of [`EngineState::runs`].
+pub(crate) type RunsHasher =
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 /// What changes as runs come and go.
 pub(crate) struct EngineState {
     pub(crate) last_activity: Instant,
     /// Accepted runs not yet ended (queued or executing): at most
     /// [`EngineConfig::max_accepted_runs`].
-    pub(crate) runs: HashMap<RunId, Arc<RunControl>>,
+    /// Keyed with a fixed hasher (zero bytes per engine instead of a random 16-byte state):
+    /// the map holds only this one user's own runs, bounded by `max_queued_runs`.
+    pub(crate) runs: HashMap<RunId, Arc<RunControl>, RunsHasher>,
     pub(crate) history: VecDeque<RunOutcome>,
     pub(crate) acc: StatsAcc,
 }
@@ -109,7 +115,7 @@ pub(crate) struct EngineState {
 impl std::fmt::Debug for UserExecutionEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserExecutionEngine")
-            .field("engine_id", &self.inner.engine_id)
+            .field("engine_id", &self.engine_id())
             .field("user_id", self.user_id())
             .field("active", &self.is_active())
             .finish_non_exhaustive()
@@ -121,8 +127,7 @@ impl UserExecutionEngine {
     /// crate's own unit tests.
     pub(crate) fn assemble(
         context: UserExecutionContext,
-        config: EngineConfig,
-        registry: AgentRegistry,
+        kit: Arc<RunKit>,
         sink: Arc<dyn EventSink>,
     ) -> Result<Self, EngineError> {
         if sink.user_id() != context.user_id() {
@@ -134,31 +139,34 @@ impl UserExecutionEngine {
         let now = Instant::now();
         Ok(Self {
             inner: Arc::new(EngineInner {
-                engine_id: format!(
-                    "engine_{}_{}",
-                    context.user_id(),
-                    uuid::Uuid::new_v4().simple()
-                ),
-                semaphore: Semaphore::new(config.max_concurrent_runs()),
+                engine_id: std::sync::OnceLock::new(),
+                semaphore: Semaphore::new(kit.config.max_concurrent_runs()),
                 context,
-                kit: Arc::new(RunKit { registry, config }),
+                kit,
                 sink,
                 active: AtomicBool::new(true),
                 created_at: now,
                 state: Mutex::new(EngineState {
                     last_activity: now,
-                    runs: HashMap::new(),
+                    runs: HashMap::default(),
                     history: VecDeque::new(),
                     acc: StatsAcc::default(),
                 }),
-                tracker: TaskTracker::new(),
             }),
         })
     }
 
     /// A unique id for this engine (`engine_<user>_<uuid>`).
     pub fn engine_id(&self) -> &str {
-        &self.inner.engine_id
+        let inner = &self.inner;
+        inner.engine_id.get_or_init(|| {
+            format!(
+                "engine_{}_{}",
+                inner.context.user_id(),
+                uuid::Uuid::new_v4().simple()
+            )
+            .into_boxed_str()
+        })
     }
     /// The one user this engine serves.
     pub fn user_id(&self) -> &UserId {
@@ -383,7 +391,7 @@ impl UserExecutionEngine {
             // refuses the next before it emits anything.
             let config = &inner.kit.config;
             if state.runs.len() >= config.max_accepted_runs() {
-                state.acc.stats.rejected_runs += 1;
+                state.acc.rejected_runs = state.acc.rejected_runs.saturating_add(1);
                 return Err(EngineError::QueueFull {
                     max_concurrent_runs: config.max_concurrent_runs(),
                     max_queued_runs: config.max_queued_runs(),
@@ -399,7 +407,7 @@ impl UserExecutionEngine {
             state
                 .runs
                 .insert(context.run_id().clone(), Arc::clone(&control));
-            state.acc.stats.total_runs += 1;
+            state.acc.total_runs = state.acc.total_runs.saturating_add(1);
             state.last_activity = Instant::now();
         }
         let span = tracing::info_span!(
@@ -420,11 +428,7 @@ impl UserExecutionEngine {
         };
         // Boxed so the (large) run state machine is moved as a pointer, not copied, on its way
         // into the task.
-        let join = runtime.spawn(
-            inner
-                .tracker
-                .track_future(Box::pin(run.execute()).instrument(span)),
-        );
+        let join = runtime.spawn(Box::pin(run.execute()).instrument(span));
         Ok(RunHandle {
             run_id: context.run_id().clone(),
             cancel: control.cancel.clone(),
@@ -495,7 +499,7 @@ impl UserExecutionEngine {
     /// A snapshot of the engine's counters.
     pub fn stats(&self) -> EngineStats {
         let state = lock(&self.inner.state);
-        let mut stats = state.acc.stats.clone();
+        let mut stats = state.acc.snapshot();
         stats.active_runs = state.runs.len();
         stats.history_len = state.history.len();
         stats
@@ -513,9 +517,8 @@ impl UserExecutionEngine {
             }
             was_active
         };
-        self.inner.tracker.close();
         if was_active {
-            tracing::debug!(engine_id = %self.inner.engine_id, "engine shutting down");
+            tracing::debug!(engine_id = %self.engine_id(), "engine shutting down");
         }
         was_active
     }
@@ -524,7 +527,13 @@ impl UserExecutionEngine {
     /// event, and clears the history. Idempotent. Reached only through [`crate::factory_only`].
     pub(crate) async fn shutdown(&self) {
         self.begin_shutdown();
-        self.inner.tracker.wait().await;
+        // No run is accepted once inactive; each accepted run leaves `runs` after its terminal
+        // event, and its done signal fires when its task ends (or is dropped).
+        let accepted: Vec<Arc<RunControl>> =
+            lock(&self.inner.state).runs.values().cloned().collect();
+        for run in accepted {
+            run.ended().await;
+        }
         lock(&self.inner.state).history.clear();
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use once_cell::sync::OnceCell;
 
+use crate::run::RunKit;
 use crate::{
     AgentRegistry, EngineConfig, EngineError, EventSink, UserExecutionContext, UserExecutionEngine,
 };
@@ -59,7 +60,31 @@ pub fn take_factory_key() -> Result<&'static FactoryKey, KeyTaken> {
     }
 }
 
-/// Builds an engine for `context`'s user.
+/// The configuration and agents every engine of one factory shares, built once per factory
+/// with [`engine_kit`] (engines hold it by reference count instead of a copy each).
+#[derive(Debug, Clone)]
+pub struct EngineKit(pub(crate) Arc<RunKit>);
+
+impl EngineKit {
+    /// The engines' limits.
+    pub fn config(&self) -> &EngineConfig {
+        &self.0.config
+    }
+}
+
+/// The kit the engines of one factory share.
+#[deprecated(
+    note = "engines are built only by the factory: use engine_factory::ExecutionEngineFactory::create_for_user"
+)]
+pub fn engine_kit(
+    _key: &'static FactoryKey,
+    config: EngineConfig,
+    registry: AgentRegistry,
+) -> EngineKit {
+    EngineKit(Arc::new(RunKit { registry, config }))
+}
+
+/// Builds an engine for `context`'s user with `sink`.
 ///
 /// # Errors
 /// [`EngineError::SinkUserMismatch`] when `sink` is bound to another user.
@@ -69,11 +94,10 @@ pub fn take_factory_key() -> Result<&'static FactoryKey, KeyTaken> {
 pub fn assemble_engine(
     _key: &'static FactoryKey,
     context: UserExecutionContext,
-    config: EngineConfig,
-    registry: AgentRegistry,
+    kit: &EngineKit,
     sink: Arc<dyn EventSink>,
 ) -> Result<UserExecutionEngine, EngineError> {
-    UserExecutionEngine::assemble(context, config, registry, sink)
+    UserExecutionEngine::assemble(context, Arc::clone(&kit.0), sink)
 }
 
 /// Deactivates `engine` and cancels its runs without waiting; `true` if this call deactivated

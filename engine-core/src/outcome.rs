@@ -158,7 +158,8 @@ impl RunOutcome {
     }
 }
 
-/// Counters of one engine. Everything in it is about this engine's own user.
+/// Counters of one engine. Everything in it is about this engine's own user. Times are kept to
+/// the microsecond.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EngineStats {
@@ -192,33 +193,68 @@ pub struct EngineStats {
     pub history_len: usize,
 }
 
-/// Keeps [`EngineStats`] with the running totals its means need.
+/// The running counters behind [`EngineStats`], kept compact (every idle engine holds one):
+/// counts of runs as `u32`, times as whole microseconds. [`EngineStats`] is built from it on
+/// demand.
 #[derive(Debug, Default)]
 pub(crate) struct StatsAcc {
-    pub(crate) stats: EngineStats,
-    finished: u32,
-    queue_total: Duration,
-    exec_total: Duration,
+    /// Runs accepted.
+    pub(crate) total_runs: u32,
+    /// Runs refused with a full queue.
+    pub(crate) rejected_runs: u32,
+    /// Finished runs by ending: completed, failed, timed out, cancelled.
+    ends: [u32; 4],
+    events_delivered: u64,
+    events_dropped: u64,
+    /// Queue wait and execution time, in microseconds: totals then maxima.
+    queue_total_us: u64,
+    exec_total_us: u64,
+    max_queue_us: u64,
+    max_exec_us: u64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl StatsAcc {
     /// Counts one finished run.
     pub(crate) fn record(&mut self, outcome: &RunOutcome) {
-        let s = &mut self.stats;
-        match outcome.end {
-            RunEnd::Completed { .. } => s.completed_runs += 1,
-            RunEnd::Failed { .. } => s.failed_runs += 1,
-            RunEnd::TimedOut { .. } => s.timed_out_runs += 1,
-            RunEnd::Cancelled { .. } => s.cancelled_runs += 1,
+        let i = match outcome.end {
+            RunEnd::Completed { .. } => 0,
+            RunEnd::Failed { .. } => 1,
+            RunEnd::TimedOut { .. } => 2,
+            RunEnd::Cancelled { .. } => 3,
+        };
+        self.ends[i] = self.ends[i].saturating_add(1);
+        self.events_delivered += outcome.events_delivered;
+        self.events_dropped += outcome.events_dropped;
+        let (q, e) = (micros(outcome.queue_wait), micros(outcome.execution_time));
+        self.queue_total_us = self.queue_total_us.saturating_add(q);
+        self.exec_total_us = self.exec_total_us.saturating_add(e);
+        self.max_queue_us = self.max_queue_us.max(q);
+        self.max_exec_us = self.max_exec_us.max(e);
+    }
+
+    /// The public snapshot (`active_runs` and `history_len` are the caller's to fill in).
+    pub(crate) fn snapshot(&self) -> EngineStats {
+        let finished: u64 = self.ends.iter().map(|&n| u64::from(n)).sum();
+        let mean = |total: u64| Duration::from_micros(total.checked_div(finished).unwrap_or(0));
+        EngineStats {
+            total_runs: u64::from(self.total_runs),
+            rejected_runs: u64::from(self.rejected_runs),
+            completed_runs: u64::from(self.ends[0]),
+            failed_runs: u64::from(self.ends[1]),
+            timed_out_runs: u64::from(self.ends[2]),
+            cancelled_runs: u64::from(self.ends[3]),
+            active_runs: 0,
+            avg_queue_wait: mean(self.queue_total_us),
+            max_queue_wait: Duration::from_micros(self.max_queue_us),
+            avg_execution_time: mean(self.exec_total_us),
+            max_execution_time: Duration::from_micros(self.max_exec_us),
+            events_delivered: self.events_delivered,
+            events_dropped: self.events_dropped,
+            history_len: 0,
         }
-        s.events_delivered += outcome.events_delivered;
-        s.events_dropped += outcome.events_dropped;
-        s.max_queue_wait = s.max_queue_wait.max(outcome.queue_wait);
-        s.max_execution_time = s.max_execution_time.max(outcome.execution_time);
-        self.finished += 1;
-        self.queue_total += outcome.queue_wait;
-        self.exec_total += outcome.execution_time;
-        s.avg_queue_wait = self.queue_total / self.finished;
-        s.avg_execution_time = self.exec_total / self.finished;
     }
 }

@@ -6,19 +6,20 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use engine_core::factory_only::{FactoryKey, KeyTaken};
+use engine_core::factory_only::{EngineKit, FactoryKey, KeyTaken};
 use engine_core::{
     AgentRegistry, ApprovalDecision, EngineError, RunId, UserExecutionContext, UserExecutionEngine,
     UserId,
 };
 use futures_util::FutureExt;
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Admission, AdmissionError, EventBus, Seams};
 use crate::config::FactoryConfig;
 use crate::hub::{EventHub, Subscription};
 use crate::privileged;
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, Sharded};
 
 /// Why the factory refused or failed a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,28 +111,36 @@ struct Counters {
     timeout_cleanups: AtomicU64,
 }
 
+/// A live engine (its run id, checked for duplicates, is its context's).
 struct Slot {
+    id: u64,
     engine: UserExecutionEngine,
-    run_id: RunId,
 }
 
+/// One user's live engines: most users hold one, inline; a second spills to the heap.
+type Slots = SmallVec<[Slot; 1]>;
+
+/// One shard of the live engines, keyed by user. A user's entry is removed with its last
+/// engine, so the map never holds users without engines.
 #[derive(Default)]
-struct State {
-    shut_down: bool,
-    next_slot: u64,
-    /// Live engines, keyed by user, then by slot id. A user's entry is removed with its last
-    /// engine, so the map never holds users without engines.
-    users: HashMap<UserId, HashMap<u64, Slot>>,
+struct Engines {
+    users: HashMap<UserId, Slots>,
 }
 
 struct FactoryInner {
     key: &'static FactoryKey,
     config: FactoryConfig,
     registry: AgentRegistry,
+    /// The configuration and agents every engine shares (one allocation per factory).
+    kit: EngineKit,
     hub: EventHub,
     admission: Option<Arc<dyn Admission>>,
     bus: Option<Arc<dyn EventBus>>,
-    state: Mutex<State>,
+    /// Set once by `shutdown`; admission reads it under the user's shard lock.
+    shut_down: AtomicBool,
+    next_slot: AtomicU64,
+    /// Live engines, sharded by user: admissions of different users take different locks.
+    engines: Sharded<Engines>,
     counters: Counters,
     reaper_started: AtomicBool,
     reaper_stop: CancellationToken,
@@ -141,13 +150,23 @@ impl FactoryInner {
     /// Removes one slot; `None` if it was already removed (closed, reaped, cleaned up). The
     /// caller gives the cluster lease back.
     fn release(&self, user: &UserId, slot: u64) -> Option<UserExecutionEngine> {
-        let mut state = lock(&self.state);
-        let slots = state.users.get_mut(user)?;
-        let removed = slots.remove(&slot)?;
+        let mut shard = lock(self.engines.shard(user));
+        let slots = shard.users.get_mut(user)?;
+        let at = slots.iter().position(|s| s.id == slot)?;
+        let removed = slots.swap_remove(at);
         if slots.is_empty() {
-            state.users.remove(user);
+            shard.users.remove(user);
         }
         Some(removed.engine)
+    }
+
+    /// A copy of `user`'s live engines.
+    fn user_engines(&self, user: &UserId) -> Vec<UserExecutionEngine> {
+        lock(self.engines.shard(user))
+            .users
+            .get(user)
+            .map(|slots| slots.iter().map(|s| s.engine.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Gives the cluster-wide slots of `engines` back, in the background (a lease the release
@@ -258,12 +277,15 @@ impl ExecutionEngineFactory {
         Ok(Self {
             inner: Arc::new(FactoryInner {
                 key,
+                kit: privileged::kit(key, config.engine().clone(), registry.clone()),
                 config,
                 registry,
                 hub,
                 admission: seams.admission,
                 bus: seams.bus,
-                state: Mutex::new(State::default()),
+                shut_down: AtomicBool::new(false),
+                next_slot: AtomicU64::new(0),
+                engines: Sharded::new(),
                 counters: Counters::default(),
                 reaper_started: AtomicBool::new(false),
                 reaper_stop: CancellationToken::new(),
@@ -349,10 +371,7 @@ impl ExecutionEngineFactory {
     fn create_local(&self, context: &UserExecutionContext) -> Result<EngineHandle, FactoryError> {
         let inner = &self.inner;
         let user = context.user_id();
-        let admitted = {
-            let mut state = lock(&inner.state);
-            Self::admit(inner, &mut state, context)
-        };
+        let admitted = Self::admit(inner, context);
         match &admitted {
             Ok(_) => {
                 inner.counters.created.fetch_add(1, Ordering::Relaxed);
@@ -381,60 +400,65 @@ impl ExecutionEngineFactory {
         })
     }
 
+    /// The engine is assembled before any lock is taken; the limit and duplicate checks and
+    /// the insert then happen in one critical section on the user's shard, so the limit is
+    /// exact however many threads race (tests/model.rs explores the interleavings). An engine
+    /// refused there never ran anything and is dropped.
     fn admit(
         inner: &FactoryInner,
-        state: &mut State,
         context: &UserExecutionContext,
     ) -> Result<(u64, UserExecutionEngine), FactoryError> {
-        if state.shut_down {
+        if inner.shut_down.load(Ordering::Acquire) {
             return Err(FactoryError::ShutDown);
         }
         let user = context.user_id();
+        let engine = privileged::assemble(
+            inner.key,
+            context.clone(),
+            &inner.kit,
+            inner.hub.sink_for(user),
+        )?;
         let limit = inner.config.max_engines_per_user();
+        let id = inner.next_slot.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut shard = lock(inner.engines.shard(user));
+        // Read under the shard lock: `shutdown` sets the flag before it drains the shards, so
+        // an engine inserted here is either refused or drained.
+        if inner.shut_down.load(Ordering::Acquire) {
+            return Err(FactoryError::ShutDown);
+        }
+        let slots = match shard.users.get_mut(user) {
+            Some(slots) => slots,
+            None => shard.users.entry(user.clone()).or_default(),
+        };
         // Only the factory stops engines, and it removes their slots first: every slot here is
         // a live engine.
-        let slots = state.users.entry(user.clone()).or_default();
-        let result = if slots.values().any(|s| &s.run_id == context.run_id()) {
-            Err(FactoryError::DuplicateRun {
+        let refused = if slots
+            .iter()
+            .any(|s| s.engine.context().run_id() == context.run_id())
+        {
+            Some(FactoryError::DuplicateRun {
                 user: user.clone(),
                 run_id: context.run_id().clone(),
             })
         } else if slots.len() >= limit {
-            Err(FactoryError::UserLimitReached {
+            Some(FactoryError::UserLimitReached {
                 user: user.clone(),
                 limit,
             })
         } else {
-            privileged::assemble(
-                inner.key,
-                context.clone(),
-                inner.config.engine().clone(),
-                inner.registry.clone(),
-                inner.hub.sink_for(user),
-            )
-            .map_err(FactoryError::from)
+            None
         };
-        match result {
-            Ok(engine) => {
-                state.next_slot += 1;
-                let slot = state.next_slot;
-                let slots = state.users.entry(user.clone()).or_default();
-                slots.insert(
-                    slot,
-                    Slot {
-                        engine: engine.clone(),
-                        run_id: context.run_id().clone(),
-                    },
-                );
-                Ok((slot, engine))
+        if let Some(e) = refused {
+            if slots.is_empty() {
+                shard.users.remove(user);
             }
-            Err(e) => {
-                if state.users.get(user).is_some_and(HashMap::is_empty) {
-                    state.users.remove(user);
-                }
-                Err(e)
-            }
+            return Err(e);
         }
+        slots.push(Slot {
+            id,
+            engine: engine.clone(),
+        });
+        Ok((id, engine))
     }
 
     /// Runs `f` with a fresh engine for `context` and always closes the engine afterwards —
@@ -522,11 +546,7 @@ impl ExecutionEngineFactory {
     }
 
     fn user_engines(&self, user: &UserId) -> Vec<UserExecutionEngine> {
-        lock(&self.inner.state)
-            .users
-            .get(user)
-            .map(|slots| slots.values().map(|s| s.engine.clone()).collect())
-            .unwrap_or_default()
+        self.inner.user_engines(user)
     }
 
     /// Live subscriptions of `user`.
@@ -536,18 +556,18 @@ impl ExecutionEngineFactory {
 
     /// Live engines of `user`.
     pub fn active_engines(&self, user: &UserId) -> usize {
-        lock(&self.inner.state)
+        lock(self.inner.engines.shard(user))
             .users
             .get(user)
-            .map_or(0, HashMap::len)
+            .map_or(0, SmallVec::len)
     }
 
     /// Shuts down and removes every engine of `user` (and no other). Returns how many.
     pub async fn cleanup_user(&self, user: &UserId) -> usize {
-        let removed: Vec<UserExecutionEngine> = lock(&self.inner.state)
+        let removed: Vec<UserExecutionEngine> = lock(self.inner.engines.shard(user))
             .users
             .remove(user)
-            .map(|slots| slots.into_values().map(|s| s.engine).collect())
+            .map(|slots| slots.into_iter().map(|s| s.engine).collect())
             .unwrap_or_default();
         let n = removed.len();
         self.inner.release_leases(&removed);
@@ -565,11 +585,16 @@ impl ExecutionEngineFactory {
     /// A snapshot of the counters.
     pub fn metrics(&self) -> FactoryMetrics {
         let c = &self.inner.counters;
-        let per_user: BTreeMap<UserId, usize> = lock(&self.inner.state)
-            .users
-            .iter()
-            .map(|(u, slots)| (u.clone(), slots.len()))
-            .collect();
+        let mut per_user: BTreeMap<UserId, usize> = BTreeMap::new();
+        for shard in self.inner.engines.all() {
+            let shard = lock(shard);
+            per_user.extend(
+                shard
+                    .users
+                    .iter()
+                    .map(|(u, slots)| (u.clone(), slots.len())),
+            );
+        }
         let hub = self.inner.hub.stats();
         FactoryMetrics {
             engines_created: c.created.load(Ordering::Relaxed),
@@ -589,22 +614,26 @@ impl ExecutionEngineFactory {
 
     /// Whether [`shutdown`](Self::shutdown) was called.
     pub fn is_shut_down(&self) -> bool {
-        lock(&self.inner.state).shut_down
+        self.inner.shut_down.load(Ordering::Acquire)
     }
 
     /// Graceful shutdown: refuses new engines, stops the reaper, cancels every run (each still
     /// emits its terminal event), waits up to `shutdown_deadline` for them, then ends every
     /// subscription. Idempotent.
     pub async fn shutdown(&self) -> ShutdownReport {
-        let engines: Vec<UserExecutionEngine> = {
-            let mut state = lock(&self.inner.state);
-            state.shut_down = true;
-            state
-                .users
-                .drain()
-                .flat_map(|(_, slots)| slots.into_values().map(|s| s.engine))
-                .collect()
-        };
+        // The flag first, then each shard: an admission either sees the flag under its shard
+        // lock or inserted before this drains that shard.
+        self.inner.shut_down.store(true, Ordering::Release);
+        let mut engines: Vec<UserExecutionEngine> = Vec::new();
+        for shard in self.inner.engines.all() {
+            let mut shard = lock(shard);
+            engines.extend(
+                shard
+                    .users
+                    .drain()
+                    .flat_map(|(_, slots)| slots.into_iter().map(|s| s.engine)),
+            );
+        }
         self.inner.reaper_stop.cancel();
         self.inner.release_leases(&engines);
         let engines_closed = engines.len();
@@ -695,10 +724,9 @@ impl ExecutionEngineFactory {
 fn reap(inner: &FactoryInner) -> usize {
     let ttl = inner.config.engine_ttl();
     let mut expired: Vec<UserExecutionEngine> = Vec::new();
-    {
-        let mut state = lock(&inner.state);
-        state.users.retain(|_, slots| {
-            slots.retain(|_, slot| {
+    for shard in inner.engines.all() {
+        lock(shard).users.retain(|_, slots| {
+            slots.retain(|slot| {
                 let e = &slot.engine;
                 let keep = e.age() <= ttl || e.active_run_count() > 0;
                 if !keep {

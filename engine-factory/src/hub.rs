@@ -13,10 +13,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use engine_core::{Delivery, DeliveryError, EventEnvelope, EventSink, UserId};
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{BusError, EventBus, UserFeed};
-use crate::sync::{lock, read, write, Mutex};
+use crate::sync::{lock, read, write, Sharded};
 
 type Tx = mpsc::Sender<Arc<EventEnvelope>>;
 
@@ -40,11 +41,14 @@ struct Counters {
 }
 
 pub(crate) struct HubInner {
-    users: Mutex<HashMap<UserId, Weak<UserChannel>>>,
+    /// Each user's channel, sharded by user like the factory's engines.
+    users: Sharded<HashMap<UserId, Weak<UserChannel>>>,
     buffer: usize,
     deadline: Duration,
     closed: AtomicBool,
-    counters: Arc<Counters>,
+    counters: Counters,
+    /// Subscription ids, unique within the hub.
+    next_subscription: AtomicU64,
     /// The cluster's event bus, if any: engines publish to it and it feeds subscribers.
     bus: Option<Arc<dyn EventBus>>,
 }
@@ -65,27 +69,29 @@ enum Attach {
 /// One user's subscribers.
 pub(crate) struct UserChannel {
     user: UserId,
-    hub: Weak<HubInner>,
-    subscribers: RwLock<Vec<(u64, Tx)>>,
-    next_id: AtomicU64,
-    counters: Arc<Counters>,
-    deadline: Duration,
-    attach: watch::Sender<Attach>,
+    /// The hub's settings and counters (the hub holds only a `Weak` back: no cycle).
+    hub: Arc<HubInner>,
+    /// Usually one (a tab), held inline.
+    subscribers: RwLock<SmallVec<[(u64, Tx); 1]>>,
+    /// Whether the bus feeds this channel; only with a bus (a watch channel weighs ~400 bytes,
+    /// and a single-node hub holds one channel per user).
+    attach: Option<watch::Sender<Attach>>,
 }
 
 impl Drop for UserChannel {
     fn drop(&mut self) {
-        if let Some(hub) = self.hub.upgrade() {
-            if *self.attach.borrow() != Attach::Idle {
-                if let Some(bus) = &hub.bus {
-                    bus.detach(&self.user);
-                }
-            }
-            let mut users = lock(&hub.users);
-            // Only remove the entry if it is still this (dead) channel, not a newer one.
-            if users.get(&self.user).is_some_and(|w| w.strong_count() == 0) {
-                users.remove(&self.user);
-            }
+        let hub = &self.hub;
+        let attached = self
+            .attach
+            .as_ref()
+            .is_some_and(|a| *a.borrow() != Attach::Idle);
+        if let (true, Some(bus)) = (attached, &hub.bus) {
+            bus.detach(&self.user);
+        }
+        let mut users = lock(hub.users.shard(&self.user));
+        // Only remove the entry if it is still this (dead) channel, not a newer one.
+        if users.get(&self.user).is_some_and(|w| w.strong_count() == 0) {
+            users.remove(&self.user);
         }
     }
 }
@@ -93,7 +99,7 @@ impl Drop for UserChannel {
 impl UserChannel {
     /// Hands `event` to every subscriber of this user; refuses another user's envelope.
     pub(crate) fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
-        let counters = &self.counters;
+        let counters = &self.hub.counters;
         if event.user_id != self.user {
             // Unreachable through the engine (it stamps its own user); refuse rather than route.
             counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -126,7 +132,7 @@ impl UserChannel {
             return Delivery::ready(Ok(()));
         }
         // Backpressure: wait on the full subscribers, all at once, up to the deadline.
-        let deadline = self.deadline;
+        let deadline = self.hub.deadline;
         Delivery::pending(async move {
             let sends = full
                 .iter()
@@ -170,29 +176,31 @@ impl EventHub {
     pub(crate) fn new(buffer: usize, deadline: Duration, bus: Option<Arc<dyn EventBus>>) -> Self {
         Self {
             inner: Arc::new(HubInner {
-                users: Mutex::new(HashMap::new()),
+                users: Sharded::new(),
                 buffer,
                 deadline,
                 closed: AtomicBool::new(false),
-                counters: Arc::default(),
+                counters: Counters::default(),
+                next_subscription: AtomicU64::new(0),
                 bus,
             }),
         }
     }
 
     fn channel(&self, user: &UserId) -> Arc<UserChannel> {
-        let mut users = lock(&self.inner.users);
+        let mut users = lock(self.inner.users.shard(user));
         if let Some(existing) = users.get(user).and_then(Weak::upgrade) {
             return existing;
         }
         let channel = Arc::new(UserChannel {
             user: user.clone(),
-            hub: Arc::downgrade(&self.inner),
-            subscribers: RwLock::new(Vec::new()),
-            next_id: AtomicU64::new(0),
-            counters: Arc::clone(&self.inner.counters),
-            deadline: self.inner.deadline,
-            attach: watch::Sender::new(Attach::Idle),
+            hub: Arc::clone(&self.inner),
+            subscribers: RwLock::new(SmallVec::new()),
+            attach: self
+                .inner
+                .bus
+                .as_ref()
+                .map(|_| watch::Sender::new(Attach::Idle)),
         });
         users.insert(user.clone(), Arc::downgrade(&channel));
         channel
@@ -204,24 +212,22 @@ impl EventHub {
     pub(crate) fn subscribe(&self, user: &UserId) -> Subscription {
         let channel = self.channel(user);
         let (tx, rx) = mpsc::channel(self.inner.buffer);
-        let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
         if !self.inner.closed.load(Ordering::Acquire) {
             write(&channel.subscribers).push((id, tx));
             if let Some(bus) = &self.inner.bus {
                 Self::attach(bus, &channel);
             }
         }
-        Subscription {
-            user: user.clone(),
-            rx,
-            id,
-            channel: Some(channel),
-        }
+        Subscription { rx, id, channel }
     }
 
     /// Asks the bus, once per channel, to feed this user's events into it.
     fn attach(bus: &Arc<dyn EventBus>, channel: &Arc<UserChannel>) {
-        let first = channel.attach.send_if_modified(|a| {
+        let Some(attach) = &channel.attach else {
+            return; // a channel made before the bus: never (the bus is fixed at creation)
+        };
+        let first = attach.send_if_modified(|a| {
             let idle = *a == Attach::Idle;
             if idle {
                 *a = Attach::Pending;
@@ -235,7 +241,7 @@ impl EventHub {
             user: channel.user.clone(),
             channel: Arc::downgrade(channel),
         });
-        let state = channel.attach.clone();
+        let state = attach.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
@@ -259,7 +265,7 @@ impl EventHub {
     pub(crate) fn sink_for(&self, user: &UserId) -> Arc<dyn EventSink> {
         let channel = self.channel(user);
         match &self.inner.bus {
-            None => Arc::new(HubSink { channel }),
+            None => channel,
             Some(bus) => Arc::new(BusSink {
                 channel,
                 bus: Arc::clone(bus),
@@ -269,9 +275,7 @@ impl EventHub {
 
     /// Counters over all users.
     pub(crate) fn stats(&self) -> HubStats {
-        let users = lock(&self.inner.users);
-        let live: Vec<Arc<UserChannel>> = users.values().filter_map(Weak::upgrade).collect();
-        drop(users);
+        let live: Vec<Arc<UserChannel>> = self.live_channels();
         HubStats {
             users: live.len(),
             subscribers: live.iter().map(|c| read(&c.subscribers).len()).sum(),
@@ -282,35 +286,39 @@ impl EventHub {
 
     /// Number of live subscriptions of `user`.
     pub(crate) fn subscriber_count(&self, user: &UserId) -> usize {
-        let channel = lock(&self.inner.users).get(user).and_then(Weak::upgrade);
+        let channel = lock(self.inner.users.shard(user))
+            .get(user)
+            .and_then(Weak::upgrade);
         channel.map_or(0, |c| read(&c.subscribers).len())
+    }
+
+    /// Every live channel (shard by shard, never two locks at once).
+    fn live_channels(&self) -> Vec<Arc<UserChannel>> {
+        let mut live = Vec::new();
+        for shard in self.inner.users.all() {
+            live.extend(lock(shard).values().filter_map(Weak::upgrade));
+        }
+        live
     }
 
     /// Ends every subscription (after buffered events are read) and refuses new ones.
     pub(crate) fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let live: Vec<Arc<UserChannel>> = lock(&self.inner.users)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for channel in live {
+        for channel in self.live_channels() {
             write(&channel.subscribers).clear();
         }
     }
 }
 
-/// The sink of one engine: holds its user's channel and nothing else.
-struct HubSink {
-    channel: Arc<UserChannel>,
-}
-
-impl EventSink for HubSink {
+/// On a single node an engine's sink is its user's channel itself: it holds that channel and
+/// nothing else.
+impl EventSink for UserChannel {
     fn user_id(&self) -> &UserId {
-        &self.channel.user
+        &self.user
     }
 
     fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
-        self.channel.deliver(event)
+        UserChannel::deliver(self, event)
     }
 }
 
@@ -330,6 +338,7 @@ impl EventSink for BusSink {
     fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
         if event.user_id != self.channel.user {
             self.channel
+                .hub
                 .counters
                 .dropped
                 .fetch_add(1, Ordering::Relaxed);
@@ -348,10 +357,10 @@ impl EventSink for BusSink {
 /// the factory shuts down. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    user: UserId,
     rx: mpsc::Receiver<Arc<EventEnvelope>>,
     id: u64,
-    channel: Option<Arc<UserChannel>>,
+    /// The user's channel (its `user` is the subscription's).
+    channel: Arc<UserChannel>,
 }
 
 impl std::fmt::Debug for UserChannel {
@@ -365,7 +374,7 @@ impl std::fmt::Debug for UserChannel {
 impl Subscription {
     /// The user whose events this yields.
     pub fn user_id(&self) -> &UserId {
-        &self.user
+        &self.channel.user
     }
     /// The next event, or `None` once the factory has shut down and the buffer is drained.
     pub async fn recv(&mut self) -> Option<Arc<EventEnvelope>> {
@@ -386,10 +395,10 @@ impl Subscription {
     /// [`BusError`] when the bus could not start feeding this user (the subscription then only
     /// ends at shutdown).
     pub async fn ready(&self) -> Result<(), BusError> {
-        let Some(channel) = &self.channel else {
-            return Ok(());
+        let Some(attach) = &self.channel.attach else {
+            return Ok(()); // no bus: every event reaches the channel directly
         };
-        let mut state = channel.attach.subscribe();
+        let mut state = attach.subscribe();
         let seen = state
             .wait_for(|a| !matches!(a, Attach::Pending))
             .await
@@ -410,8 +419,6 @@ impl futures_core::Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(channel) = self.channel.take() {
-            write(&channel.subscribers).retain(|(id, _)| *id != self.id);
-        }
+        write(&self.channel.subscribers).retain(|(id, _)| *id != self.id);
     }
 }

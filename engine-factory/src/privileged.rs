@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use engine_core::factory_only::{self, FactoryKey, KeyTaken};
+use engine_core::factory_only::{self, EngineKit, FactoryKey, KeyTaken};
 use engine_core::{
     AgentRegistry, EngineConfig, EngineError, EventSink, UserExecutionContext, UserExecutionEngine,
 };
@@ -23,15 +23,23 @@ pub(crate) fn key() -> Result<&'static FactoryKey, KeyTaken> {
     *KEY
 }
 
+/// The configuration and agents shared by every engine of one factory.
+pub(crate) fn kit(
+    key: &'static FactoryKey,
+    config: EngineConfig,
+    registry: AgentRegistry,
+) -> EngineKit {
+    factory_only::engine_kit(key, config, registry)
+}
+
 /// Builds an engine for `context`'s user with `sink`.
 pub(crate) fn assemble(
     key: &'static FactoryKey,
     context: UserExecutionContext,
-    config: EngineConfig,
-    registry: AgentRegistry,
+    kit: &EngineKit,
     sink: Arc<dyn EventSink>,
 ) -> Result<UserExecutionEngine, EngineError> {
-    factory_only::assemble_engine(key, context, config, registry, sink)
+    factory_only::assemble_engine(key, context, kit, sink)
 }
 
 /// Deactivates `engine` and cancels its runs without waiting.

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::limits::{QUEUED_NOTICE, REDACTED};
 use crate::multitask::MultitaskPolicy;
+use crate::registry::AgentRegistry;
 use crate::{
     Agent, AgentEvent, BoxError, Delivery, DeliveryError, EventEnvelope, RunContext, RunStatus,
     Tool, ToolContext, ToolError, ToolStatus, UserExecutionContext,
@@ -185,7 +186,7 @@ fn fixture_with(steps: Vec<Step>, config: EngineConfig, mode: SinkMode) -> Fixtu
         events: Mutex::new(Vec::new()),
     });
     let engine =
-        UserExecutionEngine::assemble(ctx.clone(), config, registry, sink.clone()).unwrap();
+        UserExecutionEngine::assemble(ctx.clone(), kit(config, registry), sink.clone()).unwrap();
     Fixture {
         engine,
         sink,
@@ -318,8 +319,8 @@ async fn a_sink_bound_to_another_user_is_refused() {
         events: Mutex::new(Vec::new()),
     });
     let registry = AgentRegistry::builder().build().unwrap();
-    let err =
-        UserExecutionEngine::assemble(ctx, EngineConfig::default(), registry, sink).unwrap_err();
+    let err = UserExecutionEngine::assemble(ctx, kit(EngineConfig::default(), registry), sink)
+        .unwrap_err();
     assert!(matches!(err, EngineError::SinkUserMismatch { .. }));
 }
 
@@ -634,4 +635,8 @@ fn spawning_outside_a_runtime_is_a_typed_error_not_a_panic() {
     assert_eq!(err, EngineError::NoRuntime);
     assert_eq!(f.engine.active_run_count(), 0, "nothing registered");
     assert_eq!(f.engine.stats().total_runs, 0);
+}
+
+fn kit(config: EngineConfig, registry: AgentRegistry) -> Arc<crate::run::RunKit> {
+    Arc::new(crate::run::RunKit { registry, config })
 }

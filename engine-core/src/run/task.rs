@@ -24,15 +24,6 @@ use crate::run::emit::{millis, within};
 use crate::run::RunContext;
 use crate::sync::lock;
 
-/// Marks the run ended when dropped: at the end of its task, or with the task.
-struct DoneGuard<'a>(&'a RunControl);
-
-impl Drop for DoneGuard<'_> {
-    fn drop(&mut self) {
-        self.0.mark_done();
-    }
-}
-
 /// One accepted run, moved into its task.
 pub(crate) struct Run {
     pub(crate) engine: Arc<EngineInner>,
@@ -47,13 +38,19 @@ pub(crate) struct Run {
     pub(crate) after: Vec<Arc<RunControl>>,
 }
 
+/// Whatever way the run's task ends (even dropped with its runtime, before its first poll),
+/// the run is marked done: the thread's later runs stop waiting for it and the engine's
+/// shutdown stops waiting.
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.control.mark_done();
+    }
+}
+
 impl Run {
     /// Runs to the end. Whatever happens inside, the run emits `agent_started` first and exactly
     /// one `agent_completed` last, and is recorded and released in the engine.
     pub(crate) async fn execute(self) -> RunOutcome {
-        // Whatever way this task ends (even dropped with its runtime), the thread's later runs
-        // stop waiting for it.
-        let _done = DoneGuard(&self.control);
         let engine = &self.engine;
         let accepted = Instant::now();
         self.wait_for_earlier_runs().await;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use engine_core::factory_only::{assemble_engine, shutdown, take_factory_key};
+use engine_core::factory_only::{assemble_engine, engine_kit, shutdown, take_factory_key};
 use engine_core::{
     AgentRegistry, Delivery, EngineConfig, EventEnvelope, EventSink, UserExecutionContext, UserId,
 };
@@ -26,6 +26,7 @@ async fn main() {
     let key = take_factory_key().unwrap();
     let sink = Arc::new(Discard(ctx.user_id().clone()));
     let registry = AgentRegistry::builder().build().unwrap();
-    let engine = assemble_engine(key, ctx, EngineConfig::default(), registry, sink).unwrap();
+    let kit = engine_kit(key, EngineConfig::default(), registry);
+    let engine = assemble_engine(key, ctx, &kit, sink).unwrap();
     shutdown(key, &engine).await;
 }
