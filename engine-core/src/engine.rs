@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::EngineConfig;
@@ -28,7 +27,7 @@ use crate::sync::lock;
 #[derive(Debug)]
 pub struct RunHandle {
     run_id: RunId,
-    cancel: CancellationToken,
+    control: Arc<RunControl>,
     join: JoinHandle<RunOutcome>,
 }
 
@@ -39,7 +38,7 @@ impl RunHandle {
     }
     /// Asks the run to stop; it ends with status `cancelled` and its terminal event.
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        self.control.cancel.set();
     }
     /// Waits for the run to end. Dropping the handle instead lets the run go on.
     ///
@@ -400,7 +399,7 @@ impl UserExecutionEngine {
             if policy == MultitaskPolicy::Interrupt {
                 for r in state.runs.values() {
                     if r.thread_id == *context.thread_id() {
-                        r.cancel.cancel();
+                        r.cancel.set();
                     }
                 }
             }
@@ -426,12 +425,10 @@ impl UserExecutionEngine {
             control: Arc::clone(&control),
             after,
         };
-        // Boxed so the (large) run state machine is moved as a pointer, not copied, on its way
-        // into the task.
-        let join = runtime.spawn(Box::pin(run.execute()).instrument(span));
+        let join = runtime.spawn(run.execute().instrument(span));
         Ok(RunHandle {
             run_id: context.run_id().clone(),
-            cancel: control.cancel.clone(),
+            control: Arc::clone(&control),
             join,
         })
     }
@@ -444,7 +441,7 @@ impl UserExecutionEngine {
     pub fn cancel(&self, run_id: &RunId) -> Result<(), EngineError> {
         match lock(&self.inner.state).runs.get(run_id) {
             Some(run) => {
-                run.cancel.cancel();
+                run.cancel.set();
                 Ok(())
             }
             None => Err(EngineError::UnknownRun {
@@ -513,7 +510,7 @@ impl UserExecutionEngine {
             let state = lock(&self.inner.state);
             let was_active = self.inner.active.swap(false, Ordering::AcqRel);
             for run in state.runs.values() {
-                run.cancel.cancel();
+                run.cancel.set();
             }
             was_active
         };

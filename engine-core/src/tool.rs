@@ -3,22 +3,24 @@
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+
+use std::sync::Arc;
 
 use crate::agent::BoxError;
 use crate::context::UserExecutionContext;
 use crate::ids::UserId;
+use crate::run::control::RunControl;
 
 /// What a tool sees of the run that called it.
 #[derive(Debug, Clone)]
 pub struct ToolContext {
     context: UserExecutionContext,
-    cancel: CancellationToken,
+    control: Arc<RunControl>,
 }
 
 impl ToolContext {
-    pub(crate) fn new(context: UserExecutionContext, cancel: CancellationToken) -> Self {
-        Self { context, cancel }
+    pub(crate) fn new(context: UserExecutionContext, control: Arc<RunControl>) -> Self {
+        Self { context, control }
     }
     /// The context of the calling run (user, thread, run, request).
     pub fn context(&self) -> &UserExecutionContext {
@@ -26,11 +28,11 @@ impl ToolContext {
     }
     /// Whether the calling run was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.control.cancel.is_set()
     }
     /// Resolves when the calling run is cancelled.
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
+        self.control.cancel.wait().await;
     }
 }
 

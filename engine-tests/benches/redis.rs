@@ -272,15 +272,14 @@ fn admission(c: &mut Criterion, s: &Setup) {
                     .await
                     .expect("reserve");
                 std::hint::black_box(ok);
-                let mut c2 = conn.clone();
-                tokio::spawn(async move {
-                    let _: i64 = redis::cmd("ZREM")
-                        .arg("raw:leases")
-                        .arg(member)
-                        .query_async(&mut c2)
-                        .await
-                        .unwrap_or(0);
-                });
+                // Awaited, like `EngineHandle::close`, which returns once the lease is back.
+                let released: i64 = redis::cmd("ZREM")
+                    .arg("raw:leases")
+                    .arg(member)
+                    .query_async(&mut c)
+                    .await
+                    .expect("release");
+                std::hint::black_box(released);
             });
         });
     });

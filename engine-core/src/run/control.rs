@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::agent::BoxError;
 use crate::ids::{RequestId, ThreadId};
@@ -19,15 +18,52 @@ use crate::multitask::ApprovalDecision;
 use crate::outcome::StepOutcome;
 use crate::sync::lock;
 
+/// A one-way flag that can be awaited: set once, never reset. Lives inside [`RunControl`], so
+/// a run's cancellation and its end cost no allocation of their own.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Signal {
+    /// Sets the flag and wakes every waiter; `true` if this call set it.
+    pub(crate) fn set(&self) -> bool {
+        let first = !self.set.swap(true, Ordering::AcqRel);
+        if first {
+            self.notify.notify_waiters();
+        }
+        first
+    }
+
+    /// Whether the flag is set.
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the flag is set.
+    pub(crate) async fn wait(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches a `Notified` from its
+            // creation on, so a `set` in between is not missed.
+            let notified = self.notify.notified();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Shared by the engine's run table and the run's task; dropped with both.
 #[derive(Debug)]
 pub(crate) struct RunControl {
-    pub(crate) cancel: CancellationToken,
+    /// Set to cancel the run (by the user, the engine's shutdown or an interrupting run).
+    pub(crate) cancel: Signal,
     pub(crate) thread_id: ThreadId,
     /// Set when the run's task has emitted its terminal event and released the run (or was
     /// dropped): later runs of the thread wait on it ([`ended`](Self::ended)).
-    done: std::sync::atomic::AtomicBool,
-    done_notify: tokio::sync::Notify,
+    done: Signal,
     approvals: Mutex<Approvals>,
     next_call_id: AtomicU32,
     /// Started tool calls and sub-agents not yet ended; inline for the usual one at a time, so
@@ -86,10 +122,9 @@ struct Approvals {
 impl RunControl {
     pub(crate) fn new(thread_id: ThreadId) -> Self {
         Self {
-            cancel: CancellationToken::new(),
+            cancel: Signal::default(),
             thread_id,
-            done: std::sync::atomic::AtomicBool::new(false),
-            done_notify: tokio::sync::Notify::new(),
+            done: Signal::default(),
             approvals: Mutex::default(),
             next_call_id: AtomicU32::new(0),
             open: Mutex::default(),
@@ -115,20 +150,12 @@ impl RunControl {
 
     /// Marks the run ended and wakes the runs waiting for it.
     pub(crate) fn mark_done(&self) {
-        self.done.store(true, Ordering::Release);
-        self.done_notify.notify_waiters();
+        self.done.set();
     }
 
     /// Resolves once the run has ended.
     pub(crate) async fn ended(&self) {
-        loop {
-            // Registered before the check, so a mark_done in between is not missed.
-            let notified = self.done_notify.notified();
-            if self.done.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        self.done.wait().await;
     }
 
     /// The next tool call id of the run (unique across all its agents, from 1).

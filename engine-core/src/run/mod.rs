@@ -190,11 +190,11 @@ impl RunContext {
 
     /// Whether the run was cancelled (by id, by shutdown, or by the engine closing).
     pub fn is_cancelled(&self) -> bool {
-        self.control.cancel.is_cancelled()
+        self.control.cancel.is_set()
     }
     /// Resolves when the run is cancelled.
     pub async fn cancelled(&self) {
-        self.control.cancel.cancelled().await;
+        self.control.cancel.wait().await;
     }
 
     /// Registers an action to run when the run ends, however it ends (completed, failed,

@@ -257,7 +257,7 @@ async fn run_agent_in(
             })
         }
     };
-    let cancel = rc.control.cancel.clone();
+    let control = Arc::clone(&rc.control);
     let run = AssertUnwindSafe(instance.run(rc, &call.input)).catch_unwind();
     let run = async {
         match call.timeout {
@@ -268,7 +268,7 @@ async fn run_agent_in(
     let result = tokio::select! {
         biased;
         r = run => Some(r),
-        () = cancel.cancelled() => None,
+        () = control.cancel.wait() => None,
     };
     match result {
         None => Err(SubAgentError::Cancelled { agent }),
@@ -280,7 +280,7 @@ async fn run_agent_in(
             agent,
             reason: panic_message(&*panic),
         }),
-        Some(Ok(Ok(_))) if cancel.is_cancelled() => Err(SubAgentError::Cancelled { agent }),
+        Some(Ok(Ok(_))) if control.cancel.is_set() => Err(SubAgentError::Cancelled { agent }),
         Some(Ok(Ok(Err(e)))) => Err(SubAgentError::Failed {
             agent,
             error: e.to_string(),

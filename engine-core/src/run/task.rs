@@ -147,7 +147,7 @@ impl Run {
         for earlier in &self.after {
             tokio::select! {
                 biased;
-                () = self.control.cancel.cancelled() => return,
+                () = self.control.cancel.wait() => return,
                 () = earlier.ended() => {}
             }
         }
@@ -157,7 +157,7 @@ impl Run {
     /// "queued" notice once the wait passes `queue_notice_after`.
     async fn wait_for_slot<'a>(&'a self, rc: &mut RunContext) -> Option<SemaphorePermit<'a>> {
         let semaphore = &self.engine.semaphore;
-        if self.control.cancel.is_cancelled() {
+        if self.control.cancel.is_set() {
             return None;
         }
         // Fast path: a free slot needs no timer for the queued notice.
@@ -169,7 +169,7 @@ impl Run {
         let notice = tokio::time::sleep(self.engine.kit.config.queue_notice_after());
         tokio::select! {
             biased;
-            () = self.control.cancel.cancelled() => return None,
+            () = self.control.cancel.wait() => return None,
             permit = &mut acquire => return permit.ok(),
             () = notice => {}
         }
@@ -179,7 +179,7 @@ impl Run {
         .await;
         tokio::select! {
             biased;
-            () = self.control.cancel.cancelled() => None,
+            () = self.control.cancel.wait() => None,
             permit = acquire => permit.ok(),
         }
     }
@@ -225,7 +225,7 @@ impl Run {
             tokio::select! {
                 biased;
                 r = run => Some(r),
-                () = self.control.cancel.cancelled() => None,
+                () = self.control.cancel.wait() => None,
             }
         };
         let mut died = None;
@@ -242,7 +242,7 @@ impl Run {
                 died = Some(reason);
                 RunEnd::Failed { error }
             }
-            Some(Ok(Ok(_))) if self.control.cancel.is_cancelled() => RunEnd::Cancelled {
+            Some(Ok(Ok(_))) if self.control.cancel.is_set() => RunEnd::Cancelled {
                 reason: "run cancelled".into(),
             },
             Some(Ok(Ok(Err(e)))) => RunEnd::Failed {

@@ -170,7 +170,7 @@ impl ToolDispatcher {
                 user: self.context.user_id().clone(),
             });
         }
-        if self.control.cancel.is_cancelled() {
+        if self.control.cancel.is_set() {
             return Err(ToolError::Cancelled { name: name.into() });
         }
         Ok(())
@@ -201,7 +201,7 @@ impl ToolDispatcher {
             .await;
         let waited = tokio::select! {
             biased;
-            () = self.control.cancel.cancelled() => None,
+            () = self.control.cancel.wait() => None,
             d = tokio::time::timeout(self.approval_timeout, decision) => Some(d),
         };
         self.control.end_approval(call_id);
@@ -237,7 +237,7 @@ impl ToolDispatcher {
         let Some(tool) = tool else {
             return Err(ToolError::NotFound { name: name.into() });
         };
-        let tool_ctx = ToolContext::new(self.context.clone(), self.control.cancel.clone());
+        let tool_ctx = ToolContext::new(self.context.clone(), Arc::clone(&self.control));
         let call = AssertUnwindSafe(tool.call(args, &tool_ctx)).catch_unwind();
         let call = within(self.tool_timeout, call);
         // Biased toward the tool: a tool that watches its ToolContext sees the cancellation and
@@ -245,7 +245,7 @@ impl ToolDispatcher {
         let result = tokio::select! {
             biased;
             r = call => r,
-            () = self.control.cancel.cancelled() => return Err(ToolError::Cancelled { name: name.into() }),
+            () = self.control.cancel.wait() => return Err(ToolError::Cancelled { name: name.into() }),
         };
         match result {
             Err(_) => Err(ToolError::Timeout {
@@ -256,7 +256,7 @@ impl ToolDispatcher {
                 name: name.into(),
                 message: panic_message(&*panic),
             }),
-            Ok(Ok(Err(e))) if self.control.cancel.is_cancelled() => {
+            Ok(Ok(Err(e))) if self.control.cancel.is_set() => {
                 tracing::debug!(tool = name, error = %e, "tool returned after cancellation");
                 Err(ToolError::Cancelled { name: name.into() })
             }
