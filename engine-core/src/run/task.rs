@@ -26,6 +26,8 @@ use crate::sync::lock;
 
 /// One accepted run, moved into its task.
 pub(crate) struct Run {
+    /// When the engine accepted the run (its queue time counts from here).
+    pub(crate) accepted: Instant,
     pub(crate) engine: Arc<EngineInner>,
     pub(crate) context: UserExecutionContext,
     pub(crate) agent_name: Arc<str>,
@@ -52,7 +54,7 @@ impl Run {
     /// one `agent_completed` last, and is recorded and released in the engine.
     pub(crate) async fn execute(self) -> RunOutcome {
         let engine = &self.engine;
-        let accepted = Instant::now();
+        let accepted = self.accepted;
         self.wait_for_earlier_runs().await;
         let mut rc = RunContext::new(
             Arc::clone(&self.agent_name),
@@ -67,7 +69,8 @@ impl Run {
         .await;
 
         let permit = self.wait_for_slot(&mut rc).await;
-        let queue_wait = accepted.elapsed();
+        let started = Instant::now();
+        let queue_wait = started.saturating_duration_since(accepted);
         let mut execution_time = Duration::ZERO;
         let (end, died) = match permit {
             None => (
@@ -77,8 +80,7 @@ impl Run {
                 None,
             ),
             Some(permit) => {
-                let started = Instant::now();
-                let ended = self.run_agent(&mut rc).await;
+                let ended = self.run_agent(&mut rc, started).await;
                 execution_time = started.elapsed();
                 drop(permit);
                 ended
@@ -86,6 +88,7 @@ impl Run {
         };
 
         run_cleanups(&self.control, self.engine.kit.config.tool_timeout()).await;
+        let finished = Instant::now();
         let status = end.status();
         let mut emitter = rc.last_emitter().await;
         if status != RunStatus::Completed && status != RunStatus::Cancelled {
@@ -113,7 +116,7 @@ impl Run {
                 success: status == RunStatus::Completed,
                 result: end.answer().map(str::to_owned),
                 error: end.error().map(str::to_owned),
-                duration_ms: millis(accepted.elapsed()),
+                duration_ms: millis(finished.saturating_duration_since(accepted)),
             })
             .await;
         let mut steps = std::mem::take(&mut *lock(&self.control.steps));
@@ -136,7 +139,7 @@ impl Run {
             usage: self.control.usage(),
         };
         drop(emitter);
-        self.finish(&outcome);
+        self.finish(&outcome, finished);
         tracing::debug!(status = status.as_str(), "run ended");
         outcome
     }
@@ -185,7 +188,7 @@ impl Run {
     }
 
     /// Runs the agent (or the pipeline) to its end; the death reason when it panicked.
-    async fn run_agent(&self, rc: &mut RunContext) -> (RunEnd, Option<String>) {
+    async fn run_agent(&self, rc: &mut RunContext, started: Instant) -> (RunEnd, Option<String>) {
         let registry = &self.engine.kit.registry;
         let name = &self.agent_name;
         let mut agent: Box<dyn Agent> = match &self.pipeline {
@@ -220,7 +223,7 @@ impl Run {
         let timeout = self.engine.kit.config.run_timeout();
         let result = {
             let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
-            let run = within_run_timeout(timeout, &self.control, run);
+            let run = within_run_timeout(timeout, started, &self.control, run);
             // Biased toward the agent: an agent that watches for cancellation returns first.
             tokio::select! {
                 biased;
@@ -266,7 +269,7 @@ impl Run {
     }
 
     /// Records the outcome in history and stats and releases the run id, under one lock.
-    fn finish(&self, outcome: &RunOutcome) {
+    fn finish(&self, outcome: &RunOutcome, finished: Instant) {
         let engine = &self.engine;
         let mut state = lock(&engine.state);
         state.acc.record(outcome);
@@ -274,7 +277,7 @@ impl Run {
         while state.history.len() > engine.kit.config.history_limit() {
             state.history.pop_front();
         }
-        state.last_activity = Instant::now();
+        state.last_activity = finished;
         state.runs.remove(&outcome.run_id);
     }
 }
@@ -283,25 +286,25 @@ impl Run {
 /// approval of a tool call does not count (see `EngineConfig::approval_timeout`).
 async fn within_run_timeout<F: std::future::Future>(
     limit: Duration,
+    started: Instant,
     control: &RunControl,
     fut: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let started = Instant::now();
     let mut fut = std::pin::pin!(fut);
+    // `started` was read just before: the first round needs no clock read of its own.
+    let mut left = limit + control.approval_wait();
     loop {
-        let deadline = started + limit + control.approval_wait();
-        match within(
-            deadline.saturating_duration_since(Instant::now()),
-            fut.as_mut(),
-        )
-        .await
-        {
+        match within(left, fut.as_mut()).await {
             Ok(out) => return Ok(out),
-            // Extended while the user was asked: go on until the extended deadline.
-            Err(elapsed) if started + limit + control.approval_wait() <= Instant::now() => {
-                return Err(elapsed)
+            Err(elapsed) => {
+                // Extended while the user was asked: go on until the extended deadline.
+                let deadline = started + limit + control.approval_wait();
+                let now = Instant::now();
+                if deadline <= now {
+                    return Err(elapsed);
+                }
+                left = deadline - now;
             }
-            Err(_) => {}
         }
     }
 }
