@@ -298,6 +298,8 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     for multi in [true, false] {
+        // Median runs/s of (ours, floor) per in-flight count, for the 256-vs-64 line.
+        let mut rates = Vec::new();
         for in_flight in [64, 256] {
             let mut o = Vec::new();
             let mut b = Vec::new();
@@ -347,6 +349,15 @@ fn main() {
                 "",
                 op99 / op50.max(1.0),
                 bp99 / bp50.max(1.0)
+            );
+            rates.push((or, br));
+        }
+        if let [(o64, b64), (o256, b256)] = rates[..] {
+            println!(
+                "{:<28} runs/s at 256 in flight / at 64: ours {:.2}x, floor {:.2}x",
+                format!("tail {}", if multi { "2 workers" } else { "1 thread" }),
+                o256 / o64,
+                b256 / b64
             );
         }
     }

@@ -224,3 +224,67 @@ pub fn trivial_runs(ours: bool, n: usize) -> usize {
         }
     })
 }
+
+/// Runs across users on a multi-thread runtime with 2 workers (the shape of the `runs_1000_users`
+/// row): `users` engines with a counting subscriber each, then `rounds` batches of `runs`
+/// six-event runs, run `i` for user `i % users`, each batch awaited until every event reached
+/// its subscriber. Returns the time the batches took. The allocator rows run this in two
+/// binaries that differ only in their global allocator.
+pub fn runs_across_users(users: usize, runs: usize, rounds: u64) -> std::time::Duration {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let factory = bench_factory(4096);
+    let contexts = bench_users(users);
+    let received = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        for c in &contexts {
+            let mut sub = factory.subscribe(c.user_id());
+            let received = Arc::clone(&received);
+            tokio::spawn(async move {
+                while sub.recv().await.is_some() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let engines = bench_engines(&factory, &contexts);
+    let batches: Vec<Vec<UserExecutionContext>> = (0..rounds)
+        .map(|_| (0..runs).map(|i| contexts[i % users].new_run()).collect())
+        .collect();
+    let took = rt.block_on(async {
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            for batch in batches {
+                let before = received.load(Ordering::Relaxed);
+                let handles: Vec<_> = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ctx)| {
+                        engines[i % users]
+                            .1
+                            .spawn(ctx, "six", "")
+                            .unwrap_or_else(|e| unreachable!("{e}"))
+                    })
+                    .collect();
+                let mut delivered = 0;
+                for h in handles {
+                    delivered += h.outcome().await.expect("ran").events_delivered;
+                }
+                while received.load(Ordering::Relaxed) < before + delivered {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let took = start.elapsed();
+            drop(engines);
+            took
+        })
+        .await
+        .expect("runs")
+    });
+    rt.block_on(factory.shutdown());
+    took
+}

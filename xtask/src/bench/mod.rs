@@ -207,6 +207,13 @@ fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>, XtaskError> {
     Ok(bench_executables(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The executable cargo built for the benchmark target `name`.
+fn executable<'a>(exes: &'a BTreeMap<String, PathBuf>, name: &str) -> Result<&'a Path, XtaskError> {
+    exes.get(name)
+        .map(PathBuf::as_path)
+        .ok_or_else(|| XtaskError::Usage(format!("cargo built no benchmark named `{name}`")))
+}
+
 /// Runs a benchmark executable with `args`; its stdout, or an error naming it.
 fn run_exe(exe: &Path, args: &[&str], criterion: &Path) -> Result<String, XtaskError> {
     let out = Command::new(exe)
@@ -246,7 +253,7 @@ fn measure_once(
 
 /// Measures `c` in `rounds` interleaved rounds; one row per baseline.
 fn measure(
-    exe: &Path,
+    exes: &BTreeMap<String, PathBuf>,
     c: &Comparison,
     rounds: usize,
     criterion: &Path,
@@ -264,7 +271,10 @@ fn measure(
         eprintln!("==> {} round {}/{rounds}", c.group, round + 1);
         let mut got = BTreeMap::new();
         for f in c.round_order(round) {
-            got.insert(f, measure_once(exe, c, f, criterion)?);
+            got.insert(
+                f,
+                measure_once(executable(exes, c.bench_of(f))?, c, f, criterion)?,
+            );
         }
         let Some(Some(ours)) = got.get(c.ours).copied() else {
             break; // skipped by the benchmark itself
@@ -310,13 +320,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<u8, XtaskError> {
     let target =
         std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
     let criterion = target.join("criterion-xtask");
-    let exe = |name: &str| {
-        exes.get(name)
-            .ok_or_else(|| XtaskError::Usage(format!("cargo built no benchmark named `{name}`")))
-    };
     let mut rows = Vec::new();
     for c in COMPARISONS.iter().filter(|c| opts.selects(c.group)) {
-        rows.extend(measure(exe(c.bench)?, c, opts.rounds.max(1), &criterion)?);
+        rows.extend(measure(&exes, c, opts.rounds.max(1), &criterion)?);
     }
     let mut own = String::new();
     let singles: [(&str, &[&str]); 4] = [
@@ -328,7 +334,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<u8, XtaskError> {
     for (name, args) in singles {
         if opts.selects(name) {
             eprintln!("==> {name}");
-            own.push_str(&own_lines(&run_exe(exe(name)?, args, &criterion)?));
+            own.push_str(&own_lines(&run_exe(
+                executable(&exes, name)?,
+                args,
+                &criterion,
+            )?));
         }
     }
     println!(

@@ -16,6 +16,9 @@ pub struct Comparison {
     pub ours: &'static str,
     /// The baselines in the group; each gets its own row.
     pub baselines: &'static [&'static str],
+    /// The benchmark target of the baselines when it is not `bench` (the allocator row: the
+    /// same workload built twice, with different global allocators).
+    pub baseline_bench: Option<&'static str>,
 }
 
 /// Every comparison `cargo xtask bench` reports, in the order printed.
@@ -37,6 +40,14 @@ pub const COMPARISONS: &[Comparison] = &[
     cmp("redis", "redis_admission", "op", &["raw_evalsha"]),
     cmp("llm", "llm_tokens", "token", &["baseline"]),
     cmp("llm", "llm_tool_round", "round", &["baseline"]),
+    Comparison {
+        bench: "allocator_mimalloc",
+        group: "allocator",
+        unit: "run",
+        ours: "mimalloc",
+        baselines: &["system"],
+        baseline_bench: Some("allocator_system"),
+    },
 ];
 
 const fn cmp(
@@ -51,6 +62,7 @@ const fn cmp(
         unit,
         ours: "ours",
         baselines,
+        baseline_bench: None,
     }
 }
 
@@ -66,9 +78,19 @@ impl Comparison {
         order
     }
 
+    /// The benchmark target that measures `function` of the group.
+    pub fn bench_of(&self, function: &str) -> &'static str {
+        match self.baseline_bench {
+            Some(other) if function != self.ours => other,
+            _ => self.bench,
+        }
+    }
+
     /// The printed name of the row against `baseline`.
     pub fn row_name(&self, baseline: &str) -> String {
-        if baseline == "baseline" {
+        if self.ours != "ours" {
+            format!("{}: {} vs {baseline}", self.group, self.ours)
+        } else if baseline == "baseline" {
             self.group.to_owned()
         } else {
             format!("{} vs {baseline}", self.group)
@@ -167,5 +189,13 @@ mod tests {
         assert_eq!(c.round_order(1), ["broadcast", "raw_mpsc", "ours"]);
         assert_eq!(c.row_name("baseline"), "fanout");
         assert_eq!(c.row_name("broadcast"), "fanout vs broadcast");
+        assert_eq!(c.bench_of("raw_mpsc"), "engine");
+        let a = COMPARISONS
+            .iter()
+            .find(|c| c.group == "allocator")
+            .expect("allocator row");
+        assert_eq!(a.bench_of("mimalloc"), "allocator_mimalloc");
+        assert_eq!(a.bench_of("system"), "allocator_system");
+        assert_eq!(a.row_name("system"), "allocator: mimalloc vs system");
     }
 }
