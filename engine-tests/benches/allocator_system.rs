@@ -1,18 +1,13 @@
-//! The allocator rows' baseline: [`engine_tests::bench::runs_across_users`] with the system
-//! allocator (glibc malloc). `allocator_mimalloc.rs` is the same with mimalloc;
-//! `cargo xtask bench` runs the two interleaved.
+//! The allocator rows' baseline: the workload of `allocator/workload.rs` with the system
+//! allocator (glibc malloc). `cargo xtask bench` runs it interleaved with
+//! `allocator_mimalloc.rs`.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+#[path = "allocator/workload.rs"]
+mod workload;
 
-fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("allocator");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(10_000));
-    g.bench_function("system", |b| {
-        b.iter_custom(|iters| engine_tests::bench::runs_across_users(1000, 10_000, iters));
-    });
-    g.finish();
+fn bench(c: &mut criterion::Criterion) {
+    workload::bench(c, "system");
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+criterion::criterion_group!(benches, bench);
+criterion::criterion_main!(benches);

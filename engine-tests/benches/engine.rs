@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use engine_core::{AgentEvent, EventEnvelope, RunId, ThreadId, UserExecutionContext, UserId};
 use engine_factory::{EngineHandle, ExecutionEngineFactory};
-use engine_tests::bench::{bench_engines, bench_factory, bench_users};
+use engine_tests::bench::{bench_engines, bench_factory, bench_users, RunsAcrossUsers};
 use tokio::runtime::Runtime;
 use tokio::sync::{broadcast, mpsc};
 
@@ -298,47 +298,13 @@ fn runs(c: &mut Criterion) {
     const RUNS: u64 = 10_000;
     let rt = runtime();
     for (name, n_users) in [("runs_one_engine", 1usize), ("runs_1000_users", 1000)] {
-        let factory = bench_factory(4096);
+        let setup = RunsAcrossUsers::new(n_users);
         let users: Users = Arc::new(bench_users(n_users));
-        let received = count_received(&rt, &factory, &users);
-        let engines: Engines = Arc::new(bench_engines(&factory, &users));
-        // Each run needs its own context; making them is the caller's work, not the engine's.
         let mut g = c.benchmark_group(name);
         g.sample_size(10);
         g.throughput(Throughput::Elements(RUNS));
         g.bench_function("ours", |b| {
-            b.iter_custom(|iters| {
-                let (users, engines, received) = (users.clone(), engines.clone(), received.clone());
-                let contexts: Vec<Vec<UserExecutionContext>> = (0..iters)
-                    .map(|_| {
-                        (0..RUNS as usize)
-                            .map(|i| users[i % n_users].new_run())
-                            .collect()
-                    })
-                    .collect();
-                on_worker(&rt, async move {
-                    let start = Instant::now();
-                    for batch in contexts {
-                        let before = received.load(Ordering::Relaxed);
-                        let handles: Vec<_> = batch
-                            .iter()
-                            .enumerate()
-                            .map(|(i, ctx)| {
-                                engines[i % n_users]
-                                    .1
-                                    .spawn(ctx, "six", "")
-                                    .expect("spawned")
-                            })
-                            .collect();
-                        let mut delivered = 0;
-                        for h in handles {
-                            delivered += h.outcome().await.expect("ran").events_delivered;
-                        }
-                        wait_for(&received, before + delivered).await;
-                    }
-                    start.elapsed()
-                })
-            });
+            b.iter_custom(|iters| setup.measure(RUNS as usize, iters));
         });
         g.bench_function("baseline", |b| {
             b.iter_custom(|iters| {

@@ -225,66 +225,102 @@ pub fn trivial_runs(ours: bool, n: usize) -> usize {
     })
 }
 
-/// Runs across users on a multi-thread runtime with 2 workers (the shape of the `runs_1000_users`
-/// row): `users` engines with a counting subscriber each, then `rounds` batches of `runs`
-/// six-event runs, run `i` for user `i % users`, each batch awaited until every event reached
-/// its subscriber. Returns the time the batches took. The allocator rows run this in two
-/// binaries that differ only in their global allocator.
-pub fn runs_across_users(users: usize, runs: usize, rounds: u64) -> std::time::Duration {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let factory = bench_factory(4096);
-    let contexts = bench_users(users);
-    let received = Arc::new(AtomicU64::new(0));
-    rt.block_on(async {
-        for c in &contexts {
+/// Runs across users on a multi-thread runtime with 2 workers (the `runs_one_engine` and
+/// `runs_1000_users` rows, and the allocator rows, which build it in two binaries that differ
+/// only in their global allocator): one engine per user with a counting subscriber each.
+pub struct RunsAcrossUsers {
+    rt: tokio::runtime::Runtime,
+    factory: ExecutionEngineFactory,
+    users: Vec<UserExecutionContext>,
+    engines: Arc<Vec<(UserId, EngineHandle)>>,
+    received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for RunsAcrossUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunsAcrossUsers")
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunsAcrossUsers {
+    /// `users` users, each with an engine and a subscriber task counting its events.
+    pub fn new(users: usize) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let factory = bench_factory(4096);
+        let users = bench_users(users);
+        let received = Arc::new(AtomicU64::new(0));
+        for c in &users {
             let mut sub = factory.subscribe(c.user_id());
             let received = Arc::clone(&received);
-            tokio::spawn(async move {
+            rt.spawn(async move {
                 while sub.recv().await.is_some() {
                     received.fetch_add(1, Ordering::Relaxed);
                 }
             });
         }
-    });
-    let engines = bench_engines(&factory, &contexts);
-    let batches: Vec<Vec<UserExecutionContext>> = (0..rounds)
-        .map(|_| (0..runs).map(|i| contexts[i % users].new_run()).collect())
-        .collect();
-    let took = rt.block_on(async {
-        tokio::spawn(async move {
-            let start = std::time::Instant::now();
-            for batch in batches {
-                let before = received.load(Ordering::Relaxed);
-                let handles: Vec<_> = batch
-                    .iter()
-                    .enumerate()
-                    .map(|(i, ctx)| {
-                        engines[i % users]
-                            .1
-                            .spawn(ctx, "six", "")
-                            .unwrap_or_else(|e| unreachable!("{e}"))
-                    })
-                    .collect();
-                let mut delivered = 0;
-                for h in handles {
-                    delivered += h.outcome().await.expect("ran").events_delivered;
+        let engines = Arc::new(bench_engines(&factory, &users));
+        Self {
+            rt,
+            factory,
+            users,
+            engines,
+            received,
+        }
+    }
+
+    /// `rounds` batches of `runs` six-event runs (run `i` for user `i % users`, contexts made
+    /// beforehand: that is the caller's work), each batch awaited until every delivered event
+    /// reached its subscriber. The batches run as a task on a worker; returns their time.
+    pub fn measure(&self, runs: usize, rounds: u64) -> std::time::Duration {
+        use std::sync::atomic::Ordering;
+        let n = self.users.len();
+        let batches: Vec<Vec<UserExecutionContext>> = (0..rounds)
+            .map(|_| (0..runs).map(|i| self.users[i % n].new_run()).collect())
+            .collect();
+        let (engines, received) = (Arc::clone(&self.engines), Arc::clone(&self.received));
+        self.rt.block_on(async move {
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                for batch in batches {
+                    let before = received.load(Ordering::Relaxed);
+                    let handles: Vec<_> = batch
+                        .iter()
+                        .enumerate()
+                        .map(|(i, ctx)| {
+                            engines[i % n]
+                                .1
+                                .spawn(ctx, "six", "")
+                                .unwrap_or_else(|e| unreachable!("{e}"))
+                        })
+                        .collect();
+                    let mut delivered = 0;
+                    for h in handles {
+                        delivered += h.outcome().await.expect("ran").events_delivered;
+                    }
+                    // What the engine reports as delivered: events dropped under backpressure
+                    // cannot make this wait forever.
+                    while received.load(Ordering::Relaxed) < before + delivered {
+                        tokio::task::yield_now().await;
+                    }
                 }
-                while received.load(Ordering::Relaxed) < before + delivered {
-                    tokio::task::yield_now().await;
-                }
-            }
-            let took = start.elapsed();
-            drop(engines);
-            took
+                start.elapsed()
+            })
+            .await
+            .expect("runs")
         })
-        .await
-        .expect("runs")
-    });
-    rt.block_on(factory.shutdown());
-    took
+    }
+}
+
+impl Drop for RunsAcrossUsers {
+    fn drop(&mut self) {
+        self.engines = Arc::new(Vec::new());
+        self.rt.block_on(self.factory.shutdown());
+    }
 }
