@@ -628,6 +628,36 @@ async fn delivery_failures_never_fail_a_run_and_are_counted() {
     }
 }
 
+/// A run's task dropped with its runtime (before or after its first poll) still releases
+/// the engine's shutdown and the thread's later runs: `Run`'s drop fires its done signal.
+#[test]
+fn shutdown_does_not_wait_for_runs_their_runtime_dropped() {
+    let f = fixture(vec![Step::Sleep(10_000)]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Started: asleep inside the agent when the runtime goes.
+        f.engine.spawn(&f.ctx.new_run(), "script", "x").unwrap();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        // Accepted, never polled.
+        f.engine.spawn(&f.ctx.new_run(), "script", "x").unwrap();
+    });
+    assert_eq!(f.engine.active_run_count(), 2);
+    drop(rt);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), f.engine.shutdown())
+            .await
+            .expect("shutdown returns once the dropped runs are done");
+    });
+}
+
 #[test]
 fn spawning_outside_a_runtime_is_a_typed_error_not_a_panic() {
     let f = fixture(vec![]);
