@@ -20,7 +20,6 @@
 //! # }
 //! ```
 
-pub mod bench;
 mod script;
 
 pub use script::{

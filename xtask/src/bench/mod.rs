@@ -184,7 +184,7 @@ fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>, XtaskError> {
     let args = [
         "bench",
         "-p",
-        "engine-tests",
+        "engine-bench",
         "-p",
         "xtask",
         "--benches",

@@ -16,13 +16,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use engine_bench::{bench_config, bench_registry};
 use engine_core::{
     AgentEvent, EventEnvelope, RequestId, RunId, ThreadId, UserExecutionContext, UserId,
 };
 use engine_factory::{ExecutionEngineFactory, Seams};
 use engine_redis::testing::RedisServer;
 use engine_redis::{ClusterConfig, RedisCluster};
-use engine_tests::bench::{bench_config, bench_registry};
 use redis::streams::StreamReadReply;
 
 const RUNS: usize = 10;

@@ -1,5 +1,5 @@
 //! Allocations per trivial run (exact): the trivial-run scenario of the callgrind row
-//! ([`engine_tests::bench::trivial_runs`]) under a counting global allocator (`stats_alloc`),
+//! ([`engine_bench::trivial_runs`]) under a counting global allocator (`stats_alloc`),
 //! at 1,000 and 3,000 runs, the difference divided by 2,000 (so set-up and tear-down cancel
 //! out), for ours and for the raw-tokio floor. Prints one `name  ours  baseline  ratio` line.
 //! The count is exact: it does not depend on the machine's load.
@@ -7,7 +7,7 @@
 
 use std::alloc::System;
 
-use engine_tests::bench::trivial_runs;
+use engine_bench::trivial_runs;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]

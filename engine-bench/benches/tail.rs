@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use engine_bench::{bench_config, bench_registry, bench_users};
 use engine_core::{
     AgentEvent, EventEnvelope, RequestId, RunId, ThreadId, UserExecutionContext, UserId,
 };
 use engine_factory::ExecutionEngineFactory;
-use engine_tests::bench::{bench_config, bench_registry, bench_users};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 const RUNS: usize = 10_000;

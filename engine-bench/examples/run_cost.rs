@@ -1,10 +1,10 @@
 //! Instructions per run, for `valgrind --tool=callgrind` (deterministic, unlike wall time on a
 //! shared VM): runs N trivial 6-event runs through one engine with a reading subscriber
 //! (`ours`), or N raw-tokio tasks sending 6 events to a consumer (`baseline`), on a
-//! current-thread runtime ([`engine_tests::bench::trivial_runs`]). BENCHMARKS.md divides the
+//! current-thread runtime ([`engine_bench::trivial_runs`]). BENCHMARKS.md divides the
 //! difference between two N by the runs.
 //!
-//! `cargo build --release -p engine-tests --example run_cost`, then
+//! `cargo build --release -p engine-bench --example run_cost`, then
 //! `valgrind --tool=callgrind target/release/examples/run_cost ours 2000`.
 #![allow(clippy::print_stdout)]
 
@@ -12,6 +12,6 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let ours = args.get(1).map_or("ours", String::as_str) == "ours";
     let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let events = engine_tests::bench::trivial_runs(ours, n);
+    let events = engine_bench::trivial_runs(ours, n);
     println!("{events} events");
 }

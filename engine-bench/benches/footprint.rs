@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use engine_bench::{bench_engines, bench_factory, bench_users};
 use engine_core::{AgentEvent, EventEnvelope, RunId, ThreadId};
-use engine_tests::bench::{bench_engines, bench_factory, bench_users};
 use tokio::sync::mpsc;
 
 fn rss_bytes() -> u64 {

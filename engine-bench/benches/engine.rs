@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use engine_bench::{bench_engines, bench_factory, bench_users, RunsAcrossUsers};
 use engine_core::{AgentEvent, EventEnvelope, RunId, ThreadId, UserExecutionContext, UserId};
 use engine_factory::{EngineHandle, ExecutionEngineFactory};
-use engine_tests::bench::{bench_engines, bench_factory, bench_users, RunsAcrossUsers};
 use tokio::runtime::Runtime;
 use tokio::sync::{broadcast, mpsc};
 

@@ -1,4 +1,12 @@
-//! Agents and set-up shared by the benchmarks (`benches/engine.rs`, `benches/footprint.rs`).
+//! The benchmarks of the workspace (`benches/`, run by `cargo xtask bench`) and the agents and
+//! set-up they share. A crate of their own so that they build tokio as production does: the
+//! test suites' `test-util` feature (a paused, mockable clock) puts a lock on every
+//! `Instant::now` of the runtime and the engine, which the benchmarks must not measure.
+//!
+//! ```
+//! // The scenario of the instruction and allocation rows: 10 trivial runs through one engine.
+//! assert_eq!(engine_bench::trivial_runs(true, 10), 60);
+//! ```
 
 use std::sync::Arc;
 
@@ -9,7 +17,7 @@ use engine_core::{
 use engine_factory::{EngineHandle, ExecutionEngineFactory, FactoryConfig};
 use serde_json::json;
 
-use crate::EchoTool;
+use engine_tests::EchoTool;
 
 /// Returns at once: a run of 2 events (started, completed).
 #[derive(Debug, Default)]
