@@ -429,7 +429,13 @@ impl UserExecutionEngine {
             control: Arc::clone(&control),
             after,
         };
-        let join = runtime.spawn(run.execute().instrument(span));
+        // No subscriber wants the span: spawn the run bare instead of entering and leaving a
+        // disabled span on every poll.
+        let join = if span.is_disabled() {
+            runtime.spawn(run.execute())
+        } else {
+            runtime.spawn(run.execute().instrument(span))
+        };
         Ok(RunHandle {
             run_id: context.run_id().clone(),
             control: Arc::clone(&control),
