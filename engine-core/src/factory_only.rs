@@ -65,13 +65,6 @@ pub fn take_factory_key() -> Result<&'static FactoryKey, KeyTaken> {
 #[derive(Debug, Clone)]
 pub struct EngineKit(pub(crate) Arc<RunKit>);
 
-impl EngineKit {
-    /// The engines' limits.
-    pub fn config(&self) -> &EngineConfig {
-        &self.0.config
-    }
-}
-
 /// The kit the engines of one factory share.
 #[deprecated(
     note = "engines are built only by the factory: use engine_factory::ExecutionEngineFactory::create_for_user"

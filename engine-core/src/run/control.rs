@@ -27,13 +27,11 @@ pub(crate) struct Signal {
 }
 
 impl Signal {
-    /// Sets the flag and wakes every waiter; `true` if this call set it.
-    pub(crate) fn set(&self) -> bool {
-        let first = !self.set.swap(true, Ordering::AcqRel);
-        if first {
+    /// Sets the flag and wakes every waiter (once: later calls do nothing).
+    pub(crate) fn set(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) {
             self.notify.notify_waiters();
         }
-        first
     }
 
     /// Whether the flag is set.
