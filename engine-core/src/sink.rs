@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::event::EventEnvelope;
@@ -83,15 +82,15 @@ impl Future for Delivery<'_> {
 /// and the consumer sees the gap in the sequence numbers.
 ///
 /// ```
-/// use std::sync::{Arc, Mutex};
+/// use std::sync::Mutex;
 /// use engine_core::{Delivery, EventEnvelope, EventSink, UserId};
 ///
 /// /// Keeps one user's events in memory.
-/// struct Recorder { user: UserId, events: Mutex<Vec<Arc<EventEnvelope>>> }
+/// struct Recorder { user: UserId, events: Mutex<Vec<EventEnvelope>> }
 ///
 /// impl EventSink for Recorder {
 ///     fn user_id(&self) -> &UserId { &self.user }
-///     fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+///     fn deliver(&self, event: EventEnvelope) -> Delivery<'_> {
 ///         self.events.lock().unwrap().push(event);
 ///         Delivery::ready(Ok(()))
 ///     }
@@ -103,5 +102,9 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// Delivers one event: decide at once with [`Delivery::ready`], or return
     /// [`Delivery::pending`] to wait (backpressure).
-    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_>;
+    ///
+    /// The sink takes the envelope by value: the engine keeps no copy, so a sink with one
+    /// consumer can move it on without an allocation, and one with several decides how to share
+    /// it.
+    fn deliver(&self, event: EventEnvelope) -> Delivery<'_>;
 }

@@ -77,12 +77,12 @@ pub struct Replayed {
     /// (`from_seq..=to_seq`), if any.
     pub gap: Option<(u64, u64)>,
     /// The retained events of the run after the requested position, in order.
-    pub events: Vec<Arc<EventEnvelope>>,
+    pub events: Vec<EventEnvelope>,
 }
 
 impl Replayed {
     /// What a bus found: the missing range, if any, and the retained events after it.
-    pub fn new(gap: Option<(u64, u64)>, events: Vec<Arc<EventEnvelope>>) -> Self {
+    pub fn new(gap: Option<(u64, u64)>, events: Vec<EventEnvelope>) -> Self {
         Self { gap, events }
     }
 }
@@ -103,7 +103,7 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes one envelope to its user's log. A failed publish must still reach this node's
     /// subscribers of the user (through the feed, if attached) so that no run loses its events
     /// locally.
-    fn publish(&self, event: Arc<EventEnvelope>) -> Delivery<'_>;
+    fn publish(&self, event: EventEnvelope) -> Delivery<'_>;
 
     /// Starts feeding `feed`'s user's events, published from now on, into `feed`. The returned
     /// future completes once the position is fixed: every event published afterwards is fed.
@@ -158,7 +158,7 @@ impl UserFeed {
 
     /// Hands one envelope to this user's subscribers on this node. An envelope of another
     /// user is refused (counted as dropped), never routed.
-    pub async fn deliver(&self, event: Arc<EventEnvelope>) -> Result<(), DeliveryError> {
+    pub async fn deliver(&self, event: EventEnvelope) -> Result<(), DeliveryError> {
         let Some(channel) = self.channel.upgrade() else {
             return Err(DeliveryError::Closed);
         };

@@ -98,7 +98,7 @@ impl Drop for UserChannel {
 
 impl UserChannel {
     /// Hands `event` to every subscriber of this user; refuses another user's envelope.
-    pub(crate) fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+    pub(crate) fn deliver(&self, event: EventEnvelope) -> Delivery<'_> {
         let counters = &self.hub.counters;
         if event.user_id != self.user {
             // Unreachable through the engine (it stamps its own user); refuse rather than route.
@@ -108,6 +108,7 @@ impl UserChannel {
                 event.user_id, self.user
             ))));
         }
+        let event = Arc::new(event);
         // Fast path: every subscriber has room; no allocation, no waiting.
         let mut full: Vec<Tx> = Vec::new();
         let mut delivered = 0u64;
@@ -317,7 +318,7 @@ impl EventSink for UserChannel {
         &self.user
     }
 
-    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+    fn deliver(&self, event: EventEnvelope) -> Delivery<'_> {
         UserChannel::deliver(self, event)
     }
 }
@@ -335,7 +336,7 @@ impl EventSink for BusSink {
         &self.channel.user
     }
 
-    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+    fn deliver(&self, event: EventEnvelope) -> Delivery<'_> {
         if event.user_id != self.channel.user {
             self.channel
                 .hub

@@ -217,7 +217,9 @@ impl Gateway {
             replayed
                 .events
                 .into_iter()
-                .map(|envelope| ServerFrame::Event { envelope }),
+                .map(|envelope| ServerFrame::Event {
+                    envelope: std::sync::Arc::new(envelope),
+                }),
         );
         Ok(frames)
     }

@@ -78,7 +78,7 @@ pub(crate) struct BusInner {
 /// The Redis event bus of one node.
 pub(crate) struct RedisBus {
     inner: Arc<BusInner>,
-    tx: mpsc::Sender<Arc<EventEnvelope>>,
+    tx: mpsc::Sender<EventEnvelope>,
 }
 
 impl RedisBus {
@@ -136,8 +136,8 @@ impl RedisBus {
 }
 
 /// Takes queued events in batches and stores each batch with one pipeline.
-async fn publisher(inner: Arc<BusInner>, mut rx: mpsc::Receiver<Arc<EventEnvelope>>) {
-    let mut batch: Vec<Arc<EventEnvelope>> = Vec::with_capacity(BATCH);
+async fn publisher(inner: Arc<BusInner>, mut rx: mpsc::Receiver<EventEnvelope>) {
+    let mut batch: Vec<EventEnvelope> = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         publish_batch(&inner, &batch).await;
         inner
@@ -148,12 +148,12 @@ async fn publisher(inner: Arc<BusInner>, mut rx: mpsc::Receiver<Arc<EventEnvelop
     }
 }
 
-async fn publish_batch(inner: &BusInner, batch: &[Arc<EventEnvelope>]) {
+async fn publish_batch(inner: &BusInner, batch: &[EventEnvelope]) {
     let mut pipe = redis::pipe();
     let mut users: Vec<&UserId> = Vec::new();
     let mut last_of_run: HashMap<(&UserId, &RunId), u64> = HashMap::new();
     for e in batch {
-        let json = match serde_json::to_string(&**e) {
+        let json = match serde_json::to_string(e) {
             Ok(j) => j,
             Err(err) => {
                 tracing::error!(user_id = %e.user_id, run_id = %e.run_id, error = %err, "event not serializable; not published");
@@ -219,7 +219,7 @@ async fn publish_batch(inner: &BusInner, batch: &[Arc<EventEnvelope>]) {
                 .publish_errors
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             // Not stored: this node's own subscribers still get them, directly.
-            let feeds: Vec<(UserFeed, Arc<EventEnvelope>)> = {
+            let feeds: Vec<(UserFeed, EventEnvelope)> = {
                 let feeds = lock(&inner.feeds);
                 batch
                     .iter()
@@ -227,7 +227,7 @@ async fn publish_batch(inner: &BusInner, batch: &[Arc<EventEnvelope>]) {
                         feeds
                             .by_user
                             .get(&e.user_id)
-                            .map(|f| (f.feed.clone(), Arc::clone(e)))
+                            .map(|f| (f.feed.clone(), e.clone()))
                     })
                     .collect()
             };
@@ -342,7 +342,7 @@ async fn read_loop(
                     continue;
                 }
                 inner.health.read.fetch_add(1, Ordering::Relaxed);
-                let _ = feed.deliver(Arc::new(event)).await;
+                let _ = feed.deliver(event).await;
             }
             if let Some(last) = last {
                 let mut feeds = lock(&inner.feeds);
@@ -408,7 +408,7 @@ impl BusInner {
 }
 
 impl EventBus for RedisBus {
-    fn publish(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+    fn publish(&self, event: EventEnvelope) -> Delivery<'_> {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(event) {
             Ok(()) => Delivery::ready(Ok(())),
@@ -521,7 +521,7 @@ impl EventBus for RedisBus {
                     continue;
                 }
                 match decode(&entry.map) {
-                    Some(e) if &e.user_id == user && &e.run_id == run => events.push(Arc::new(e)),
+                    Some(e) if &e.user_id == user && &e.run_id == run => events.push(e),
                     _ => {}
                 }
             }

@@ -192,12 +192,13 @@ async fn tabs_on_both_nodes_see_runs_of_either_node_and_resume_anywhere() {
     let seqs = |v: &[Arc<EventEnvelope>]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
     assert_eq!(seqs(&seen_a), seqs(&seen_b));
     assert_eq!(seqs(&seen_a), (1..=seen_a.len() as u64).collect::<Vec<_>>());
+    let replayed_seqs = |v: &[EventEnvelope]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
     // Resume on node B from seq 2: the rest, no gap.
     let bus = b.factory.event_bus().unwrap();
     let replay = bus.replay(&dave, run.run_id(), 2).await.unwrap().unwrap();
     assert_eq!(replay.gap, None);
     assert_eq!(
-        seqs(&replay.events),
+        replayed_seqs(&replay.events),
         (3..=seen_a.len() as u64).collect::<Vec<_>>()
     );
     // Another user cannot resume it on any node.

@@ -27,14 +27,14 @@ enum SinkMode {
 struct RecordingSink {
     user: UserId,
     mode: SinkMode,
-    events: Mutex<Vec<Arc<EventEnvelope>>>,
+    events: Mutex<Vec<EventEnvelope>>,
 }
 
 impl EventSink for RecordingSink {
     fn user_id(&self) -> &UserId {
         &self.user
     }
-    fn deliver(&self, event: Arc<EventEnvelope>) -> Delivery<'_> {
+    fn deliver(&self, event: EventEnvelope) -> Delivery<'_> {
         match self.mode {
             SinkMode::Ok => {
                 self.events.lock().unwrap().push(event);
@@ -57,7 +57,7 @@ impl RecordingSink {
             .map(|e| e.event.kind())
             .collect()
     }
-    fn of_run(&self, run: &RunId) -> Vec<Arc<EventEnvelope>> {
+    fn of_run(&self, run: &RunId) -> Vec<EventEnvelope> {
         self.events
             .lock()
             .unwrap()
@@ -200,7 +200,7 @@ fn fixture(steps: Vec<Step>) -> Fixture {
     fixture_with(steps, EngineConfig::default(), SinkMode::Ok)
 }
 
-fn assert_well_formed(events: &[Arc<EventEnvelope>]) {
+fn assert_well_formed(events: &[EventEnvelope]) {
     assert!(!events.is_empty());
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1, "sequence numbers contiguous from 1");
@@ -222,14 +222,14 @@ fn assert_well_formed(events: &[Arc<EventEnvelope>]) {
     assert_eq!(exec, done, "every tool_executing has its tool_completed");
 }
 
-fn terminal_status(events: &[Arc<EventEnvelope>]) -> RunStatus {
+fn terminal_status(events: &[EventEnvelope]) -> RunStatus {
     match &events.last().unwrap().event {
         AgentEvent::AgentCompleted { status, .. } => *status,
         other => panic!("not terminal: {other:?}"),
     }
 }
 
-fn tool_statuses(events: &[Arc<EventEnvelope>]) -> Vec<ToolStatus> {
+fn tool_statuses(events: &[EventEnvelope]) -> Vec<ToolStatus> {
     events
         .iter()
         .filter_map(|e| match &e.event {

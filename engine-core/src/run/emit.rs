@@ -1,8 +1,18 @@
 //! The run's [`Emitter`]: stamps every event with the run's own ids, the next sequence number
 //! and a timestamp that never goes backwards, and hands it to the engine's user-bound sink.
+//!
+//! Emitting is synchronous when the sink decides at once (the common case): [`Emit`] is then
+//! already done and awaiting it costs nothing. Only a delivery that waits (backpressure, or a
+//! sibling sub-agent holding the shared emitter) becomes a boxed future. Keeping the waiting
+//! part out of line keeps every future of the run path small: the run's task is moved (copied)
+//! a few times by the runtime, so its size is paid on every run.
 
+use std::future::Future;
+use std::ops::DerefMut;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
@@ -11,11 +21,11 @@ use crate::context::UserExecutionContext;
 use crate::error::panic_message;
 use crate::event::{AgentEvent, EventEnvelope};
 use crate::ids::RequestId;
-use crate::sink::EventSink;
+use crate::sink::{Delivery, DeliveryError, EventSink};
 
-/// Emits the events of one run, in order, to the engine's user-bound sink.
+/// The sequence and counters of one run's events (the sink is held beside it, by
+/// [`EmitterSlot`]).
 pub(crate) struct Emitter {
-    sink: Arc<dyn EventSink>,
     context: UserExecutionContext,
     delivery_timeout: Duration,
     seq: u64,
@@ -24,14 +34,16 @@ pub(crate) struct Emitter {
     pub(crate) dropped: u64,
 }
 
+/// Why one event did not reach the sink's consumers.
+enum Fault {
+    Sink(DeliveryError),
+    Panic(Box<dyn std::any::Any + Send>),
+    TimedOut,
+}
+
 impl Emitter {
-    pub(crate) fn new(
-        sink: Arc<dyn EventSink>,
-        context: UserExecutionContext,
-        delivery_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(context: UserExecutionContext, delivery_timeout: Duration) -> Self {
         Self {
-            sink,
             context,
             delivery_timeout,
             seq: 0,
@@ -41,22 +53,18 @@ impl Emitter {
         }
     }
 
-    /// Sends one event of the top-level agent.
-    pub(crate) async fn emit(&mut self, event: AgentEvent) {
-        let request_id = self.context.request_id().clone();
-        self.emit_for(request_id, event).await;
-    }
-
-    /// Sends one event of the agent of `request_id`. Never fails: an error, panic or timeout in
-    /// the sink counts the event as dropped, and the sequence number is consumed so the
-    /// consumer sees the gap.
-    pub(crate) async fn emit_for(&mut self, request_id: RequestId, event: AgentEvent) {
+    /// The next envelope of the run, for the agent of `request_id`. Counted as dropped until
+    /// the sink confirms it, so a delivery abandoned half-way (the run future dropped on
+    /// cancellation) is never counted as delivered. The sequence number is consumed whatever
+    /// happens next, so a consumer sees a lost event as a gap.
+    fn stamp(&mut self, request_id: RequestId, event: AgentEvent) -> EventEnvelope {
         self.seq += 1;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         self.last_timestamp_us = self.last_timestamp_us.max(now);
-        let envelope = Arc::new(EventEnvelope {
+        self.dropped += 1;
+        EventEnvelope {
             user_id: self.context.user_id().clone(),
             thread_id: self.context.thread_id().clone(),
             run_id: self.context.run_id().clone(),
@@ -64,44 +72,95 @@ impl Emitter {
             seq: self.seq,
             timestamp_us: self.last_timestamp_us,
             event,
-        });
-        // Counted as dropped until the sink confirms, so a delivery abandoned half-way (the run
-        // future dropped on cancellation) is never counted as delivered.
-        self.dropped += 1;
-        let sink = &self.sink;
-        let started = std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(envelope)));
-        let outcome = match started {
-            Ok(delivery) => {
-                within(
-                    self.delivery_timeout,
-                    AssertUnwindSafe(delivery).catch_unwind(),
-                )
-                .await
-            }
-            Err(panic) => Ok(Err(panic)),
-        };
-        match outcome {
-            Ok(Ok(Ok(()))) => {
+        }
+    }
+
+    /// Counts how the delivery of event `seq` ended.
+    fn record(&mut self, seq: u64, result: Result<(), Fault>) {
+        match result {
+            Ok(()) => {
                 self.dropped -= 1;
                 self.delivered += 1;
             }
-            Ok(Ok(Err(error))) => {
-                tracing::debug!(seq = self.seq, %error, "event dropped by sink");
+            Err(Fault::Sink(error)) => {
+                tracing::debug!(seq, %error, "event dropped by sink");
             }
-            Ok(Err(panic)) => {
-                tracing::warn!(seq = self.seq, panic = %panic_message(&*panic), "event sink panicked; event dropped");
+            Err(Fault::Panic(panic)) => {
+                tracing::warn!(seq, panic = %panic_message(&*panic), "event sink panicked; event dropped");
             }
-            Err(_) => {
-                tracing::debug!(seq = self.seq, "event delivery timed out; event dropped");
+            Err(Fault::TimedOut) => {
+                tracing::debug!(seq, "event delivery timed out; event dropped");
             }
         }
     }
 }
 
-/// The run's emitter as one agent of the run holds it: owned while only the top-level agent
-/// runs (no lock per event), shared behind an async lock while sub-agents run, so every agent of
-/// the run draws from one sequence and events reach the sink in sequence order.
-pub(crate) enum EmitterSlot {
+/// Hands one event to `sink`. Never fails: an error, panic or timeout in the sink counts the
+/// event as dropped. `emitter` is the run's emitter, owned or locked; a delivery that waits
+/// keeps it (and so the run's sequence order) until it ends.
+fn send<'a, E>(
+    sink: &'a dyn EventSink,
+    mut emitter: E,
+    request_id: RequestId,
+    event: AgentEvent,
+) -> Emit<'a>
+where
+    E: DerefMut<Target = Emitter> + Send + 'a,
+{
+    let envelope = emitter.stamp(request_id, event);
+    let seq = envelope.seq;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(envelope))) {
+        Err(panic) => emitter.record(seq, Err(Fault::Panic(panic))),
+        Ok(Delivery::Ready(result)) => {
+            let result = result.unwrap_or(Err(DeliveryError::Closed));
+            emitter.record(seq, result.map_err(Fault::Sink));
+        }
+        Ok(Delivery::Pending(delivery)) => {
+            let limit = emitter.delivery_timeout;
+            return Emit::Waiting(Box::pin(async move {
+                let result = match within(limit, AssertUnwindSafe(delivery).catch_unwind()).await {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(error))) => Err(Fault::Sink(error)),
+                    Ok(Err(panic)) => Err(Fault::Panic(panic)),
+                    Err(_) => Err(Fault::TimedOut),
+                };
+                emitter.record(seq, result);
+            }));
+        }
+    }
+    Emit::Done
+}
+
+/// One event on its way: done at once (delivered or dropped), or a delivery still waiting.
+/// Await it before emitting the next event of the agent.
+#[must_use = "an event that waits on its delivery must be awaited"]
+pub(crate) enum Emit<'a> {
+    /// The sink decided at once.
+    Done,
+    /// The delivery waits (backpressure, or the shared emitter is busy).
+    Waiting(Pin<Box<dyn Future<Output = ()> + Send + 'a>>),
+}
+
+impl Future for Emit<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            Self::Done => Poll::Ready(()),
+            Self::Waiting(delivery) => delivery.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The run's emitter as one agent of the run holds it, with the engine's sink: owned while
+/// only the top-level agent runs (no lock per event), shared behind an async lock while
+/// sub-agents run, so every agent of the run draws from one sequence and events reach the sink
+/// in sequence order.
+pub(crate) struct EmitterSlot {
+    sink: Arc<dyn EventSink>,
+    state: Slot,
+}
+
+enum Slot {
     Own(Emitter),
     Shared(Arc<tokio::sync::Mutex<Emitter>>),
     /// Only while switching between the two.
@@ -109,39 +168,61 @@ pub(crate) enum EmitterSlot {
 }
 
 impl EmitterSlot {
-    /// Sends one event of the agent of `request_id`.
-    pub(crate) async fn emit(&mut self, request_id: &RequestId, event: AgentEvent) {
-        match self {
-            Self::Own(e) => e.emit_for(request_id.clone(), event).await,
-            Self::Shared(m) => m.lock().await.emit_for(request_id.clone(), event).await,
-            Self::Moving => unreachable!("the emitter is always put back"),
+    /// The top-level agent's slot: owns the run's emitter.
+    pub(crate) fn new(sink: Arc<dyn EventSink>, emitter: Emitter) -> Self {
+        Self {
+            sink,
+            state: Slot::Own(emitter),
         }
     }
 
-    /// A shared handle for sub-agents (the slot becomes shared if it was owned).
-    pub(crate) fn share(&mut self) -> Arc<tokio::sync::Mutex<Emitter>> {
-        if let Self::Own(_) = self {
-            let Self::Own(e) = std::mem::replace(self, Self::Moving) else {
+    /// Sends one event of the agent of `request_id`.
+    pub(crate) fn emit(&mut self, request_id: &RequestId, event: AgentEvent) -> Emit<'_> {
+        let sink = &*self.sink;
+        match &mut self.state {
+            Slot::Own(e) => send(sink, e, request_id.clone(), event),
+            Slot::Shared(m) => match m.try_lock() {
+                Ok(guard) => send(sink, guard, request_id.clone(), event),
+                Err(_) => {
+                    let request_id = request_id.clone();
+                    let m = &**m;
+                    Emit::Waiting(Box::pin(async move {
+                        send(sink, m.lock().await, request_id, event).await;
+                    }))
+                }
+            },
+            Slot::Moving => unreachable!("the emitter is always put back"),
+        }
+    }
+
+    /// A slot for a sub-agent sharing this one's emitter (this slot becomes shared if it was
+    /// owned).
+    pub(crate) fn share(&mut self) -> EmitterSlot {
+        if let Slot::Own(_) = self.state {
+            let Slot::Own(e) = std::mem::replace(&mut self.state, Slot::Moving) else {
                 unreachable!("checked above")
             };
-            *self = Self::Shared(Arc::new(tokio::sync::Mutex::new(e)));
+            self.state = Slot::Shared(Arc::new(tokio::sync::Mutex::new(e)));
         }
-        match self {
-            Self::Shared(m) => Arc::clone(m),
-            Self::Own(_) | Self::Moving => unreachable!("made shared above"),
+        match &self.state {
+            Slot::Shared(m) => EmitterSlot {
+                sink: Arc::clone(&self.sink),
+                state: Slot::Shared(Arc::clone(m)),
+            },
+            Slot::Own(_) | Slot::Moving => unreachable!("made shared above"),
         }
     }
 
     /// Owns the emitter again once no sub-agent holds it (a no-op while one does).
     pub(crate) fn reclaim(&mut self) {
-        if let Self::Shared(m) = self {
+        if let Slot::Shared(m) = &self.state {
             if Arc::strong_count(m) == 1 {
-                let Self::Shared(m) = std::mem::replace(self, Self::Moving) else {
+                let Slot::Shared(m) = std::mem::replace(&mut self.state, Slot::Moving) else {
                     unreachable!("checked above")
                 };
                 match Arc::try_unwrap(m) {
-                    Ok(mutex) => *self = Self::Own(mutex.into_inner()),
-                    Err(m) => *self = Self::Shared(m),
+                    Ok(mutex) => self.state = Slot::Own(mutex.into_inner()),
+                    Err(m) => self.state = Slot::Shared(m),
                 }
             }
         }
@@ -151,35 +232,45 @@ impl EmitterSlot {
     /// ended or been dropped by then).
     pub(crate) async fn last(&mut self) -> EmitterGuard<'_> {
         self.reclaim();
-        match self {
-            Self::Own(e) => EmitterGuard::Own(e),
-            Self::Shared(m) => EmitterGuard::Locked(m.lock().await),
-            Self::Moving => unreachable!("the emitter is always put back"),
-        }
+        let sink = &*self.sink;
+        let emitter = match &mut self.state {
+            Slot::Own(e) => Held::Own(e),
+            Slot::Shared(m) => Held::Locked(m.lock().await),
+            Slot::Moving => unreachable!("the emitter is always put back"),
+        };
+        EmitterGuard { sink, emitter }
     }
 }
 
-/// Access to the emitter for the run's last events.
-pub(crate) enum EmitterGuard<'a> {
+/// The run's emitter for its last events, with the sink.
+pub(crate) struct EmitterGuard<'a> {
+    sink: &'a dyn EventSink,
+    emitter: Held<'a>,
+}
+
+enum Held<'a> {
     Own(&'a mut Emitter),
     Locked(tokio::sync::MutexGuard<'a, Emitter>),
+}
+
+impl EmitterGuard<'_> {
+    /// Sends one event of the top-level agent.
+    pub(crate) fn emit(&mut self, event: AgentEvent) -> Emit<'_> {
+        let emitter: &mut Emitter = match &mut self.emitter {
+            Held::Own(e) => e,
+            Held::Locked(g) => g,
+        };
+        let request_id = emitter.context.request_id().clone();
+        send(self.sink, emitter, request_id, event)
+    }
 }
 
 impl std::ops::Deref for EmitterGuard<'_> {
     type Target = Emitter;
     fn deref(&self) -> &Emitter {
-        match self {
-            Self::Own(e) => e,
-            Self::Locked(g) => g,
-        }
-    }
-}
-
-impl std::ops::DerefMut for EmitterGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Emitter {
-        match self {
-            Self::Own(e) => e,
-            Self::Locked(g) => g,
+        match &self.emitter {
+            Held::Own(e) => e,
+            Held::Locked(g) => g,
         }
     }
 }

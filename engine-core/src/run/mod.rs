@@ -69,11 +69,11 @@ impl RunContext {
         control: Arc<RunControl>,
         kit: Arc<RunKit>,
     ) -> Self {
-        let emitter = Emitter::new(sink, context.clone(), kit.config.delivery_timeout());
+        let emitter = Emitter::new(context.clone(), kit.config.delivery_timeout());
         Self::for_agent(
             agent_name,
             context,
-            EmitterSlot::Own(emitter),
+            EmitterSlot::new(sink, emitter),
             control,
             kit,
             0,
@@ -121,10 +121,8 @@ impl RunContext {
     }
 
     /// Sends one event of this agent.
-    pub(crate) async fn emit(&mut self, event: AgentEvent) {
-        self.emitter
-            .emit(self.tools.context.request_id(), event)
-            .await;
+    pub(crate) fn emit(&mut self, event: AgentEvent) -> emit::Emit<'_> {
+        self.emitter.emit(self.tools.context.request_id(), event)
     }
 
     /// Reports progress as an `agent_thinking` event (a `&'static str` is not copied).
@@ -250,14 +248,14 @@ impl RunContext {
         calls: Vec<SubAgentCall>,
         max_concurrent: usize,
     ) -> Vec<Result<String, SubAgentError>> {
-        let shared = self.emitter.share();
+        let mut shared = self.emitter.share();
         let parent = sub::Parent {
             context: self.tools.context.clone(),
             depth: self.depth,
             control: Arc::clone(&self.control),
             kit: Arc::clone(&self.kit),
         };
-        let results = sub::run_all(&parent, &shared, calls, max_concurrent.max(1)).await;
+        let results = sub::run_all(&parent, &mut shared, calls, max_concurrent.max(1)).await;
         drop(shared);
         self.emitter.reclaim();
         results

@@ -14,7 +14,7 @@ use crate::error::{panic_message, ContextError};
 use crate::event::{AgentEvent, RunStatus, ToolStatus};
 use crate::outcome::RunEnd;
 use crate::run::control::{OpenItem, RunControl};
-use crate::run::emit::{millis, within, Emitter, EmitterSlot};
+use crate::run::emit::{millis, within, EmitterSlot};
 use crate::run::{RunContext, RunKit};
 
 /// One sub-agent to run: which agent, on what input, and optionally a time limit of its own
@@ -128,12 +128,12 @@ pub(crate) struct Parent {
 /// Runs `calls`, at most `limit` at once, results in call order.
 pub(crate) async fn run_all(
     parent: &Parent,
-    emitter: &Arc<tokio::sync::Mutex<Emitter>>,
+    emitter: &mut EmitterSlot,
     calls: Vec<SubAgentCall>,
     limit: usize,
 ) -> Vec<Result<String, SubAgentError>> {
     futures_util::stream::iter(calls)
-        .map(|call| run_one(parent, Arc::clone(emitter), call))
+        .map(|call| run_one(parent, emitter.share(), call))
         .buffered(limit)
         .collect()
         .await
@@ -142,7 +142,7 @@ pub(crate) async fn run_all(
 /// One sub-agent, from `sub_agent_started` to `sub_agent_completed`.
 async fn run_one(
     parent: &Parent,
-    emitter: Arc<tokio::sync::Mutex<Emitter>>,
+    mut emitter: EmitterSlot,
     call: SubAgentCall,
 ) -> Result<String, SubAgentError> {
     let agent = call.agent.clone();
@@ -154,7 +154,7 @@ async fn run_one(
         Err(source) => return Err(SubAgentError::TooDeep { agent, source }),
     };
     let me = parent.context.request_id();
-    let mut slot = EmitterSlot::Shared(Arc::clone(&emitter));
+    let mut slot = emitter.share();
     let started = Instant::now();
     parent.control.opened(
         me,
@@ -177,7 +177,7 @@ async fn run_one(
     let mut rc = RunContext::for_agent(
         Arc::clone(&agent_name),
         child,
-        EmitterSlot::Shared(emitter),
+        emitter,
         Arc::clone(&parent.control),
         Arc::clone(&parent.kit),
         parent.depth + 1,

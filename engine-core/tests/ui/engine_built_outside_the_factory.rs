@@ -15,7 +15,7 @@ impl EventSink for Discard {
     fn user_id(&self) -> &UserId {
         &self.0
     }
-    fn deliver(&self, _event: Arc<EventEnvelope>) -> Delivery<'_> {
+    fn deliver(&self, _event: EventEnvelope) -> Delivery<'_> {
         Delivery::ready(Ok(()))
     }
 }
