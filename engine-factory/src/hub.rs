@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use engine_core::{Delivery, DeliveryError, EventEnvelope, EventSink, UserId};
 use smallvec::SmallVec;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::cluster::{BusError, EventBus, UserFeed};
+use crate::queue::{PushError, Queue, WaitError};
 use crate::sync::{lock, read, write, Sharded};
-
-type Tx = mpsc::Sender<Arc<EventEnvelope>>;
 
 /// Counters of the hub, over all users (no per-user data).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,13 +65,16 @@ enum Attach {
     Failed(BusError),
 }
 
+/// One user's subscription queues by subscription id; usually one (a tab), held inline.
+type Subscribers = SmallVec<[(u64, Arc<Queue>); 1]>;
+
 /// One user's subscribers.
 pub(crate) struct UserChannel {
     user: UserId,
     /// The hub's settings and counters (the hub holds only a `Weak` back: no cycle).
     hub: Arc<HubInner>,
     /// Usually one (a tab), held inline.
-    subscribers: RwLock<SmallVec<[(u64, Tx); 1]>>,
+    subscribers: RwLock<Subscribers>,
     /// Whether the bus feeds this channel; only with a bus (a watch channel weighs ~400 bytes,
     /// and a single-node hub holds one channel per user).
     attach: Option<watch::Sender<Attach>>,
@@ -108,19 +110,18 @@ impl UserChannel {
                 event.user_id, self.user
             ))));
         }
-        let event = Arc::new(event);
-        // Fast path: every subscriber has room; no allocation, no waiting.
-        let mut full: Vec<Tx> = Vec::new();
+        // Fast path: every subscriber has room; no waiting. Each subscriber but the last gets a
+        // copy and the last the envelope itself, so the usual single subscriber (a gateway's
+        // pump, a tab) costs no copy and no allocation.
+        let mut waiting: Vec<(Arc<Queue>, EventEnvelope)> = Vec::new();
         let mut delivered = 0u64;
         let subscribers = {
             let subs = read(&self.subscribers);
-            for (_, tx) in subs.iter() {
-                match tx.try_send(Arc::clone(&event)) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => full.push(tx.clone()),
-                    // The receiver is being dropped; its Drop removes the entry.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if let Some(((_, last), others)) = subs.split_last() {
+                for (_, queue) in others {
+                    offer(queue, event.clone(), &mut delivered, &mut waiting);
                 }
+                offer(last, event, &mut delivered, &mut waiting);
             }
             subs.len()
         };
@@ -129,18 +130,22 @@ impl UserChannel {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             return Delivery::ready(Err(DeliveryError::NoSubscriber(self.user.clone())));
         }
-        if full.is_empty() {
+        if waiting.is_empty() {
             return Delivery::ready(Ok(()));
         }
         // Backpressure: wait on the full subscribers, all at once, up to the deadline.
         let deadline = self.hub.deadline;
         Delivery::pending(async move {
-            let sends = full
-                .iter()
-                .map(|tx| tx.send_timeout(Arc::clone(&event), deadline));
+            let sends = waiting
+                .into_iter()
+                .map(|(queue, event)| async move { queue.push_within(event, deadline).await });
             let results = futures_util::future::join_all(sends).await;
-            let dropped = results.iter().filter(|r| r.is_err()).count();
-            let sent = (results.len() - dropped) as u64;
+            // A subscriber that went away while we waited does not count as a drop.
+            let dropped = results
+                .iter()
+                .filter(|r| matches!(r, Err(WaitError::TimedOut)))
+                .count();
+            let sent = results.iter().filter(|r| r.is_ok()).count() as u64;
             counters.delivered.fetch_add(sent, Ordering::Relaxed);
             counters
                 .dropped
@@ -154,6 +159,22 @@ impl UserChannel {
                 Ok(())
             }
         })
+    }
+}
+
+/// Offers `event` to one subscriber's queue: buffered, or kept for a waiting send when full.
+#[inline]
+fn offer(
+    queue: &Arc<Queue>,
+    event: EventEnvelope,
+    delivered: &mut u64,
+    waiting: &mut Vec<(Arc<Queue>, EventEnvelope)>,
+) {
+    match queue.try_push(event) {
+        Ok(()) => *delivered += 1,
+        Err(PushError::Full(event)) => waiting.push((Arc::clone(queue), event)),
+        // The subscriber is being dropped; its Drop removes the entry.
+        Err(PushError::Closed) => {}
     }
 }
 
@@ -212,15 +233,24 @@ impl EventHub {
     /// closed, a new subscription ends immediately.
     pub(crate) fn subscribe(&self, user: &UserId) -> Subscription {
         let channel = self.channel(user);
-        let (tx, rx) = mpsc::channel(self.inner.buffer);
+        let queue = Arc::new(Queue::new(self.inner.buffer, false));
         let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
-        if !self.inner.closed.load(Ordering::Acquire) {
-            write(&channel.subscribers).push((id, tx));
-            if let Some(bus) = &self.inner.bus {
-                Self::attach(bus, &channel);
+        let added = {
+            // Checked under the channel's lock, which `close` takes after setting the flag: a
+            // subscription is either drained by `close` or sees the flag.
+            let mut subscribers = write(&channel.subscribers);
+            let open = !self.inner.closed.load(Ordering::Acquire);
+            if open {
+                subscribers.push((id, Arc::clone(&queue)));
             }
+            open
+        };
+        if !added {
+            queue.close();
+        } else if let Some(bus) = &self.inner.bus {
+            Self::attach(bus, &channel);
         }
-        Subscription { rx, id, channel }
+        Subscription { queue, id, channel }
     }
 
     /// Asks the bus, once per channel, to feed this user's events into it.
@@ -306,7 +336,10 @@ impl EventHub {
     pub(crate) fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         for channel in self.live_channels() {
-            write(&channel.subscribers).clear();
+            let subscribers = std::mem::take(&mut *write(&channel.subscribers));
+            for (_, queue) in subscribers {
+                queue.close();
+            }
         }
     }
 }
@@ -358,7 +391,7 @@ impl EventSink for BusSink {
 /// the factory shuts down. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::Receiver<Arc<EventEnvelope>>,
+    queue: Arc<Queue>,
     id: u64,
     /// The user's channel (its `user` is the subscription's).
     channel: Arc<UserChannel>,
@@ -378,16 +411,17 @@ impl Subscription {
         &self.channel.user
     }
     /// The next event, or `None` once the factory has shut down and the buffer is drained.
-    pub async fn recv(&mut self) -> Option<Arc<EventEnvelope>> {
-        self.rx.recv().await
+    #[inline]
+    pub async fn recv(&mut self) -> Option<EventEnvelope> {
+        std::future::poll_fn(|cx| self.queue.poll_pop(cx)).await
     }
     /// The next buffered event without waiting, if any.
-    pub fn try_recv(&mut self) -> Option<Arc<EventEnvelope>> {
-        self.rx.try_recv().ok()
+    pub fn try_recv(&mut self) -> Option<EventEnvelope> {
+        self.queue.pop()
     }
     /// Events buffered and not yet read.
     pub fn buffered(&self) -> usize {
-        self.rx.len()
+        self.queue.len()
     }
     /// Waits until the subscription receives every event published from now on. Immediate on
     /// a single node; with a cluster event bus, until the bus has fixed this user's position.
@@ -412,14 +446,15 @@ impl Subscription {
 }
 
 impl futures_core::Stream for Subscription {
-    type Item = Arc<EventEnvelope>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+    type Item = EventEnvelope;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.queue.poll_pop(cx)
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         write(&self.channel.subscribers).retain(|(id, _)| *id != self.id);
+        self.queue.receiver_dropped();
     }
 }

@@ -48,6 +48,7 @@ mod config;
 mod factory;
 mod hub;
 mod privileged;
+mod queue;
 mod sync;
 
 pub use cluster::{

@@ -263,7 +263,7 @@ async fn subscribers_get_only_their_users_events() {
         let mut n = 0;
         while let Some(e) = sub.try_recv() {
             assert_eq!(e.user_id.as_str(), "alice");
-            assert!(!serde_json::to_string(&*e).unwrap().contains("bob"));
+            assert!(!serde_json::to_string(&e).unwrap().contains("bob"));
             n += 1;
         }
         assert_eq!(n, 3);
@@ -271,7 +271,7 @@ async fn subscribers_get_only_their_users_events() {
     let mut n = 0;
     while let Some(e) = b.try_recv() {
         assert_eq!(e.user_id.as_str(), "bob");
-        assert!(!serde_json::to_string(&*e).unwrap().contains("alice"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("alice"));
         n += 1;
     }
     assert_eq!(n, 3);
@@ -410,7 +410,7 @@ async fn fifteen_users_run_concurrently_and_each_sees_only_its_own_events_in_ord
         assert_eq!(seen.len(), 30, "3 events x 10 runs for {user}");
         for e in &seen {
             assert_eq!(e.user_id.as_str(), user);
-            let text = serde_json::to_string(&**e).unwrap();
+            let text = serde_json::to_string(e).unwrap();
             for other in (0..15)
                 .map(|u| format!("user-{u:02}"))
                 .filter(|o| *o != user)

@@ -267,7 +267,8 @@ impl Gateway {
             loop {
                 let e = tokio::select! {
                     e = sub.recv() => match e {
-                        Some(e) => e,
+                        // Shared by the replay buffer and the frame (one allocation per event).
+                        Some(e) => Arc::new(e),
                         None => break,
                     },
                     () = stop.cancelled() => break,

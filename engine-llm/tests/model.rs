@@ -117,7 +117,7 @@ fn call(name: &str, arguments: Value) -> ToolCall {
 }
 
 /// Runs `text` for `user` on `thread` and collects the run's events until its terminal one.
-async fn run(s: &Setup, user: &str, thread: &str, text: &str) -> Vec<Arc<EventEnvelope>> {
+async fn run(s: &Setup, user: &str, thread: &str, text: &str) -> Vec<EventEnvelope> {
     run_with(s, user, thread, text, |_, _| None).await
 }
 
@@ -128,7 +128,7 @@ async fn run_with(
     thread: &str,
     text: &str,
     mut on: impl FnMut(&EventEnvelope, &mut Subscription) -> Option<Action>,
-) -> Vec<Arc<EventEnvelope>> {
+) -> Vec<EventEnvelope> {
     let ctx = UserExecutionContext::new(user, thread, format!("run-{}", uuid())).unwrap();
     let mut sub = s.factory.subscribe(ctx.user_id());
     let engine = s.factory.create_for_user(&ctx).unwrap();
@@ -167,7 +167,7 @@ fn uuid() -> String {
     format!("{:06}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn deltas(events: &[Arc<EventEnvelope>]) -> String {
+fn deltas(events: &[EventEnvelope]) -> String {
     events
         .iter()
         .filter_map(|e| match &e.event {
@@ -177,7 +177,7 @@ fn deltas(events: &[Arc<EventEnvelope>]) -> String {
         .collect()
 }
 
-fn ending(events: &[Arc<EventEnvelope>]) -> (RunStatus, Option<String>, Option<String>) {
+fn ending(events: &[EventEnvelope]) -> (RunStatus, Option<String>, Option<String>) {
     match &events.last().unwrap().event {
         AgentEvent::AgentCompleted {
             status,
@@ -189,7 +189,7 @@ fn ending(events: &[Arc<EventEnvelope>]) -> (RunStatus, Option<String>, Option<S
     }
 }
 
-fn tool_results(events: &[Arc<EventEnvelope>]) -> Vec<(String, ToolStatus, Option<Value>)> {
+fn tool_results(events: &[EventEnvelope]) -> Vec<(String, ToolStatus, Option<Value>)> {
     events
         .iter()
         .filter_map(|e| match &e.event {
@@ -469,7 +469,7 @@ async fn an_unknown_tool_is_reported_to_the_model_and_the_run_goes_on() {
     );
 }
 
-async fn approval_case(decision: ApprovalDecision) -> (Vec<Arc<EventEnvelope>>, Vec<Value>) {
+async fn approval_case(decision: ApprovalDecision) -> (Vec<EventEnvelope>, Vec<Value>) {
     let s = setup(
         calls_then_answer(
             "note",

@@ -77,7 +77,7 @@ async fn subscribed(factory: &ExecutionEngineFactory, user: &UserId) -> Subscrip
 }
 
 /// Reads `user`'s events until `runs` terminal events arrived (bounded).
-async fn until_terminals(sub: &mut Subscription, runs: usize) -> Vec<Arc<EventEnvelope>> {
+async fn until_terminals(sub: &mut Subscription, runs: usize) -> Vec<EventEnvelope> {
     let mut seen = Vec::new();
     let mut terminals = 0;
     while terminals < runs {
@@ -189,7 +189,7 @@ async fn tabs_on_both_nodes_see_runs_of_either_node_and_resume_anywhere() {
     engine.execute(&run, "chatty", "hi").await.unwrap();
     let seen_a = until_terminals(&mut on_a, 1).await;
     let seen_b = until_terminals(&mut on_b, 1).await;
-    let seqs = |v: &[Arc<EventEnvelope>]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let seqs = |v: &[EventEnvelope]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
     assert_eq!(seqs(&seen_a), seqs(&seen_b));
     assert_eq!(seqs(&seen_a), (1..=seen_a.len() as u64).collect::<Vec<_>>());
     let replayed_seqs = |v: &[EventEnvelope]| v.iter().map(|e| e.seq).collect::<Vec<_>>();

@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (user, (answers, received)) in &by_user {
         println!("=== {user}: {} events ===", received.len());
         for e in received {
-            println!("{}", serde_json::to_string(&**e)?);
+            println!("{}", serde_json::to_string(e)?);
         }
         for a in answers {
             println!("--> {}: {}", a.status().as_str(), a.result().unwrap_or("-"));

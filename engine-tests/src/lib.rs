@@ -28,7 +28,6 @@ pub use script::{
 };
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use engine_core::{AgentEvent, EventEnvelope, RequestId};
 
@@ -49,7 +48,7 @@ pub use engine_gateway::demo::{
 ///
 /// # Errors
 /// A description of the first violated invariant.
-pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
+pub fn check_run(events: &[EventEnvelope]) -> Result<(), String> {
     let first = events.first().ok_or("no events")?;
     let root = &first.request_id;
     // Open tool calls (call id, owner) and open sub-agents (request id, parent).
@@ -168,20 +167,16 @@ pub fn check_run(events: &[Arc<EventEnvelope>]) -> Result<(), String> {
 }
 
 /// Groups one user's received events by run, keeping arrival order within each run.
-pub fn by_run(
-    events: &[Arc<EventEnvelope>],
-) -> BTreeMap<engine_core::RunId, Vec<Arc<EventEnvelope>>> {
-    let mut runs: BTreeMap<engine_core::RunId, Vec<Arc<EventEnvelope>>> = BTreeMap::new();
+pub fn by_run(events: &[EventEnvelope]) -> BTreeMap<engine_core::RunId, Vec<EventEnvelope>> {
+    let mut runs: BTreeMap<engine_core::RunId, Vec<EventEnvelope>> = BTreeMap::new();
     for e in events {
-        runs.entry(e.run_id.clone())
-            .or_default()
-            .push(Arc::clone(e));
+        runs.entry(e.run_id.clone()).or_default().push(e.clone());
     }
     runs
 }
 
 /// The terminal status of a run's events, if its last event is `agent_completed`.
-pub fn terminal_status(events: &[Arc<EventEnvelope>]) -> Option<engine_core::RunStatus> {
+pub fn terminal_status(events: &[EventEnvelope]) -> Option<engine_core::RunStatus> {
     match events.last().map(|e| &e.event) {
         Some(AgentEvent::AgentCompleted { status, .. }) => Some(*status),
         _ => None,
@@ -189,7 +184,7 @@ pub fn terminal_status(events: &[Arc<EventEnvelope>]) -> Option<engine_core::Run
 }
 
 /// Drains everything currently buffered in a subscription.
-pub fn drain(sub: &mut engine_factory::Subscription) -> Vec<Arc<EventEnvelope>> {
+pub fn drain(sub: &mut engine_factory::Subscription) -> Vec<EventEnvelope> {
     std::iter::from_fn(|| sub.try_recv()).collect()
 }
 

@@ -3,7 +3,6 @@
 //! the user's approval (approve, deny, timeout, cancel and shutdown while waiting, another user's
 //! answer refused).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use engine_core::{
@@ -39,7 +38,7 @@ fn with(policy: MultitaskPolicy) -> RunOptions {
 }
 
 /// `(run index, event kind)` in arrival order, runs numbered by their position in `runs`.
-fn timeline(events: &[Arc<EventEnvelope>], runs: &[&RunId]) -> Vec<(usize, &'static str)> {
+fn timeline(events: &[EventEnvelope], runs: &[&RunId]) -> Vec<(usize, &'static str)> {
     events
         .iter()
         .filter_map(|e| {
@@ -209,7 +208,7 @@ async fn the_engine_default_policy_applies_when_the_request_chooses_none() {
     side.outcome().await.unwrap();
 }
 
-fn deltas(events: &[Arc<EventEnvelope>]) -> String {
+fn deltas(events: &[EventEnvelope]) -> String {
     events
         .iter()
         .filter_map(|e| match &e.event {
@@ -276,7 +275,7 @@ async fn an_answer_that_contradicts_the_stream_fails_the_run() {
 }
 
 /// The events of one approval, as kinds plus the decision and the tool status.
-fn approval_story(events: &[Arc<EventEnvelope>]) -> Vec<String> {
+fn approval_story(events: &[EventEnvelope]) -> Vec<String> {
     events
         .iter()
         .map(|e| match &e.event {

@@ -1,7 +1,6 @@
 //! Golden path and isolation: many users at once through one factory, asserting on what each
 //! user actually received (events, results, history, stats).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use engine_core::{AgentEvent, EventEnvelope, RunStatus, ToolStatus, UserExecutionContext, UserId};
@@ -24,7 +23,7 @@ fn contains_other_user(text: &str, me: usize, users: usize) -> Option<String> {
         .find(|o| text.contains(o.as_str()))
 }
 
-fn kinds(events: &[Arc<EventEnvelope>], kind: &str) -> usize {
+fn kinds(events: &[EventEnvelope], kind: &str) -> usize {
     events.iter().filter(|e| e.event.kind() == kind).count()
 }
 
@@ -86,7 +85,7 @@ async fn fifteen_users_ten_runs_each_see_only_their_own_data() {
         assert_eq!(stats.events_delivered, 60);
         let everything = format!(
             "{}\n{outcomes:?}\n{history:?}\n{stats:?}",
-            serde_json::to_string(&events.iter().map(|e| &**e).collect::<Vec<_>>()).unwrap()
+            serde_json::to_string(&events).unwrap()
         );
         assert_eq!(
             contains_other_user(&everything, u, USERS),

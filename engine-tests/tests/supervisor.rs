@@ -16,11 +16,11 @@ use engine_tests::{
     Observations, Supervisor,
 };
 
-fn kinds(events: &[Arc<EventEnvelope>]) -> Vec<&'static str> {
+fn kinds(events: &[EventEnvelope]) -> Vec<&'static str> {
     events.iter().map(|e| e.event.kind()).collect()
 }
 
-fn count(events: &[Arc<EventEnvelope>], kind: &str) -> usize {
+fn count(events: &[EventEnvelope], kind: &str) -> usize {
     events.iter().filter(|e| e.event.kind() == kind).count()
 }
 
@@ -292,7 +292,7 @@ impl Agent for Nest {
     }
 }
 
-fn progress(events: &[Arc<EventEnvelope>]) -> Vec<(u32, u32, String)> {
+fn progress(events: &[EventEnvelope]) -> Vec<(u32, u32, String)> {
     events
         .iter()
         .filter_map(|e| match &e.event {
