@@ -59,9 +59,11 @@ impl Emitter {
     /// happens next, so a consumer sees a lost event as a gap.
     fn stamp(&mut self, request_id: RequestId, event: AgentEvent) -> EventEnvelope {
         self.seq += 1;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+            d.as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(d.subsec_micros()))
+        });
         self.last_timestamp_us = self.last_timestamp_us.max(now);
         self.dropped += 1;
         EventEnvelope {

@@ -19,7 +19,7 @@ use crate::limits::QUEUED_NOTICE;
 use crate::outcome::StepOutcome;
 use crate::outcome::{RunEnd, RunOutcome};
 use crate::pipeline::{Pipeline, PipelineAgent};
-use crate::run::control::RunControl;
+use crate::run::control::{Cleanup, RunControl};
 use crate::run::emit::{millis, within};
 use crate::run::RunContext;
 use crate::sync::lock;
@@ -87,7 +87,16 @@ impl Run {
             }
         };
 
-        run_cleanups(&self.control, self.engine.kit.config.tool_timeout()).await;
+        let cleanups = self.control.take_cleanups();
+        if !cleanups.is_empty() {
+            // Boxed: most runs register none, and the run's task is copied by the runtime,
+            // so a rare path should not size it.
+            Box::pin(run_cleanups(
+                cleanups,
+                self.engine.kit.config.tool_timeout(),
+            ))
+            .await;
+        }
         let finished = Instant::now();
         let status = end.status();
         let mut emitter = rc.last_emitter().await;
@@ -311,8 +320,8 @@ async fn within_run_timeout<F: std::future::Future>(
 
 /// Runs the run's cleanup actions, newest first, each within `limit`; a failing, panicking or
 /// slow one is logged and the rest still run.
-async fn run_cleanups(control: &RunControl, limit: Duration) {
-    for cleanup in control.take_cleanups() {
+async fn run_cleanups(cleanups: Vec<Cleanup>, limit: Duration) {
+    for cleanup in cleanups {
         let name = cleanup.name;
         let fut = std::panic::catch_unwind(AssertUnwindSafe(cleanup.action));
         let result = match fut {
