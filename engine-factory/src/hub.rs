@@ -389,6 +389,13 @@ impl EventSink for BusSink {
 ///
 /// Read it with [`recv`](Self::recv) or as a [`futures_core::Stream`](https://docs.rs/futures-core/0.3/futures_core/stream/trait.Stream.html). It ends (`None`) when
 /// the factory shuts down. Dropping it unsubscribes.
+///
+/// Envelopes arrive owned: a user's only subscription receives each envelope the engine built
+/// (no copy, no allocation); when a user has several (two tabs), each further one receives a
+/// copy. Wrap an envelope in an `Arc` yourself to share it further (the gateway does, between
+/// its replay buffer and the frame it sends). The buffer holds up to
+/// [`FactoryConfig::subscriber_buffer`](crate::FactoryConfig::subscriber_buffer) envelopes and
+/// takes memory only while it holds some.
 #[derive(Debug)]
 pub struct Subscription {
     queue: Arc<Queue>,

@@ -4,9 +4,10 @@
 //! Why not a `tokio::sync::mpsc` channel: its buffer is a list of 32-slot blocks allocated up
 //! front, so a channel of owned envelopes (~180 bytes each) would hold ~6 KB per idle
 //! subscriber, and a channel of `Arc`s costs an allocation per event. This queue holds envelopes
-//! by value in a `VecDeque` that grows with use and is released when a burst drains, so an idle
-//! subscriber costs a few dozen bytes and the common case (one subscriber per user) moves each
-//! envelope from the engine to the subscriber without an allocation.
+//! by value in a `VecDeque` that grows with use and is released when a burst drains (a drained
+//! buffer of up to [`KEEP_SLOTS`] envelopes is kept, ~1.4 KB), so a subscriber that never
+//! received anything has no buffer at all, and the common case (one subscriber per user) moves
+//! each envelope from the engine to the subscriber without an allocation.
 //!
 //! Ordering: every push and pop takes the queue's lock, so events leave in the order they
 //! arrived. Wake-ups: the subscriber registers its waker and looks again before it sleeps
@@ -25,8 +26,9 @@ use tokio::sync::Notify;
 
 use crate::sync::lock;
 
-/// A drained buffer that grew past this many slots is released (a burst's memory goes back).
-const KEEP_SLOTS: usize = 16;
+/// A drained buffer that grew past this many slots is released (a burst's memory goes back);
+/// a smaller one is kept, so steady small runs do not allocate per burst.
+const KEEP_SLOTS: usize = 8;
 
 /// Why a push did not happen.
 pub(crate) enum PushError {
