@@ -637,13 +637,14 @@ fn shutdown_does_not_wait_for_runs_their_runtime_dropped() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    let handles = rt.block_on(async {
         // Started: asleep inside the agent when the runtime goes.
-        f.engine.spawn(&f.ctx.new_run(), "script", "x").unwrap();
+        let started = f.engine.spawn(&f.ctx.new_run(), "script", "x").unwrap();
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
         // Accepted, never polled.
-        f.engine.spawn(&f.ctx.new_run(), "script", "x").unwrap();
+        let queued = f.engine.spawn(&f.ctx.new_run(), "script", "x").unwrap();
+        [started, queued]
     });
     assert_eq!(f.engine.active_run_count(), 2);
     drop(rt);
@@ -652,6 +653,17 @@ fn shutdown_does_not_wait_for_runs_their_runtime_dropped() {
         .build()
         .unwrap();
     rt.block_on(async {
+        // Their handles learn it as a typed error, not a hang.
+        for handle in handles {
+            let run_id = handle.run_id().clone();
+            let outcome = tokio::time::timeout(Duration::from_secs(10), handle.outcome())
+                .await
+                .expect("a dropped run's handle returns");
+            assert!(
+                matches!(&outcome, Err(EngineError::RunAborted { run_id: r, .. }) if *r == run_id),
+                "{outcome:?}"
+            );
+        }
         tokio::time::timeout(Duration::from_secs(10), f.engine.shutdown())
             .await
             .expect("shutdown returns once the dropped runs are done");
