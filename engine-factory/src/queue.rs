@@ -16,15 +16,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use engine_core::EventEnvelope;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
-
-use crate::sync::lock;
 
 /// A drained buffer that grew past this many slots is released (a burst's memory goes back);
 /// a smaller one is kept, so steady small runs do not allocate per burst.
@@ -84,6 +82,12 @@ impl Queue {
         }
     }
 
+    /// The buffer, locked (a std mutex also under `model-check`: the queue is not part of the
+    /// admission model). No critical section here panics; a poisoned lock is recovered.
+    fn items(&self) -> MutexGuard<'_, VecDeque<EventEnvelope>> {
+        self.items.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Buffers `event` if there is room, without waiting.
     #[inline]
     #[expect(
@@ -95,7 +99,7 @@ impl Queue {
             return Err(PushError::Closed);
         }
         {
-            let mut items = lock(&self.items);
+            let mut items = self.items();
             if items.len() >= self.capacity {
                 return Err(PushError::Full(event));
             }
@@ -137,7 +141,7 @@ impl Queue {
     #[inline]
     pub(crate) fn pop(&self) -> Option<EventEnvelope> {
         let event = {
-            let mut items = lock(&self.items);
+            let mut items = self.items();
             let event = items.pop_front();
             if items.is_empty() && items.capacity() > KEEP_SLOTS {
                 *items = VecDeque::new();
@@ -169,7 +173,7 @@ impl Queue {
 
     /// Envelopes buffered and not yet read.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.items).len()
+        self.items().len()
     }
 
     /// Ends the queue for the subscriber once it has read what is buffered.
@@ -226,7 +230,7 @@ mod tests {
     }
 
     fn capacity_of(q: &Queue) -> usize {
-        lock(&q.items).capacity()
+        q.items().capacity()
     }
 
     #[test]
