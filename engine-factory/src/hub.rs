@@ -233,7 +233,7 @@ impl EventHub {
     /// closed, a new subscription ends immediately.
     pub(crate) fn subscribe(&self, user: &UserId) -> Subscription {
         let channel = self.channel(user);
-        let queue = Arc::new(Queue::new(self.inner.buffer, false));
+        let queue = Arc::new(Queue::new(self.inner.buffer));
         let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
         let added = {
             // Checked under the channel's lock, which `close` takes after setting the flag: a

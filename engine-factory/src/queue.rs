@@ -69,12 +69,12 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// An empty queue of `capacity` envelopes (at least 1); `closed` makes it end at once.
-    pub(crate) fn new(capacity: usize, closed: bool) -> Self {
+    /// An empty queue of `capacity` envelopes (at least 1).
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             items: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
-            closed: AtomicBool::new(closed),
+            closed: AtomicBool::new(false),
             receiver_gone: AtomicBool::new(false),
             receiver: AtomicWaker::new(),
             senders_waiting: AtomicUsize::new(0),
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn keeps_order_refuses_when_full_and_releases_a_drained_burst() {
-        let q = Queue::new(100, false);
+        let q = Queue::new(100);
         for seq in 1..=100 {
             assert!(q.try_push(ev(seq)).is_ok());
         }
@@ -255,7 +255,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_push_gets_in_when_room_is_made_or_times_out() {
-        let q = Arc::new(Queue::new(1, false));
+        let q = Arc::new(Queue::new(1));
         assert!(q.try_push(ev(1)).is_ok());
         // Nobody reads: the wait ends at its deadline.
         let r = q.push_within(ev(2), Duration::from_millis(50)).await;
@@ -277,7 +277,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_gone_subscriber_releases_waiting_senders_at_once() {
-        let q = Arc::new(Queue::new(1, false));
+        let q = Arc::new(Queue::new(1));
         assert!(q.try_push(ev(1)).is_ok());
         let waiting = {
             let q = Arc::clone(&q);
@@ -295,7 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_queue_is_drained_then_ends() {
-        let q = Queue::new(8, false);
+        let q = Queue::new(8);
         assert!(q.try_push(ev(1)).is_ok());
         assert!(q.try_push(ev(2)).is_ok());
         q.close();
@@ -313,7 +313,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_push_racing_the_readers_sleep_always_wakes_it() {
         for i in 0..20_000 {
-            let q = Arc::new(Queue::new(4, false));
+            let q = Arc::new(Queue::new(4));
             let reader = {
                 let q = Arc::clone(&q);
                 tokio::spawn(async move { std::future::poll_fn(|cx| q.poll_pop(cx)).await })
@@ -338,7 +338,7 @@ mod tests {
     async fn many_senders_one_reader_lose_nothing_and_keep_order() {
         const SENDERS: u64 = 4;
         const EACH: u64 = 5_000;
-        let q = Arc::new(Queue::new(8, false));
+        let q = Arc::new(Queue::new(8));
         let senders: Vec<_> = (0..SENDERS)
             .map(|s| {
                 let q = Arc::clone(&q);

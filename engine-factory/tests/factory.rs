@@ -367,6 +367,13 @@ async fn shutdown_ends_runs_with_terminal_events_and_refuses_creates() {
         f.create_for_user(&ctx("user-0", "run-2")).unwrap_err(),
         FactoryError::ShutDown
     );
+    // A subscription made after shutdown ends at once instead of waiting forever.
+    let mut late = f.subscribe(&uid("user-0"));
+    let ended = tokio::time::timeout(Duration::from_secs(5), late.recv()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "a late subscription ends at once"
+    );
     assert_eq!(f.metrics().active_engines, 0);
     assert!(f.is_shut_down());
     assert_eq!(f.shutdown().await.engines_closed, 0, "idempotent");
