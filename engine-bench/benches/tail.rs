@@ -7,7 +7,9 @@
 //! runtime with 2 workers and on a current-thread runtime; each side's order alternates over
 //! `TAIL_ROUNDS` rounds (default 5) and the median of each number is printed as
 //! `name  ours  baseline  ratio` lines (ratio: the median over rounds of ours' p99 over the
-//! floor's p99 in the same round), then each side's median per-round p99/p50.
+//! floor's p99 in the same round), then each side's median per-round p99/p50. With
+//! `TAIL_PHASES=1`, each round of ours also prints where its runs' time went: waiting for the
+//! run task's first poll, the run, and the delivery to the subscriber (p50/p99).
 #![allow(clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +54,13 @@ fn shape(mut lat: Vec<u64>, elapsed: Duration) -> Shape {
 /// in-flight permit, indexed by run number.
 struct Book {
     start: Instant,
+    /// `start` on the system clock, in µs since the epoch: event timestamps map onto `start`.
+    start_epoch_us: u64,
     submitted: Vec<AtomicU64>,
+    /// Ours only: when the run's first and last events were stamped (µs since `start`), for the
+    /// phase breakdown (`TAIL_PHASES=1`).
+    first_event: Vec<AtomicU64>,
+    last_event: Vec<AtomicU64>,
     latency: Vec<AtomicU64>,
     permits: Vec<Mutex<Option<OwnedSemaphorePermit>>>,
     done: AtomicU64,
@@ -61,9 +69,15 @@ struct Book {
 
 impl Book {
     fn new() -> Arc<Self> {
+        let start_epoch_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         Arc::new(Self {
             start: Instant::now(),
+            start_epoch_us,
             submitted: (0..RUNS).map(|_| AtomicU64::new(0)).collect(),
+            first_event: (0..RUNS).map(|_| AtomicU64::new(0)).collect(),
+            last_event: (0..RUNS).map(|_| AtomicU64::new(0)).collect(),
             latency: (0..RUNS).map(|_| AtomicU64::new(0)).collect(),
             permits: (0..RUNS).map(|_| Mutex::new(None)).collect(),
             done: AtomicU64::new(0),
@@ -86,6 +100,42 @@ impl Book {
         if self.done.fetch_add(1, Ordering::AcqRel) + 1 == RUNS as u64 {
             self.all_done.notify_one();
         }
+    }
+    /// Records an event's stamp (system clock, µs since the epoch) as run `i`'s first or last.
+    fn stamped(&self, i: usize, timestamp_us: u64, last: bool) {
+        let at = timestamp_us.saturating_sub(self.start_epoch_us);
+        let slot = if last {
+            &self.last_event
+        } else {
+            &self.first_event
+        };
+        slot[i].store(at, Ordering::Relaxed);
+    }
+    /// p50/p99 of each phase of ours' runs: submit -> first event (waiting to be polled),
+    /// first -> last event (the run), last event -> its receipt by the subscriber.
+    fn phases(&self) -> String {
+        let mut wait = Vec::with_capacity(RUNS);
+        let mut run = Vec::with_capacity(RUNS);
+        let mut deliver = Vec::with_capacity(RUNS);
+        for i in 0..RUNS {
+            let submitted = self.submitted[i].load(Ordering::Relaxed);
+            let first = self.first_event[i].load(Ordering::Relaxed);
+            let last = self.last_event[i].load(Ordering::Relaxed);
+            let received = submitted + self.latency[i].load(Ordering::Relaxed);
+            wait.push(first.saturating_sub(submitted));
+            run.push(last.saturating_sub(first));
+            deliver.push(received.saturating_sub(last));
+        }
+        let pp = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            format!("{}/{}", percentile(&v, 0.5), percentile(&v, 0.99))
+        };
+        format!(
+            "phases p50/p99 us: submit->first event {}, first->last event {}, last event->received {}",
+            pp(wait),
+            pp(run),
+            pp(deliver)
+        )
     }
     fn latencies(&self) -> Vec<u64> {
         self.latency
@@ -114,8 +164,13 @@ async fn ours(in_flight: usize) -> Shape {
         let b = Arc::clone(&book);
         tokio::spawn(async move {
             while let Some(e) = sub.recv().await {
+                let i = run_index(&e.run_id);
+                if e.seq == 1 {
+                    b.stamped(i, e.timestamp_us, false);
+                }
                 if e.event.is_terminal() {
-                    b.finish(run_index(&e.run_id));
+                    b.stamped(i, e.timestamp_us, true);
+                    b.finish(i);
                 }
             }
         });
@@ -138,6 +193,9 @@ async fn ours(in_flight: usize) -> Shape {
     let elapsed = started.elapsed();
     drop(engines);
     factory.shutdown().await;
+    if std::env::var_os("TAIL_PHASES").is_some() {
+        println!("ours {in_flight} in flight: {}", book.phases());
+    }
     shape(book.latencies(), elapsed)
 }
 
