@@ -264,11 +264,20 @@ async fn floor(in_flight: usize) -> Shape {
 
 fn runtime(multi: bool) -> tokio::runtime::Runtime {
     if multi {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2).enable_all();
+        // Scheduler knobs to compare (the runtime's defaults otherwise).
+        if let Some(n) = std::env::var("TAIL_GLOBAL_QUEUE_INTERVAL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            b.global_queue_interval(n);
+        }
+        #[cfg(tokio_unstable)]
+        if std::env::var_os("TAIL_NO_LIFO").is_some() {
+            b.disable_lifo_slot();
+        }
+        b.build().expect("runtime")
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
