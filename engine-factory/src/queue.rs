@@ -84,6 +84,7 @@ impl Queue {
 
     /// The buffer, locked (a std mutex also under `model-check`: the queue is not part of the
     /// admission model). No critical section here panics; a poisoned lock is recovered.
+    #[inline]
     fn items(&self) -> MutexGuard<'_, VecDeque<EventEnvelope>> {
         self.items.lock().unwrap_or_else(PoisonError::into_inner)
     }
