@@ -164,11 +164,13 @@ async fn ours(in_flight: usize) -> Shape {
         let b = Arc::clone(&book);
         tokio::spawn(async move {
             while let Some(e) = sub.recv().await {
-                let i = run_index(&e.run_id);
+                // Only the first and the last event of a run are looked at (the floor's
+                // subscriber likewise parses the run id once per run).
                 if e.seq == 1 {
-                    b.stamped(i, e.timestamp_us, false);
+                    b.stamped(run_index(&e.run_id), e.timestamp_us, false);
                 }
                 if e.event.is_terminal() {
+                    let i = run_index(&e.run_id);
                     b.stamped(i, e.timestamp_us, true);
                     b.finish(i);
                 }
