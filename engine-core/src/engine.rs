@@ -17,6 +17,7 @@ use crate::ids::{RunId, UserId};
 use crate::multitask::{ApprovalDecision, MultitaskPolicy, RunOptions};
 use crate::outcome::{EngineStats, RunOutcome, StatsAcc};
 use crate::pipeline::{Pipeline, PIPELINE_AGENT};
+use crate::run::attached::Attached;
 use crate::run::control::RunControl;
 use crate::run::task::Run;
 use crate::run::RunKit;
@@ -204,20 +205,31 @@ impl UserExecutionEngine {
 
     /// Runs `agent` on `input` and waits for the outcome.
     ///
-    /// The run executes in its own task: if the caller stops waiting, the run still finishes
-    /// and still emits its terminal event.
+    /// The run executes in the caller's task (no task of its own to spawn and join) until the
+    /// caller stops waiting: if this future is dropped first, the run moves into a task of its
+    /// own and still finishes and still emits its terminal event. Use [`spawn`](Self::spawn)
+    /// to run it beside the caller from the start (in parallel on a multi-thread runtime).
     ///
     /// # Errors
     /// [`EngineError::EngineInactive`], [`EngineError::UserMismatch`],
     /// [`EngineError::UnknownAgent`], [`EngineError::DuplicateRun`] or
-    /// [`EngineError::QueueFull`], all before anything runs or is emitted. A run that starts always yields `Ok` with its [`RunStatus`](crate::RunStatus).
+    /// [`EngineError::QueueFull`], all before anything runs or is emitted;
+    /// [`EngineError::NoRuntime`] outside a tokio runtime. A run that starts always yields
+    /// `Ok` with its [`RunStatus`](crate::RunStatus).
     pub async fn execute(
         &self,
         context: &UserExecutionContext,
         agent: &str,
         input: impl Into<String>,
     ) -> Result<RunOutcome, EngineError> {
-        self.spawn(context, agent, input)?.outcome().await
+        let (runtime, agent_name) = self.prepare(context, agent)?;
+        let (run, span) = self.admit(context, agent_name, None, input.into(), RunOptions::new())?;
+        let run_id = context.run_id().clone();
+        if span.is_disabled() {
+            Attached::new(runtime, run_id, run.execute()).await
+        } else {
+            Attached::new(runtime, run_id, run.execute().instrument(span)).await
+        }
     }
 
     /// Starts `agent` on `input` and returns a handle to await or cancel it. A busy thread is
@@ -276,15 +288,25 @@ impl UserExecutionEngine {
         input: impl Into<String>,
         options: RunOptions,
     ) -> Result<RunHandle, EngineError> {
-        let inner = &self.inner;
+        let (runtime, agent_name) = self.prepare(context, agent)?;
+        self.start(runtime, context, agent_name, None, input.into(), options)
+    }
+
+    /// What starting `agent` for `context` needs before admission: the runtime to run it on,
+    /// the context's user checked, the agent's registered name.
+    fn prepare(
+        &self,
+        context: &UserExecutionContext,
+        agent: &str,
+    ) -> Result<(tokio::runtime::Handle, Arc<str>), EngineError> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(EngineError::NoRuntime);
         };
         self.check_user(context)?;
-        let Some(agent_name) = inner.kit.registry.agent_name(agent) else {
+        let Some(agent_name) = self.inner.kit.registry.agent_name(agent) else {
             return Err(self.unknown_agent(agent));
         };
-        self.start(runtime, context, agent_name, None, input.into(), options)
+        Ok((runtime, agent_name))
     }
 
     /// Starts a [`Pipeline`] on `input` as one run: each step runs as a sub-agent, announced by
@@ -352,6 +374,32 @@ impl UserExecutionEngine {
         input: String,
         options: RunOptions,
     ) -> Result<RunHandle, EngineError> {
+        let (run, span) = self.admit(context, agent_name, pipeline, input, options)?;
+        let control = Arc::clone(&run.control);
+        // No subscriber wants the span: spawn the run bare instead of entering and leaving a
+        // disabled span on every poll.
+        let join = if span.is_disabled() {
+            runtime.spawn(run.execute())
+        } else {
+            runtime.spawn(run.execute().instrument(span))
+        };
+        Ok(RunHandle {
+            run_id: context.run_id().clone(),
+            control,
+            join,
+        })
+    }
+
+    /// Admits one run (agent or pipeline) under the engine's limits and the run's multitask
+    /// policy: the run, ready to execute, and its span.
+    fn admit(
+        &self,
+        context: &UserExecutionContext,
+        agent_name: Arc<str>,
+        pipeline: Option<Arc<Pipeline>>,
+        input: String,
+        options: RunOptions,
+    ) -> Result<(Run, tracing::Span), EngineError> {
         let inner = &self.inner;
         let policy = options
             .multitask_policy()
@@ -426,21 +474,10 @@ impl UserExecutionEngine {
             agent_name,
             pipeline,
             input,
-            control: Arc::clone(&control),
+            control,
             after,
         };
-        // No subscriber wants the span: spawn the run bare instead of entering and leaving a
-        // disabled span on every poll.
-        let join = if span.is_disabled() {
-            runtime.spawn(run.execute())
-        } else {
-            runtime.spawn(run.execute().instrument(span))
-        };
-        Ok(RunHandle {
-            run_id: context.run_id().clone(),
-            control: Arc::clone(&control),
-            join,
-        })
+        Ok((run, span))
     }
 
     /// Cancels one active (queued or executing) run of this engine by id. The run ends with

@@ -670,6 +670,87 @@ fn shutdown_does_not_wait_for_runs_their_runtime_dropped() {
     });
 }
 
+/// `execute` polls the run in the caller's task; a caller that stops waiting (here a timeout
+/// drops its future mid-run) hands the run to a task of its own, which finishes it with its
+/// terminal event and releases it in the engine.
+#[tokio::test(start_paused = true)]
+async fn an_awaited_run_goes_on_when_its_caller_stops_waiting() {
+    let f = fixture(vec![
+        Step::Think("before"),
+        Step::Sleep(500),
+        Step::Think("after"),
+    ]);
+    let waited = tokio::time::timeout(
+        Duration::from_millis(100),
+        f.engine.execute(&f.ctx, "script", "x"),
+    )
+    .await;
+    assert!(waited.is_err(), "the caller gave up before the run ended");
+    assert_eq!(f.engine.active_run_count(), 1, "the run is still going");
+    for _ in 0..100 {
+        if f.engine.active_run_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.engine.active_run_count(), 0, "the run ended by itself");
+    let run = f.ctx.run_id();
+    assert_eq!(
+        f.sink.kinds(run),
+        [
+            "agent_started",
+            "agent_thinking",
+            "agent_thinking",
+            "agent_completed"
+        ]
+    );
+    assert_well_formed(&f.sink.of_run(run));
+    let history = f.engine.history();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].status(), RunStatus::Completed);
+}
+
+/// A caller whose runtime goes away while it awaits `execute` (the run inside its task) does
+/// not leave the run behind: the engine's shutdown still returns.
+#[test]
+fn an_awaited_run_dropped_with_its_runtime_is_released() {
+    let f = fixture(vec![Step::Sleep(10_000)]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let engine = f.engine.clone();
+        let ctx = f.ctx.clone();
+        tokio::spawn(async move { engine.execute(&ctx, "script", "x").await });
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+    });
+    assert_eq!(f.engine.active_run_count(), 1);
+    drop(rt);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), f.engine.shutdown())
+            .await
+            .expect("shutdown returns once the dropped run is done");
+    });
+}
+
+#[test]
+fn executing_outside_a_runtime_is_a_typed_error_not_a_panic() {
+    let f = fixture(vec![]);
+    let run = std::pin::pin!(f.engine.execute(&f.ctx, "script", "x"));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(run, &mut cx) {
+        std::task::Poll::Ready(Err(EngineError::NoRuntime)) => {}
+        other => panic!("expected NoRuntime, got {other:?}"),
+    }
+    assert_eq!(f.engine.active_run_count(), 0, "nothing registered");
+}
+
 #[test]
 fn spawning_outside_a_runtime_is_a_typed_error_not_a_panic() {
     let f = fixture(vec![]);

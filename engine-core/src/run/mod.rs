@@ -1,8 +1,10 @@
 //! What a running agent sees: the [`RunContext`] (thinking, streaming, tool calls, sub-agents,
-//! cleanup actions, cancellation). The run's task lifecycle is in [`task`], event stamping in
+//! cleanup actions, cancellation). The run's task lifecycle is in [`task`], a run awaited by
+//! its caller in [`attached`], event stamping in
 //! [`emit`], tool calls in [`tools`], sub-agents in [`sub`], what the agents of a run share in
 //! [`control`].
 
+pub(crate) mod attached;
 pub(crate) mod control;
 pub(crate) mod emit;
 pub(crate) mod sub;
