@@ -710,6 +710,30 @@ async fn an_awaited_run_goes_on_when_its_caller_stops_waiting() {
     assert_eq!(history[0].status(), RunStatus::Completed);
 }
 
+/// Runs that end without ever waiting still take the caller's task budget: a caller awaiting
+/// one after another on a current-thread runtime lets the runtime's other tasks in.
+#[tokio::test]
+async fn a_caller_awaiting_quick_runs_back_to_back_lets_other_tasks_run() {
+    let f = fixture(vec![Step::Think("quick")]);
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let t = Arc::clone(&ticks);
+    let other = tokio::spawn(async move {
+        loop {
+            t.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    });
+    for _ in 0..500 {
+        let out = f.engine.execute(&f.ctx.new_run(), "script", "x").await;
+        assert_eq!(out.unwrap().status(), RunStatus::Completed);
+    }
+    assert!(
+        ticks.load(Ordering::Relaxed) > 0,
+        "500 runs awaited back to back never let another task run"
+    );
+    other.abort();
+}
+
 /// A caller whose runtime goes away while it awaits `execute` (the run inside its task) does
 /// not leave the run behind: the engine's shutdown still returns.
 #[test]

@@ -60,6 +60,11 @@ where
         let Some(run) = this.run.as_mut() else {
             return Poll::Ready(Err(this.aborted("the run was already awaited".into())));
         };
+        // A unit of the caller's task budget per poll, as tokio's own resources take: a caller
+        // awaiting run after run that each end without waiting still yields to its runtime's
+        // other tasks (a subscriber reading the events, say) every so often.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        coop.made_progress();
         // As a runtime does for a task: a panic of the run's own machinery (the agent's panics
         // are caught inside the run) ends this run, not the caller.
         match std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
