@@ -142,9 +142,26 @@ fn preview(value: &str) -> String {
 macro_rules! define_id {
     ($(#[$meta:meta])* $name:ident, $field:literal, $prefix:literal) => {
         $(#[$meta])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Eq, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(Arc<str>);
+
+        /// Equal strings; the same allocation (an id and its clones, the common case on the
+        /// run path) answers without comparing bytes.
+        impl PartialEq for $name {
+            #[inline]
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+            }
+        }
+
+        /// The string's hash, as equality compares strings.
+        impl std::hash::Hash for $name {
+            #[inline]
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
 
         impl $name {
             /// The field name used in error messages and metadata checks.
