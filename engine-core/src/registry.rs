@@ -87,21 +87,22 @@ impl AgentRegistry {
             .get_key_value(name)
             .map(|(k, _)| Arc::clone(k))
     }
-    /// The registered (shared) name of a tool and the tool.
-    pub(crate) fn tool_entry(&self, name: &str) -> Option<(Arc<str>, Arc<dyn Tool>)> {
+    /// The registered (shared) name of a tool, the tool, and whether it was registered as
+    /// needing approval: one look-up for everything a call needs.
+    pub(crate) fn tool_entry(&self, name: &str) -> Option<(Arc<str>, Arc<dyn Tool>, bool)> {
         self.inner
             .tools
             .get_key_value(name)
-            .map(|(k, t)| (Arc::clone(k), Arc::clone(&t.tool)))
+            .map(|(k, t)| (Arc::clone(k), Arc::clone(&t.tool), t.approval))
     }
-    /// Whether `user`'s call of the (allowed) tool `name` with `args` must wait for approval.
-    pub(crate) fn needs_approval(&self, user: &UserId, name: &str, args: &Value) -> bool {
-        self.inner.tools.get(name).is_some_and(|t| t.approval)
-            || self
-                .inner
-                .policy
-                .as_ref()
-                .is_some_and(|p| p.needs_approval(user, name, args))
+    /// Whether the policy says `user`'s call of the (allowed) tool `name` with `args` must
+    /// wait for approval (a tool registered as needing it always waits: see
+    /// [`tool_entry`](Self::tool_entry)).
+    pub(crate) fn policy_needs_approval(&self, user: &UserId, name: &str, args: &Value) -> bool {
+        self.inner
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.needs_approval(user, name, args))
     }
     pub(crate) fn is_allowed(&self, user: &UserId, tool: &str) -> bool {
         self.inner

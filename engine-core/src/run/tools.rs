@@ -94,7 +94,7 @@ impl ToolDispatcher {
         let entry = self.registry.tool_entry(name);
         let tool_name = entry
             .as_ref()
-            .map_or_else(|| Arc::from(name), |(n, _)| Arc::clone(n));
+            .map_or_else(|| Arc::from(name), |(n, _, _)| Arc::clone(n));
         self.control.opened(
             me,
             OpenItem::Tool {
@@ -104,9 +104,10 @@ impl ToolDispatcher {
         );
         let checked = self.check(name, entry.is_some());
         let approval = checked.is_ok()
-            && self
-                .registry
-                .needs_approval(self.context.user_id(), name, &args);
+            && (entry.as_ref().is_some_and(|(_, _, registered)| *registered)
+                || self
+                    .registry
+                    .policy_needs_approval(self.context.user_id(), name, &args));
         let arguments = sanitize_arguments(&args);
         // The approval request shows the same arguments; copied only when there is one.
         let shown = approval.then(|| arguments.clone());
@@ -127,11 +128,11 @@ impl ToolDispatcher {
                     .wait_for_approval(emitter, name, tool_name, call_id, shown)
                     .await
                 {
-                    Ok(()) => self.invoke(name, entry.map(|(_, t)| t), args).await,
+                    Ok(()) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
                     Err(e) => Err(e),
                 }
             }
-            (Ok(()), None) => self.invoke(name, entry.map(|(_, t)| t), args).await,
+            (Ok(()), None) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
         };
         let (status, result, error) = match &outcome {
             Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
