@@ -1,12 +1,13 @@
 //! What a running agent sees: the [`RunContext`] (thinking, streaming, tool calls, sub-agents,
 //! cleanup actions, cancellation). The run's task lifecycle is in [`task`], a run awaited by
 //! its caller in [`attached`], event stamping in
-//! [`emit`], tool calls in [`tools`], sub-agents in [`sub`], what the agents of a run share in
+//! [`emit`], time limits and cancellation around agents and tools in [`guard`], tool calls in [`tools`], sub-agents in [`sub`], what the agents of a run share in
 //! [`control`].
 
 pub(crate) mod attached;
 pub(crate) mod control;
 pub(crate) mod emit;
+pub(crate) mod guard;
 pub(crate) mod sub;
 pub(crate) mod task;
 pub(crate) mod tools;

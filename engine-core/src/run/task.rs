@@ -21,6 +21,7 @@ use crate::outcome::{RunEnd, RunOutcome};
 use crate::pipeline::{Pipeline, PipelineAgent};
 use crate::run::control::{Cleanup, RunControl};
 use crate::run::emit::{millis, within};
+use crate::run::guard::{guarded, Guarded};
 use crate::run::RunContext;
 use crate::sync::lock;
 
@@ -80,7 +81,7 @@ impl Run {
                 None,
             ),
             Some(permit) => {
-                let ended = self.run_agent(&mut rc, started).await;
+                let ended = self.run_agent(&mut rc).await;
                 execution_time = started.elapsed();
                 drop(permit);
                 ended
@@ -197,7 +198,7 @@ impl Run {
     }
 
     /// Runs the agent (or the pipeline) to its end; the death reason when it panicked.
-    async fn run_agent(&self, rc: &mut RunContext, started: Instant) -> (RunEnd, Option<String>) {
+    async fn run_agent(&self, rc: &mut RunContext) -> (RunEnd, Option<String>) {
         let registry = &self.engine.kit.registry;
         let name = &self.agent_name;
         let mut agent: Box<dyn Agent> = match &self.pipeline {
@@ -230,37 +231,35 @@ impl Run {
             }
         };
         let timeout = self.engine.kit.config.run_timeout();
+        // The run timeout does not count time spent waiting for the user's approval of a tool
+        // call (see `EngineConfig::approval_timeout`). Biased toward the agent: an agent that
+        // watches for cancellation returns first.
         let result = {
             let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
-            let run = within_run_timeout(timeout, started, &self.control, run);
-            // Biased toward the agent: an agent that watches for cancellation returns first.
-            tokio::select! {
-                biased;
-                r = run => Some(r),
-                () = self.control.cancel.wait() => None,
-            }
+            let control = &self.control;
+            guarded(run, &control.cancel, timeout, || control.approval_wait()).await
         };
         let mut died = None;
         let end = match result {
-            None => RunEnd::Cancelled {
+            Guarded::Cancelled => RunEnd::Cancelled {
                 reason: "run cancelled".into(),
             },
-            Some(Err(_)) => RunEnd::TimedOut {
+            Guarded::TimedOut => RunEnd::TimedOut {
                 error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
             },
-            Some(Ok(Err(panic))) => {
+            Guarded::Done(Err(panic)) => {
                 let reason = panic_message(&*panic);
                 let error = format!("agent `{name}` panicked: {reason}");
                 died = Some(reason);
                 RunEnd::Failed { error }
             }
-            Some(Ok(Ok(_))) if self.control.cancel.is_set() => RunEnd::Cancelled {
+            Guarded::Done(Ok(_)) if self.control.cancel.is_set() => RunEnd::Cancelled {
                 reason: "run cancelled".into(),
             },
-            Some(Ok(Ok(Err(e)))) => RunEnd::Failed {
+            Guarded::Done(Ok(Err(e))) => RunEnd::Failed {
                 error: format!("agent `{name}` failed: {e}"),
             },
-            Some(Ok(Ok(Ok(answer)))) => match rc.finish_stream(&answer).await {
+            Guarded::Done(Ok(Ok(answer))) => match rc.finish_stream(&answer).await {
                 Ok(()) => RunEnd::Completed { answer },
                 Err(error) => RunEnd::Failed { error },
             },
@@ -288,33 +287,6 @@ impl Run {
         }
         state.last_activity = finished;
         state.runs.remove(&outcome.run_id);
-    }
-}
-
-/// The run timeout around the agent: like [`within`], but time spent waiting for the user's
-/// approval of a tool call does not count (see `EngineConfig::approval_timeout`).
-async fn within_run_timeout<F: std::future::Future>(
-    limit: Duration,
-    started: Instant,
-    control: &RunControl,
-    fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    // `started` was read just before: the first round needs no clock read of its own.
-    let mut left = limit + control.approval_wait();
-    loop {
-        match within(left, fut.as_mut()).await {
-            Ok(out) => return Ok(out),
-            Err(elapsed) => {
-                // Extended while the user was asked: go on until the extended deadline.
-                let deadline = started + limit + control.approval_wait();
-                let now = Instant::now();
-                if deadline <= now {
-                    return Err(elapsed);
-                }
-                left = deadline - now;
-            }
-        }
     }
 }
 

@@ -17,7 +17,8 @@ use crate::limits::MAX_RESULT_CHARS;
 use crate::multitask::ApprovalDecision;
 use crate::registry::AgentRegistry;
 use crate::run::control::{Open, OpenItem, RunControl};
-use crate::run::emit::{millis, within, EmitterSlot};
+use crate::run::emit::{millis, EmitterSlot};
+use crate::run::guard::{guarded, Guarded};
 use crate::sanitize::{sanitize_arguments, sanitize_result, truncate_str};
 use crate::tool::{Tool, ToolContext, ToolSpec};
 
@@ -240,32 +241,30 @@ impl ToolDispatcher {
         };
         let tool_ctx = ToolContext::new(self.context.clone(), Arc::clone(&self.control));
         let call = AssertUnwindSafe(tool.call(args, &tool_ctx)).catch_unwind();
-        let call = within(self.tool_timeout, call);
         // Biased toward the tool: a tool that watches its ToolContext sees the cancellation and
         // may return before the call is abandoned.
-        let result = tokio::select! {
-            biased;
-            r = call => r,
-            () = self.control.cancel.wait() => return Err(ToolError::Cancelled { name: name.into() }),
-        };
-        match result {
-            Err(_) => Err(ToolError::Timeout {
+        let result = guarded(call, &self.control.cancel, self.tool_timeout, || {
+            Duration::ZERO
+        });
+        match result.await {
+            Guarded::Cancelled => Err(ToolError::Cancelled { name: name.into() }),
+            Guarded::TimedOut => Err(ToolError::Timeout {
                 name: name.into(),
-                timeout_ms: u64::try_from(self.tool_timeout.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms: millis(self.tool_timeout),
             }),
-            Ok(Err(panic)) => Err(ToolError::Panicked {
+            Guarded::Done(Err(panic)) => Err(ToolError::Panicked {
                 name: name.into(),
                 message: panic_message(&*panic),
             }),
-            Ok(Ok(Err(e))) if self.control.cancel.is_set() => {
+            Guarded::Done(Ok(Err(e))) if self.control.cancel.is_set() => {
                 tracing::debug!(tool = name, error = %e, "tool returned after cancellation");
                 Err(ToolError::Cancelled { name: name.into() })
             }
-            Ok(Ok(Err(e))) => Err(ToolError::Failed {
+            Guarded::Done(Ok(Err(e))) => Err(ToolError::Failed {
                 name: name.into(),
                 message: e.to_string(),
             }),
-            Ok(Ok(Ok(v))) => Ok(v),
+            Guarded::Done(Ok(Ok(v))) => Ok(v),
         }
     }
 }
