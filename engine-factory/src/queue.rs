@@ -7,7 +7,9 @@
 //! by value in a `VecDeque` that grows with use and is released when a burst drains (a drained
 //! buffer of up to [`KEEP_SLOTS`] envelopes is kept, ~1.4 KB), so a subscriber that never
 //! received anything has no buffer at all, and the common case (one subscriber per user) moves
-//! each envelope from the engine to the subscriber without an allocation.
+//! each envelope from the engine to the subscriber without an allocation. The next burst's
+//! buffer is allocated at the last burst's size at once ([`Buffer`]): growing one by doubling
+//! copies every buffered envelope at each step, again for every burst.
 //!
 //! Ordering: every push and pop takes the queue's lock, so events leave in the order they
 //! arrived. Wake-ups: the subscriber registers its waker and looks again before it sleeps
@@ -46,7 +48,7 @@ pub(crate) enum WaitError {
 
 /// The buffer between the hub and one subscriber.
 pub(crate) struct Queue {
-    items: Mutex<VecDeque<EventEnvelope>>,
+    items: Mutex<Buffer>,
     capacity: usize,
     /// No more pushes: the hub closed (the subscriber drains what is buffered, then ends).
     closed: AtomicBool,
@@ -72,7 +74,11 @@ impl Queue {
     /// An empty queue of `capacity` envelopes (at least 1).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            items: Mutex::new(VecDeque::new()),
+            items: Mutex::new(Buffer {
+                items: VecDeque::new(),
+                peak: 0,
+                last_burst: 0,
+            }),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
             receiver_gone: AtomicBool::new(false),
@@ -85,7 +91,7 @@ impl Queue {
     /// The buffer, locked (a std mutex also under `model-check`: the queue is not part of the
     /// admission model). No critical section here panics; a poisoned lock is recovered.
     #[inline]
-    fn items(&self) -> MutexGuard<'_, VecDeque<EventEnvelope>> {
+    fn items(&self) -> MutexGuard<'_, Buffer> {
         self.items.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -100,11 +106,11 @@ impl Queue {
             return Err(PushError::Closed);
         }
         {
-            let mut items = self.items();
-            if items.len() >= self.capacity {
+            let mut buffer = self.items();
+            if buffer.items.len() >= self.capacity {
                 return Err(PushError::Full(event));
             }
-            items.push_back(event);
+            buffer.push(event, self.capacity);
         }
         self.receiver.wake();
         Ok(())
@@ -141,14 +147,7 @@ impl Queue {
     /// The next envelope, without waiting.
     #[inline]
     pub(crate) fn pop(&self) -> Option<EventEnvelope> {
-        let event = {
-            let mut items = self.items();
-            let event = items.pop_front();
-            if items.is_empty() && items.capacity() > KEEP_SLOTS {
-                *items = VecDeque::new();
-            }
-            event
-        };
+        let event = self.items().pop();
         if event.is_some() && self.senders_waiting.load(Ordering::SeqCst) > 0 {
             self.room.notify_waiters();
         }
@@ -174,7 +173,7 @@ impl Queue {
 
     /// Envelopes buffered and not yet read.
     pub(crate) fn len(&self) -> usize {
-        self.items().len()
+        self.items().items.len()
     }
 
     /// Ends the queue for the subscriber once it has read what is buffered.
@@ -188,6 +187,38 @@ impl Queue {
     pub(crate) fn receiver_dropped(&self) {
         self.receiver_gone.store(true, Ordering::Release);
         self.room.notify_waiters();
+    }
+}
+
+/// A queue's envelopes, and the size of the last burst they came in.
+struct Buffer {
+    items: VecDeque<EventEnvelope>,
+    /// Most envelopes buffered at once since the buffer was last empty and released.
+    peak: usize,
+    /// `peak` of the last burst: room made at once for the next one.
+    last_burst: usize,
+}
+
+impl Buffer {
+    #[inline]
+    fn push(&mut self, event: EventEnvelope, capacity: usize) {
+        if self.items.capacity() == 0 && self.last_burst > KEEP_SLOTS {
+            self.items.reserve_exact(self.last_burst.min(capacity));
+        }
+        self.items.push_back(event);
+        self.peak = self.peak.max(self.items.len());
+    }
+
+    /// The first envelope. A burst's buffer is released once drained (its peak is kept for
+    /// the next); a small one stays, so steady small runs do not allocate per burst.
+    #[inline]
+    fn pop(&mut self) -> Option<EventEnvelope> {
+        let event = self.items.pop_front();
+        if self.items.is_empty() && self.items.capacity() > KEEP_SLOTS {
+            self.items = VecDeque::new();
+            self.last_burst = std::mem::take(&mut self.peak);
+        }
+        event
     }
 }
 
@@ -231,7 +262,7 @@ mod tests {
     }
 
     fn capacity_of(q: &Queue) -> usize {
-        q.items().capacity()
+        q.items().items.capacity()
     }
 
     #[test]
@@ -246,6 +277,20 @@ mod tests {
         let seqs: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
         assert_eq!(capacity_of(&q), 0, "a drained burst gives its memory back");
+        // The next burst gets the last one's room at once (no growth, no copies), and gives
+        // it back when drained.
+        assert!(q.try_push(ev(1)).is_ok());
+        assert!(capacity_of(&q) >= 100, "{}", capacity_of(&q));
+        assert!(q.pop().is_some());
+        assert_eq!(capacity_of(&q), 0);
+        // A small burst in between sets the size for the next one.
+        for seq in 1..=20 {
+            assert!(q.try_push(ev(seq)).is_ok());
+        }
+        while q.pop().is_some() {}
+        assert!(q.try_push(ev(1)).is_ok());
+        assert!((1..100).contains(&capacity_of(&q)), "{}", capacity_of(&q));
+        assert!(q.pop().is_some());
         // A small steady buffer is kept (no allocation per event).
         for seq in 1..=4 {
             assert!(q.try_push(ev(seq)).is_ok());

@@ -53,7 +53,17 @@ impl Drop for Run {
 impl Run {
     /// Runs to the end. Whatever happens inside, the run emits `agent_started` first and exactly
     /// one `agent_completed` last, and is recorded and released in the engine.
-    pub(crate) async fn execute(self) -> RunOutcome {
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would hold the run twice in its state (argument and local)"
+    )]
+    pub(crate) fn execute(self) -> impl std::future::Future<Output = RunOutcome> + Send + 'static {
+        // An `async move` block, not an `async fn`: the run is held once in the future's state
+        // (an `async fn` keeps its argument twice, as argument and as local).
+        async move { self.run_to_end().await }
+    }
+
+    async fn run_to_end(&self) -> RunOutcome {
         let engine = &self.engine;
         let accepted = self.accepted;
         self.wait_for_earlier_runs().await;
