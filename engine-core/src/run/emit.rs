@@ -105,9 +105,12 @@ fn send<'a, E>(
 where
     E: DerefMut<Target = Emitter> + Send + 'a,
 {
-    let envelope = emitter.stamp(request_id, event);
-    let seq = envelope.seq;
-    match std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(envelope))) {
+    // Stamped inside the call, so the envelope is built where the sink takes it (no copy).
+    let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        sink.deliver(emitter.stamp(request_id, event))
+    }));
+    let seq = emitter.seq;
+    match delivered {
         Err(panic) => emitter.record(seq, Err(Fault::Panic(panic))),
         Ok(Delivery::Ready(result)) => {
             let result = result.unwrap_or(Err(DeliveryError::Closed));

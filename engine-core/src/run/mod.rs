@@ -37,10 +37,8 @@ pub use self::tools::ToolDispatcher;
 pub struct RunContext {
     agent_name: Arc<str>,
     emitter: EmitterSlot,
+    /// The tools, and the run's control and kit (shared with them, held once).
     tools: ToolDispatcher,
-    control: Arc<RunControl>,
-    /// What sub-agents need to be built like this one.
-    kit: Arc<RunKit>,
     /// The answer text streamed so far (see [`stream`](Self::stream)).
     streamed: String,
     /// 0 for the top-level agent; only its stream reaches the user.
@@ -96,15 +94,11 @@ impl RunContext {
             agent_name,
             emitter,
             tools: ToolDispatcher {
-                registry: kit.registry.clone(),
+                kit,
                 context,
-                control: Arc::clone(&control),
-                tool_timeout: kit.config.tool_timeout(),
-                approval_timeout: kit.config.approval_timeout(),
+                control,
                 calls: 0,
             },
-            control,
-            kit,
             streamed: String::new(),
             depth,
         }
@@ -181,7 +175,7 @@ impl RunContext {
     /// Adds model tokens used by this agent (a sub-agent's count with the run's) to the run's
     /// [`RunOutcome::usage`](crate::RunOutcome::usage).
     pub fn record_usage(&self, usage: crate::TokenUsage) {
-        self.control.add_usage(usage);
+        self.tools.control.add_usage(usage);
     }
 
     /// The answer text streamed so far.
@@ -191,11 +185,11 @@ impl RunContext {
 
     /// Whether the run was cancelled (by id, by shutdown, or by the engine closing).
     pub fn is_cancelled(&self) -> bool {
-        self.control.cancel.is_set()
+        self.tools.control.cancel.is_set()
     }
     /// Resolves when the run is cancelled.
     pub async fn cancelled(&self) {
-        self.control.cancel.wait().await;
+        self.tools.control.cancel.wait().await;
     }
 
     /// Registers an action to run when the run ends, however it ends (completed, failed,
@@ -221,7 +215,7 @@ impl RunContext {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        self.control.on_cleanup(Cleanup {
+        self.tools.control.on_cleanup(Cleanup {
             name: name.into(),
             action: Box::new(move || Box::pin(action())),
         });
@@ -255,8 +249,8 @@ impl RunContext {
         let parent = sub::Parent {
             context: self.tools.context.clone(),
             depth: self.depth,
-            control: Arc::clone(&self.control),
-            kit: Arc::clone(&self.kit),
+            control: Arc::clone(&self.tools.control),
+            kit: Arc::clone(&self.tools.kit),
         };
         let results = sub::run_all(&parent, &mut shared, calls, max_concurrent.max(1)).await;
         drop(shared);
@@ -300,7 +294,7 @@ impl RunContext {
         run: crate::event::RunStatus,
         error: &str,
     ) {
-        for open in self.control.take_open_of(owner) {
+        for open in self.tools.control.take_open_of(owner) {
             let event = match &open.item {
                 control::OpenItem::Tool { .. } => {
                     tools::tool_completed(&open, tool, None, Some(error.to_owned()))

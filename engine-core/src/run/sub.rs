@@ -245,7 +245,7 @@ async fn run_agent_in(
     call: &SubAgentCall,
 ) -> Result<String, SubAgentError> {
     let agent = call.agent.clone();
-    let registry = rc.kit.registry.clone();
+    let registry = rc.tools.kit.registry.clone();
     let made = std::panic::catch_unwind(AssertUnwindSafe(|| registry.create_agent(agent_name)));
     let mut instance = match made {
         Ok(Some(a)) => a,
@@ -257,7 +257,7 @@ async fn run_agent_in(
             })
         }
     };
-    let control = Arc::clone(&rc.control);
+    let control = Arc::clone(&rc.tools.control);
     let run = AssertUnwindSafe(instance.run(rc, &call.input)).catch_unwind();
     let run = async {
         match call.timeout {

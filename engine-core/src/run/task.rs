@@ -82,7 +82,7 @@ impl Run {
         let permit = self.wait_for_slot(&mut rc).await;
         let started = Instant::now();
         let queue_wait = started.saturating_duration_since(accepted);
-        let mut execution_time = Duration::ZERO;
+        let ran = permit.is_some();
         let (end, died) = match permit {
             None => (
                 RunEnd::Cancelled {
@@ -92,10 +92,16 @@ impl Run {
             ),
             Some(permit) => {
                 let ended = self.run_agent(&mut rc).await;
-                execution_time = started.elapsed();
                 drop(permit);
                 ended
             }
+        };
+        // One clock read for the agent's end and the run's, unless cleanups run in between.
+        let mut finished = Instant::now();
+        let execution_time = if ran {
+            finished.saturating_duration_since(started)
+        } else {
+            Duration::ZERO
         };
 
         let cleanups = self.control.take_cleanups();
@@ -107,8 +113,8 @@ impl Run {
                 self.engine.kit.config.tool_timeout(),
             ))
             .await;
+            finished = Instant::now();
         }
-        let finished = Instant::now();
         let status = end.status();
         let mut emitter = rc.last_emitter().await;
         if status != RunStatus::Completed && status != RunStatus::Cancelled {

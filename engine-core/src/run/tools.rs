@@ -15,9 +15,9 @@ use crate::event::ApprovalOutcome;
 use crate::event::{AgentEvent, ToolStatus};
 use crate::limits::MAX_RESULT_CHARS;
 use crate::multitask::ApprovalDecision;
-use crate::registry::AgentRegistry;
 use crate::run::control::{Open, OpenItem, RunControl};
 use crate::run::emit::{millis, EmitterSlot};
+use crate::run::RunKit;
 use crate::run::guard::{guarded, Guarded};
 use crate::sanitize::{sanitize_arguments, sanitize_result, truncate_str};
 use crate::tool::{Tool, ToolContext, ToolSpec};
@@ -32,11 +32,10 @@ use crate::tool::{Tool, ToolContext, ToolSpec};
     "RequestScopedToolDispatcher"
 ))]
 pub struct ToolDispatcher {
-    pub(super) registry: AgentRegistry,
+    /// The registry and the engine's configuration (what sub-agents are built from, too).
+    pub(super) kit: Arc<RunKit>,
     pub(super) context: UserExecutionContext,
     pub(super) control: Arc<RunControl>,
-    pub(super) tool_timeout: Duration,
-    pub(super) approval_timeout: Duration,
     pub(super) calls: u32,
 }
 
@@ -53,23 +52,23 @@ impl ToolDispatcher {
     /// Names of the tools this run may see (registered tools, sorted; the permission policy is
     /// applied per call).
     pub fn tool_names(&self) -> Vec<&str> {
-        self.registry.tool_names().collect()
+        self.kit.registry.tool_names().collect()
     }
     /// Whether a tool of this name is registered.
     pub fn has_tool(&self, name: &str) -> bool {
-        self.registry.tool(name).is_some()
+        self.kit.registry.tool(name).is_some()
     }
     /// Whether the run's user may call this tool under the permission policy.
     pub fn is_allowed(&self, name: &str) -> bool {
-        self.registry.is_allowed(self.context.user_id(), name)
+        self.kit.registry.is_allowed(self.context.user_id(), name)
     }
     /// The tools this run's user may call, described for a model: name, description and
     /// argument schema, sorted by name (tools the permission policy denies are left out).
     pub fn specs(&self) -> Vec<ToolSpec> {
         let user = self.context.user_id();
-        self.registry
+        self.kit.registry
             .tools()
-            .filter(|(name, _)| self.registry.is_allowed(user, name))
+            .filter(|(name, _)| self.kit.registry.is_allowed(user, name))
             .map(|(name, tool)| ToolSpec {
                 name: name.to_owned(),
                 description: tool.description().map(str::to_owned),
@@ -92,7 +91,7 @@ impl ToolDispatcher {
         let call_id = self.control.next_call_id();
         let me = self.context.request_id();
         // The registry's shared name when the tool exists; unknown names are copied once.
-        let entry = self.registry.tool_entry(name);
+        let entry = self.kit.registry.tool_entry(name);
         let tool_name = entry
             .as_ref()
             .map_or_else(|| Arc::from(name), |(n, _, _)| Arc::clone(n));
@@ -107,6 +106,7 @@ impl ToolDispatcher {
         let approval = checked.is_ok()
             && (entry.as_ref().is_some_and(|(_, _, registered)| *registered)
                 || self
+                    .kit
                     .registry
                     .policy_needs_approval(self.context.user_id(), name, &args));
         let arguments = sanitize_arguments(&args);
@@ -204,7 +204,7 @@ impl ToolDispatcher {
         let waited = tokio::select! {
             biased;
             () = self.control.cancel.wait() => None,
-            d = tokio::time::timeout(self.approval_timeout, decision) => Some(d),
+            d = tokio::time::timeout(self.kit.config.approval_timeout(), decision) => Some(d),
         };
         self.control.end_approval(call_id);
         let (outcome, result) = match waited {
@@ -220,7 +220,7 @@ impl ToolDispatcher {
                 ApprovalOutcome::TimedOut,
                 Err(ToolError::ApprovalTimeout {
                     name: name.into(),
-                    timeout_ms: millis(self.approval_timeout),
+                    timeout_ms: millis(self.kit.config.approval_timeout()),
                 }),
             ),
         };
@@ -243,14 +243,14 @@ impl ToolDispatcher {
         let call = AssertUnwindSafe(tool.call(args, &tool_ctx)).catch_unwind();
         // Biased toward the tool: a tool that watches its ToolContext sees the cancellation and
         // may return before the call is abandoned.
-        let result = guarded(call, &self.control.cancel, self.tool_timeout, || {
+        let result = guarded(call, &self.control.cancel, self.kit.config.tool_timeout(), || {
             Duration::ZERO
         });
         match result.await {
             Guarded::Cancelled => Err(ToolError::Cancelled { name: name.into() }),
             Guarded::TimedOut => Err(ToolError::Timeout {
                 name: name.into(),
-                timeout_ms: millis(self.tool_timeout),
+                timeout_ms: millis(self.kit.config.tool_timeout()),
             }),
             Guarded::Done(Err(panic)) => Err(ToolError::Panicked {
                 name: name.into(),
