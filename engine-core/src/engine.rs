@@ -19,7 +19,7 @@ use crate::outcome::{EngineStats, RunOutcome, StatsAcc};
 use crate::pipeline::{Pipeline, PIPELINE_AGENT};
 use crate::run::attached::Attached;
 use crate::run::control::RunControl;
-use crate::run::task::Run;
+use crate::run::task::{Run, RunKind};
 use crate::run::RunKit;
 use crate::sink::EventSink;
 use crate::sync::lock;
@@ -222,8 +222,8 @@ impl UserExecutionEngine {
         agent: &str,
         input: impl Into<String>,
     ) -> Result<RunOutcome, EngineError> {
-        let (runtime, agent_name) = self.prepare(context, agent)?;
-        let (run, span) = self.admit(context, agent_name, None, input.into(), RunOptions::new())?;
+        let (runtime, agent_name, kind) = self.prepare(context, agent)?;
+        let (run, span) = self.admit(context, agent_name, kind, input.into(), RunOptions::new())?;
         let run_id = context.run_id().clone();
         if span.is_disabled() {
             Attached::new(runtime, run_id, run.execute()).await
@@ -288,25 +288,25 @@ impl UserExecutionEngine {
         input: impl Into<String>,
         options: RunOptions,
     ) -> Result<RunHandle, EngineError> {
-        let (runtime, agent_name) = self.prepare(context, agent)?;
-        self.start(runtime, context, agent_name, None, input.into(), options)
+        let (runtime, agent_name, kind) = self.prepare(context, agent)?;
+        self.start(runtime, context, agent_name, kind, input.into(), options)
     }
 
     /// What starting `agent` for `context` needs before admission: the runtime to run it on,
-    /// the context's user checked, the agent's registered name.
+    /// the context's user checked, the agent's registered name and maker.
     fn prepare(
         &self,
         context: &UserExecutionContext,
         agent: &str,
-    ) -> Result<(tokio::runtime::Handle, Arc<str>), EngineError> {
+    ) -> Result<(tokio::runtime::Handle, Arc<str>, RunKind), EngineError> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(EngineError::NoRuntime);
         };
         self.check_user(context)?;
-        let Some(agent_name) = self.inner.kit.registry.agent_name(agent) else {
+        let Some((agent_name, make)) = self.inner.kit.registry.agent_entry(agent) else {
             return Err(self.unknown_agent(agent));
         };
-        Ok((runtime, agent_name))
+        Ok((runtime, agent_name, RunKind::Agent(make)))
     }
 
     /// Starts a [`Pipeline`] on `input` as one run: each step runs as a sub-agent, announced by
@@ -341,8 +341,8 @@ impl UserExecutionEngine {
             return Err(self.unknown_agent(step.agent()));
         }
         let name: Arc<str> = Arc::from(PIPELINE_AGENT);
-        let pipeline = Some(Arc::new(pipeline));
-        self.start(runtime, context, name, pipeline, input.into(), options)
+        let kind = RunKind::Pipeline(Arc::new(pipeline));
+        self.start(runtime, context, name, kind, input.into(), options)
     }
 
     fn unknown_agent(&self, agent: &str) -> EngineError {
@@ -370,11 +370,11 @@ impl UserExecutionEngine {
         runtime: tokio::runtime::Handle,
         context: &UserExecutionContext,
         agent_name: Arc<str>,
-        pipeline: Option<Arc<Pipeline>>,
+        kind: RunKind,
         input: String,
         options: RunOptions,
     ) -> Result<RunHandle, EngineError> {
-        let (run, span) = self.admit(context, agent_name, pipeline, input, options)?;
+        let (run, span) = self.admit(context, agent_name, kind, input, options)?;
         let control = Arc::clone(&run.control);
         // No subscriber wants the span: spawn the run bare instead of entering and leaving a
         // disabled span on every poll.
@@ -396,7 +396,7 @@ impl UserExecutionEngine {
         &self,
         context: &UserExecutionContext,
         agent_name: Arc<str>,
-        pipeline: Option<Arc<Pipeline>>,
+        kind: RunKind,
         input: String,
         options: RunOptions,
     ) -> Result<(Run, tracing::Span), EngineError> {
@@ -472,7 +472,7 @@ impl UserExecutionEngine {
             engine: Arc::clone(inner),
             context: context.clone(),
             agent_name,
-            pipeline,
+            kind,
             input,
             control,
             after,

@@ -36,7 +36,8 @@ struct RegisteredTool {
     approval: bool,
 }
 
-type AgentMaker = Arc<dyn Fn() -> Box<dyn Agent> + Send + Sync>;
+/// Makes a fresh instance of one registered agent.
+pub(crate) type AgentMaker = Arc<dyn Fn() -> Box<dyn Agent> + Send + Sync>;
 
 /// Agents and tools known to the engines: read-only after [`build`](AgentRegistryBuilder::build),
 /// cheap to clone and shared by all engines. It stores agent *constructors*: each run gets a
@@ -79,6 +80,13 @@ impl AgentRegistry {
     }
     pub(crate) fn tool(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.inner.tools.get(name).map(|t| &t.tool)
+    }
+    /// The registered (shared) name of an agent and its maker: one look-up for a run.
+    pub(crate) fn agent_entry(&self, name: &str) -> Option<(Arc<str>, AgentMaker)> {
+        self.inner
+            .agents
+            .get_key_value(name)
+            .map(|(k, make)| (Arc::clone(k), Arc::clone(make)))
     }
     /// The registered (shared) name of an agent, so runs need not copy it.
     pub(crate) fn agent_name(&self, name: &str) -> Option<Arc<str>> {

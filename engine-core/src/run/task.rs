@@ -19,6 +19,7 @@ use crate::limits::QUEUED_NOTICE;
 use crate::outcome::StepOutcome;
 use crate::outcome::{RunEnd, RunOutcome};
 use crate::pipeline::{Pipeline, PipelineAgent};
+use crate::registry::AgentMaker;
 use crate::run::control::{Cleanup, RunControl};
 use crate::run::emit::{millis, within};
 use crate::run::guard::{guarded, Guarded};
@@ -32,13 +33,21 @@ pub(crate) struct Run {
     pub(crate) engine: Arc<EngineInner>,
     pub(crate) context: UserExecutionContext,
     pub(crate) agent_name: Arc<str>,
-    /// A pipeline to run instead of the agent `agent_name`.
-    pub(crate) pipeline: Option<Arc<Pipeline>>,
+    /// What runs: the agent `agent_name` or a pipeline.
+    pub(crate) kind: RunKind,
     pub(crate) input: String,
     pub(crate) control: Arc<RunControl>,
     /// The thread's earlier runs this run waits for (multitask `enqueue` and `interrupt`);
     /// empty for `parallel` or an idle thread.
     pub(crate) after: Vec<Arc<RunControl>>,
+}
+
+/// What a run runs.
+pub(crate) enum RunKind {
+    /// A registered agent, by its maker (looked up once, when the run was admitted).
+    Agent(AgentMaker),
+    /// A pipeline of agents.
+    Pipeline(Arc<Pipeline>),
 }
 
 /// Whatever way the run's task ends (even dropped with its runtime, before its first poll),
@@ -146,7 +155,7 @@ impl Run {
             })
             .await;
         let mut steps = std::mem::take(&mut *lock(&self.control.steps));
-        if let Some(pipeline) = &self.pipeline {
+        if let RunKind::Pipeline(pipeline) = &self.kind {
             // Steps the run never reached (cancelled or timed out first).
             for step in pipeline.steps().iter().skip(steps.len()) {
                 steps.push(StepOutcome::new(Arc::from(step.agent()), None));
@@ -215,36 +224,27 @@ impl Run {
 
     /// Runs the agent (or the pipeline) to its end; the death reason when it panicked.
     async fn run_agent(&self, rc: &mut RunContext) -> (RunEnd, Option<String>) {
-        let registry = &self.engine.kit.registry;
         let name = &self.agent_name;
-        let mut agent: Box<dyn Agent> = match &self.pipeline {
-            Some(pipeline) => Box::new(PipelineAgent {
+        let mut agent: Box<dyn Agent> = match &self.kind {
+            RunKind::Pipeline(pipeline) => Box::new(PipelineAgent {
                 pipeline: Arc::clone(pipeline),
                 control: Arc::clone(&self.control),
             }),
-            None => {
-                let made =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| registry.create_agent(name)));
-                match made {
-                    Ok(Some(agent)) => agent,
-                    Ok(None) => {
-                        let error = format!("agent `{name}` is not registered");
-                        return (RunEnd::Failed { error }, None);
-                    }
-                    Err(panic) => {
-                        let reason = format!(
-                            "agent `{name}` panicked while being created: {}",
-                            panic_message(&*panic)
-                        );
-                        return (
-                            RunEnd::Failed {
-                                error: reason.clone(),
-                            },
-                            Some(reason),
-                        );
-                    }
+            RunKind::Agent(make) => match std::panic::catch_unwind(AssertUnwindSafe(|| make())) {
+                Ok(agent) => agent,
+                Err(panic) => {
+                    let reason = format!(
+                        "agent `{name}` panicked while being created: {}",
+                        panic_message(&*panic)
+                    );
+                    return (
+                        RunEnd::Failed {
+                            error: reason.clone(),
+                        },
+                        Some(reason),
+                    );
                 }
-            }
+            },
         };
         let timeout = self.engine.kit.config.run_timeout();
         // The run timeout does not count time spent waiting for the user's approval of a tool

@@ -17,8 +17,8 @@ use crate::limits::MAX_RESULT_CHARS;
 use crate::multitask::ApprovalDecision;
 use crate::run::control::{Open, OpenItem, RunControl};
 use crate::run::emit::{millis, EmitterSlot};
-use crate::run::RunKit;
 use crate::run::guard::{guarded, Guarded};
+use crate::run::RunKit;
 use crate::sanitize::{sanitize_arguments, sanitize_result, truncate_str};
 use crate::tool::{Tool, ToolContext, ToolSpec};
 
@@ -66,7 +66,8 @@ impl ToolDispatcher {
     /// argument schema, sorted by name (tools the permission policy denies are left out).
     pub fn specs(&self) -> Vec<ToolSpec> {
         let user = self.context.user_id();
-        self.kit.registry
+        self.kit
+            .registry
             .tools()
             .filter(|(name, _)| self.kit.registry.is_allowed(user, name))
             .map(|(name, tool)| ToolSpec {
@@ -243,9 +244,12 @@ impl ToolDispatcher {
         let call = AssertUnwindSafe(tool.call(args, &tool_ctx)).catch_unwind();
         // Biased toward the tool: a tool that watches its ToolContext sees the cancellation and
         // may return before the call is abandoned.
-        let result = guarded(call, &self.control.cancel, self.kit.config.tool_timeout(), || {
-            Duration::ZERO
-        });
+        let result = guarded(
+            call,
+            &self.control.cancel,
+            self.kit.config.tool_timeout(),
+            || Duration::ZERO,
+        );
         match result.await {
             Guarded::Cancelled => Err(ToolError::Cancelled { name: name.into() }),
             Guarded::TimedOut => Err(ToolError::Timeout {
