@@ -88,109 +88,192 @@ fn percentiles(mut v: Vec<u64>) -> [u64; 3] {
     [at(0.50), at(0.99), at(0.999)]
 }
 
-/// Emit-to-receipt latency with `users` subscribers and `per_user` events each; with
-/// `pace_ms > 0` every user emits one event per `pace_ms`, the users evenly staggered (a
-/// steady load instead of one burst).
-fn latency(users_n: usize, per_user: u64, pace_ms: u64) -> ([u64; 3], [u64; 3]) {
+/// Which side of a latency round.
+#[derive(Clone, Copy)]
+enum Side {
+    Ours,
+    Floor,
+}
+
+/// Emit-to-receipt latencies (µs) of one side, with `users` subscribers and `per_user` events
+/// each; with `pace_ms > 0` every user emits one event per `pace_ms`, the users evenly
+/// staggered (a steady load instead of one burst).
+fn latencies(
+    rt: &tokio::runtime::Runtime,
+    side: Side,
+    users_n: usize,
+    per_user: u64,
+    pace_ms: u64,
+) -> Vec<u64> {
+    rt.block_on(async {
+        let users = bench_users(users_n);
+        match side {
+            Side::Ours => ours_latencies(&users, per_user, pace_ms).await,
+            Side::Floor => floor_latencies(&users, per_user, pace_ms).await,
+        }
+    })
+}
+
+/// Ours: runs emit, the hub routes, each user's subscriber measures.
+async fn ours_latencies(
+    users: &[engine_core::UserExecutionContext],
+    per_user: u64,
+    pace_ms: u64,
+) -> Vec<u64> {
+    let users_n = users.len();
+    let factory = bench_factory(256);
+    let readers: Vec<_> = users
+        .iter()
+        .map(|c| {
+            let mut sub = factory.subscribe(c.user_id());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_user as usize);
+                while lat.len() < per_user as usize {
+                    match sub.recv().await {
+                        Some(e) => lat.push(now_us().saturating_sub(e.timestamp_us)),
+                        None => break,
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let engines = bench_engines(&factory, users);
+    let runs: Vec<_> = engines
+        .iter()
+        .zip(users)
+        .enumerate()
+        .map(|(i, ((_, e), c))| {
+            let input = if pace_ms == 0 {
+                (per_user - 2).to_string()
+            } else {
+                let offset = pace_ms * i as u64 / users_n as u64;
+                format!("{}@{pace_ms}+{offset}", per_user - 2)
+            };
+            e.spawn(&c.new_run(), "burst", input).expect("spawn")
+        })
+        .collect();
+    for r in runs {
+        r.outcome().await.expect("ran");
+    }
+    let mut ours = Vec::new();
+    for r in readers {
+        ours.extend(r.await.expect("reader"));
+    }
+    drop(engines);
+    factory.shutdown().await;
+    ours
+}
+
+/// Floor: per-user mpsc, the producer stamps the time as the engine does.
+async fn floor_latencies(
+    users: &[engine_core::UserExecutionContext],
+    per_user: u64,
+    pace_ms: u64,
+) -> Vec<u64> {
+    let users_n = users.len();
+    let mut tasks = Vec::new();
+    for (i, c) in users.iter().enumerate() {
+        let (tx, mut rx) = mpsc::channel::<Arc<EventEnvelope>>(256);
+        let user = c.user_id().clone();
+        let offset = pace_ms * i as u64 / users_n as u64;
+        tokio::spawn(async move {
+            if pace_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(offset)).await;
+            }
+            for seq in 1..=per_user {
+                if pace_ms > 0 && seq > 2 {
+                    tokio::time::sleep(std::time::Duration::from_millis(pace_ms)).await;
+                }
+                let e = EventEnvelope {
+                    user_id: user.clone(),
+                    thread_id: ThreadId::new("thread").expect("id"),
+                    run_id: RunId::new("run-1").expect("id"),
+                    request_id: engine_core::RequestId::new("req-1").expect("id"),
+                    seq,
+                    timestamp_us: now_us(),
+                    event: AgentEvent::AgentThinking {
+                        reasoning: "step".into(),
+                    },
+                };
+                let _ = tx.send(Arc::new(e)).await;
+            }
+        });
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while let Some(e) = rx.recv().await {
+                lat.push(now_us().saturating_sub(e.timestamp_us));
+            }
+            lat
+        }));
+    }
+    let mut floor = Vec::new();
+    for t in tasks {
+        floor.extend(t.await.expect("floor"));
+    }
+    floor
+}
+
+/// p50/p99/p99.9 of ours and the floor over `rounds` interleaved rounds (ours first in even
+/// rounds, the floor first in odd ones): each side's medians of its per-round percentiles, and
+/// the medians of the per-round ratios, so one disturbed second on the VM moves one round,
+/// not the row.
+fn latency(users_n: usize, per_user: u64, pace_ms: u64, rounds: usize) -> LatencyRow {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("rt");
-    rt.block_on(async {
-        // Ours: runs emit, the hub routes, each user's subscriber measures.
-        let factory = bench_factory(256);
-        let users = bench_users(users_n);
-        let readers: Vec<_> = users
-            .iter()
-            .map(|c| {
-                let mut sub = factory.subscribe(c.user_id());
-                tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(per_user as usize);
-                    while lat.len() < per_user as usize {
-                        match sub.recv().await {
-                            Some(e) => lat.push(now_us().saturating_sub(e.timestamp_us)),
-                            None => break,
-                        }
-                    }
-                    lat
-                })
-            })
-            .collect();
-        let engines = bench_engines(&factory, &users);
-        let runs: Vec<_> = engines
-            .iter()
-            .zip(&users)
-            .enumerate()
-            .map(|(i, ((_, e), c))| {
-                let input = if pace_ms == 0 {
-                    (per_user - 2).to_string()
-                } else {
-                    let offset = pace_ms * i as u64 / users_n as u64;
-                    format!("{}@{pace_ms}+{offset}", per_user - 2)
-                };
-                e.spawn(&c.new_run(), "burst", input).expect("spawn")
-            })
-            .collect();
-        for r in runs {
-            r.outcome().await.expect("ran");
+    let mut per_round = Vec::new();
+    for round in 0..rounds.max(1) {
+        let order = if round % 2 == 0 {
+            [Side::Ours, Side::Floor]
+        } else {
+            [Side::Floor, Side::Ours]
+        };
+        let mut got = [[0u64; 3]; 2];
+        for side in order {
+            let p = percentiles(latencies(&rt, side, users_n, per_user, pace_ms));
+            got[side as usize] = p;
         }
-        let mut ours = Vec::new();
-        for r in readers {
-            ours.extend(r.await.expect("reader"));
-        }
-        // Floor: per-user mpsc, the producer stamps the time as the engine does.
-        let mut tasks = Vec::new();
-        for (i, c) in users.iter().enumerate() {
-            let (tx, mut rx) = mpsc::channel::<Arc<EventEnvelope>>(256);
-            let user = c.user_id().clone();
-            let offset = pace_ms * i as u64 / users_n as u64;
-            tokio::spawn(async move {
-                if pace_ms > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(offset)).await;
-                }
-                for seq in 1..=per_user {
-                    if pace_ms > 0 && seq > 2 {
-                        tokio::time::sleep(std::time::Duration::from_millis(pace_ms)).await;
-                    }
-                    let e = EventEnvelope {
-                        user_id: user.clone(),
-                        thread_id: ThreadId::new("thread").expect("id"),
-                        run_id: RunId::new("run-1").expect("id"),
-                        request_id: engine_core::RequestId::new("req-1").expect("id"),
-                        seq,
-                        timestamp_us: now_us(),
-                        event: AgentEvent::AgentThinking {
-                            reasoning: "step".into(),
-                        },
-                    };
-                    let _ = tx.send(Arc::new(e)).await;
-                }
-            });
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while let Some(e) = rx.recv().await {
-                    lat.push(now_us().saturating_sub(e.timestamp_us));
-                }
-                lat
-            }));
-        }
-        let mut floor = Vec::new();
-        for t in tasks {
-            floor.extend(t.await.expect("floor"));
-        }
-        (percentiles(ours), percentiles(floor))
-    })
+        per_round.push(got);
+    }
+    LatencyRow { per_round }
 }
 
-/// Prints p50/p99/p99.9 lines: `name_pXX  ours  floor  ratio   (what)`.
-fn print_latency(name: &str, (ours, floor): ([u64; 3], [u64; 3]), what: &str) {
+/// Per round: `[ours, floor]` p50/p99/p99.9 in µs.
+struct LatencyRow {
+    per_round: Vec<[[u64; 3]; 2]>,
+}
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
+
+/// Prints p50/p99/p99.9 lines: `name_pXX  ours  floor  ratio  spread   (what)`, each side's
+/// median over the rounds, the median per-round ratio and its spread.
+fn print_latency(name: &str, row: &LatencyRow, what: &str) {
+    let rounds = row.per_round.len();
     for (i, p) in ["p50", "p99", "p99.9"].iter().enumerate() {
+        let side = |s: usize| median_of(row.per_round.iter().map(|r| r[s][i] as f64).collect());
+        let ratios: Vec<f64> = row
+            .per_round
+            .iter()
+            .map(|r| r[0][i] as f64 / r[1][i].max(1) as f64)
+            .collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(0.0, f64::max);
         println!(
-            "{name}_{p}  {} us  {} us  {:.2}x   ({what})",
-            ours[i],
-            floor[i],
-            ours[i] as f64 / floor[i].max(1) as f64
+            "{name}_{p}  {:.0} us  {:.0} us  {:.2}x  {lo:.2}-{hi:.2} ({rounds} rounds)   ({what})",
+            side(0),
+            side(1),
+            median_of(ratios),
         );
     }
 }
@@ -216,14 +299,15 @@ fn main() {
         ours as f64 / floor.max(1) as f64
     );
     let users = env_usize("FOOTPRINT_USERS", 10_000);
+    let rounds = env_usize("LATENCY_ROUNDS", 5);
     print_latency(
         "latency",
-        latency(users, 100, 0),
+        &latency(users, 100, 0, rounds),
         &format!("{users} users x 100 events, one burst"),
     );
     print_latency(
         "latency_paced",
-        latency(users, 22, 100),
-        &format!("{users} users, 1 event per user per 100 ms, staggered"),
+        &latency(users, 12, 100, rounds),
+        &format!("{users} users, 1 event per user per 100 ms, staggered, 1 s per side and round"),
     );
 }

@@ -1,6 +1,7 @@
-//! [`Run`]: the lifecycle of one accepted run inside its own task — `agent_started`, the wait for
-//! a concurrency slot, the agent under its timeout and cancellation, the terminal event, and the
-//! record in the engine's history and stats.
+//! [`Run`]: the lifecycle of one accepted run (in its own task, or in the task of the caller
+//! that awaits it) — `agent_started`, the wait for a concurrency slot, the agent under its
+//! timeout and cancellation, the terminal event, and the record in the engine's history and
+//! stats.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
