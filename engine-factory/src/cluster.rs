@@ -156,6 +156,12 @@ impl UserFeed {
         self.channel.strong_count() > 0
     }
 
+    /// Whether both feeds lead to the same channel (a user whose channel ended and was made
+    /// again has a new feed, attached at its own position).
+    pub fn same_channel(&self, other: &UserFeed) -> bool {
+        Weak::ptr_eq(&self.channel, &other.channel)
+    }
+
     /// Hands one envelope to this user's subscribers on this node. An envelope of another
     /// user is refused (counted as dropped), never routed.
     pub async fn deliver(&self, event: EventEnvelope) -> Result<(), DeliveryError> {

@@ -325,33 +325,56 @@ async fn read_loop(
             .await?;
         inner.health.ok();
         let Some(reply) = reply else { continue };
-        for stream in reply.keys {
-            let Some(feed) = users.get(&stream.key) else {
+        feed_reply(inner, &users, reply).await;
+        inner.progress.notify_waiters();
+    }
+}
+
+/// Hands what one `XREAD` returned to the feeds it was read for (`users`: each stream key's
+/// feed when the read was issued) and moves their positions on.
+async fn feed_reply(inner: &BusInner, users: &HashMap<String, UserFeed>, reply: StreamReadReply) {
+    for stream in reply.keys {
+        let Some(feed) = users.get(&stream.key) else {
+            continue;
+        };
+        // The user's channel may have ended and a new one attached while this read waited
+        // (the new feed starts at the stream's end as it was then, which may be before
+        // these entries): they are the new feed's to read from its own position, not the
+        // old feed's to drop.
+        if !lock(&inner.feeds)
+            .by_user
+            .get(feed.user_id())
+            .is_some_and(|f| f.feed.same_channel(feed))
+        {
+            continue;
+        }
+        let mut last = None;
+        for entry in stream.ids {
+            last = StreamPos::parse(&entry.id).or(last);
+            let Some(event) = decode(&entry.map) else {
+                tracing::warn!(user_id = %feed.user_id(), id = %entry.id, "unreadable stream entry skipped");
                 continue;
             };
-            let mut last = None;
-            for entry in stream.ids {
-                last = StreamPos::parse(&entry.id).or(last);
-                let Some(event) = decode(&entry.map) else {
-                    tracing::warn!(user_id = %feed.user_id(), id = %entry.id, "unreadable stream entry skipped");
-                    continue;
-                };
-                if !inner.keys.is_events_key_of(&stream.key, &event.user_id) {
-                    // Never route an envelope by its label when the stream says otherwise.
-                    tracing::error!(user_id = %feed.user_id(), "stream entry of another user refused");
-                    continue;
-                }
-                inner.health.read.fetch_add(1, Ordering::Relaxed);
-                let _ = feed.deliver(event).await;
+            if !inner.keys.is_events_key_of(&stream.key, &event.user_id) {
+                // Never route an envelope by its label when the stream says otherwise.
+                tracing::error!(user_id = %feed.user_id(), "stream entry of another user refused");
+                continue;
             }
-            if let Some(last) = last {
-                let mut feeds = lock(&inner.feeds);
-                if let Some(f) = feeds.by_user.get_mut(feed.user_id()) {
-                    f.pos = f.pos.max(last);
-                }
+            inner.health.read.fetch_add(1, Ordering::Relaxed);
+            let _ = feed.deliver(event).await;
+        }
+        if let Some(last) = last {
+            let mut feeds = lock(&inner.feeds);
+            // Only the feed these entries went to moves on; a feed attached meanwhile
+            // reads them from its own position.
+            if let Some(f) = feeds
+                .by_user
+                .get_mut(feed.user_id())
+                .filter(|f| f.feed.same_channel(feed))
+            {
+                f.pos = f.pos.max(last);
             }
         }
-        inner.progress.notify_waiters();
     }
 }
 
@@ -542,5 +565,98 @@ impl EventBus for RedisBus {
                 let _ = tokio::time::timeout(Duration::from_millis(50), progressed).await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use engine_core::{AgentEvent, AgentRegistry, RequestId, RunId, ThreadId};
+    use engine_factory::{ExecutionEngineFactory, FactoryConfig};
+    use redis::streams::{StreamId, StreamKey};
+
+    use super::*;
+    use crate::testing::RedisServer;
+    use crate::{ClusterConfig, RedisCluster};
+
+    /// The race the node's reader must survive: it issued its `XREAD` with a user's feed, the
+    /// user's channel ended and a new one attached (at the stream's end as it was then), and
+    /// the read returns entries written after that. They are the new feed's to read from its
+    /// own position: handed to the old feed they would be dropped, and moving the new feed
+    /// past them would lose them for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_read_for_an_ended_channel_stay_for_the_feed_attached_since() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let cluster = RedisCluster::connect(
+            ClusterConfig::new(redis.url())
+                .with_prefix("t")
+                .with_node_id("n"),
+        )
+        .await
+        .unwrap();
+        let factory = ExecutionEngineFactory::with_seams(
+            FactoryConfig::default(),
+            AgentRegistry::builder().build().unwrap(),
+            cluster.seams(),
+        )
+        .unwrap();
+        let inner = &cluster.bus.inner;
+        let user = UserId::new("reloader").unwrap();
+
+        let old = factory.subscribe(&user);
+        old.ready().await.unwrap();
+        let (old_feed, key) = {
+            let feeds = lock(&inner.feeds);
+            let f = &feeds.by_user[&user];
+            (f.feed.clone(), f.key.clone())
+        };
+        drop(old);
+        assert!(!old_feed.is_open(), "the user's first channel ended");
+        let mut new = factory.subscribe(&user);
+        new.ready().await.unwrap();
+        let attached_at = lock(&inner.feeds).by_user[&user].pos;
+
+        let envelope = EventEnvelope {
+            user_id: user.clone(),
+            thread_id: ThreadId::new("t").unwrap(),
+            run_id: RunId::new("r").unwrap(),
+            request_id: RequestId::new("q").unwrap(),
+            seq: 1,
+            timestamp_us: 1,
+            event: AgentEvent::AgentThinking {
+                reasoning: "hi".into(),
+            },
+        };
+        let entry = StreamId {
+            id: "99999999999999-0".into(),
+            map: HashMap::from([(
+                "e".to_owned(),
+                Value::BulkString(serde_json::to_vec(&envelope).unwrap()),
+            )]),
+            ..StreamId::default()
+        };
+        let reply = StreamReadReply {
+            keys: vec![StreamKey {
+                key: key.clone(),
+                ids: vec![entry],
+            }],
+        };
+        // What the reader read with the feeds as they were when it issued the read.
+        let users = HashMap::from([(key, old_feed)]);
+        feed_reply(inner, &users, reply).await;
+
+        assert_eq!(
+            lock(&inner.feeds).by_user[&user].pos,
+            attached_at,
+            "the new feed still reads from where it attached"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            new.try_recv().is_none(),
+            "nothing went to the new feed twice"
+        );
     }
 }
