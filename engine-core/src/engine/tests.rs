@@ -628,15 +628,20 @@ async fn delivery_failures_never_fail_a_run_and_are_counted() {
     }
 }
 
+/// A runtime of its own, for tests that drop one under the engine.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A run's task dropped with its runtime (before or after its first poll) still releases
 /// the engine's shutdown and the thread's later runs: `Run`'s drop fires its done signal.
 #[test]
 fn shutdown_does_not_wait_for_runs_their_runtime_dropped() {
     let f = fixture(vec![Step::Sleep(10_000)]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let handles = rt.block_on(async {
         // Started: asleep inside the agent when the runtime goes.
         let started = f.engine.spawn(&f.ctx.new_run(), "script", "x").unwrap();
@@ -648,10 +653,7 @@ fn shutdown_does_not_wait_for_runs_their_runtime_dropped() {
     });
     assert_eq!(f.engine.active_run_count(), 2);
     drop(rt);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     rt.block_on(async {
         // Their handles learn it as a typed error, not a hang.
         for handle in handles {
@@ -739,10 +741,7 @@ async fn a_caller_awaiting_quick_runs_back_to_back_lets_other_tasks_run() {
 #[test]
 fn an_awaited_run_dropped_with_its_runtime_is_released() {
     let f = fixture(vec![Step::Sleep(10_000)]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     rt.block_on(async {
         let engine = f.engine.clone();
         let ctx = f.ctx.clone();
@@ -752,10 +751,7 @@ fn an_awaited_run_dropped_with_its_runtime_is_released() {
     });
     assert_eq!(f.engine.active_run_count(), 1);
     drop(rt);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(10), f.engine.shutdown())
             .await
