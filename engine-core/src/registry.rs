@@ -70,10 +70,6 @@ impl AgentRegistry {
     pub fn has_agent(&self, name: &str) -> bool {
         self.inner.agents.contains_key(name)
     }
-    /// A fresh instance of the named agent.
-    pub(crate) fn create_agent(&self, name: &str) -> Option<Box<dyn Agent>> {
-        self.inner.agents.get(name).map(|make| make())
-    }
     /// Every tool with its name, sorted by name.
     pub(crate) fn tools(&self) -> impl Iterator<Item = (&str, &Arc<dyn Tool>)> {
         self.inner.tools.iter().map(|(n, t)| (&**n, &t.tool))
@@ -81,19 +77,13 @@ impl AgentRegistry {
     pub(crate) fn tool(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.inner.tools.get(name).map(|t| &t.tool)
     }
-    /// The registered (shared) name of an agent and its maker: one look-up for a run.
+    /// The registered (shared) name of an agent and its maker: one look-up for a run or a
+    /// sub-agent.
     pub(crate) fn agent_entry(&self, name: &str) -> Option<(Arc<str>, AgentMaker)> {
         self.inner
             .agents
             .get_key_value(name)
             .map(|(k, make)| (Arc::clone(k), Arc::clone(make)))
-    }
-    /// The registered (shared) name of an agent, so runs need not copy it.
-    pub(crate) fn agent_name(&self, name: &str) -> Option<Arc<str>> {
-        self.inner
-            .agents
-            .get_key_value(name)
-            .map(|(k, _)| Arc::clone(k))
     }
     /// The registered (shared) name of a tool, the tool, and whether it was registered as
     /// needing approval: one look-up for everything a call needs.

@@ -26,14 +26,14 @@ pub(crate) enum Guarded<T> {
     TimedOut,
 }
 
-/// Polls `fut` until it returns, `cancel` is set, or `limit` plus `extension()` has passed
-/// since it first waited. `extension` is read again when the time is up (a run's limit grows
+/// Polls `fut` until it returns, `cancel` is set, or `limit` (none: no limit) plus
+/// `extension()` has passed since it first waited. `extension` is read again when the time is up (a run's limit grows
 /// by the time its tool calls waited for the user's approval). Biased toward `fut`: a future
 /// that sees the cancellation itself and returns is taken as returned.
 pub(crate) async fn guarded<F: Future>(
     fut: F,
     cancel: &Signal,
-    limit: Duration,
+    limit: Option<Duration>,
     extension: impl Fn() -> Duration,
 ) -> Guarded<F::Output> {
     let mut fut = pin!(fut);
@@ -49,12 +49,12 @@ pub(crate) async fn guarded<F: Future>(
 async fn wait<F: Future>(
     mut fut: std::pin::Pin<&mut F>,
     cancel: &Signal,
-    limit: Duration,
+    limit: Option<Duration>,
     extension: impl Fn() -> Duration,
 ) -> Guarded<F::Output> {
     let armed = Instant::now();
-    let sleep = pin!(tokio::time::sleep_until(armed + limit + extension()));
-    let mut sleep = sleep;
+    let deadline = |limit| armed + limit + extension();
+    let mut sleep = pin!(limit.map(|limit| tokio::time::sleep_until(deadline(limit))));
     let cancelled = pin!(cancel.wait());
     let mut cancelled = cancelled;
     let mut polled = true;
@@ -67,12 +67,14 @@ async fn wait<F: Future>(
         if cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Guarded::Cancelled);
         }
-        while sleep.as_mut().poll(cx).is_ready() {
-            let deadline = armed + limit + extension();
-            if deadline <= Instant::now() {
-                return Poll::Ready(Guarded::TimedOut);
+        if let (Some(limit), Some(mut sleep)) = (limit, sleep.as_mut().as_pin_mut()) {
+            while sleep.as_mut().poll(cx).is_ready() {
+                let deadline = deadline(limit);
+                if deadline <= Instant::now() {
+                    return Poll::Ready(Guarded::TimedOut);
+                }
+                sleep.as_mut().reset(deadline);
             }
-            sleep.as_mut().reset(deadline);
         }
         Poll::Pending
     })

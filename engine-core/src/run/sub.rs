@@ -13,8 +13,10 @@ use crate::context::UserExecutionContext;
 use crate::error::{panic_message, ContextError};
 use crate::event::{AgentEvent, RunStatus, ToolStatus};
 use crate::outcome::RunEnd;
+use crate::registry::AgentMaker;
 use crate::run::control::{OpenItem, RunControl};
-use crate::run::emit::{millis, within, EmitterSlot};
+use crate::run::emit::{millis, EmitterSlot};
+use crate::run::guard::{guarded, Guarded};
 use crate::run::{RunContext, RunKit};
 
 /// One sub-agent to run: which agent, on what input, and optionally a time limit of its own
@@ -146,7 +148,7 @@ async fn run_one(
     call: SubAgentCall,
 ) -> Result<String, SubAgentError> {
     let agent = call.agent.clone();
-    let Some(agent_name) = parent.kit.registry.agent_name(&call.agent) else {
+    let Some((agent_name, make)) = parent.kit.registry.agent_entry(&call.agent) else {
         return Err(SubAgentError::UnknownAgent { agent });
     };
     let child = match parent.context.child(call.agent.as_str()) {
@@ -182,7 +184,7 @@ async fn run_one(
         Arc::clone(&parent.kit),
         parent.depth + 1,
     );
-    let result = run_agent_in(&mut rc, &agent_name, &call).await;
+    let result = run_agent_in(&mut rc, &make, &call).await;
     // A sub-agent cut short (timeout, death, cancellation) may leave its own tool calls and
     // sub-agents open: close them (nothing is open after a normal return).
     let (tool, run, why) = match &result {
@@ -241,15 +243,12 @@ async fn run_one(
 /// Creates and runs the agent in `rc`, containing panics and the call's time limit.
 async fn run_agent_in(
     rc: &mut RunContext,
-    agent_name: &Arc<str>,
+    make: &AgentMaker,
     call: &SubAgentCall,
 ) -> Result<String, SubAgentError> {
     let agent = call.agent.clone();
-    let registry = rc.tools.kit.registry.clone();
-    let made = std::panic::catch_unwind(AssertUnwindSafe(|| registry.create_agent(agent_name)));
-    let mut instance = match made {
-        Ok(Some(a)) => a,
-        Ok(None) => return Err(SubAgentError::UnknownAgent { agent }),
+    let mut instance = match std::panic::catch_unwind(AssertUnwindSafe(|| make())) {
+        Ok(a) => a,
         Err(panic) => {
             return Err(SubAgentError::Died {
                 agent,
@@ -259,32 +258,21 @@ async fn run_agent_in(
     };
     let control = Arc::clone(&rc.tools.control);
     let run = AssertUnwindSafe(instance.run(rc, &call.input)).catch_unwind();
-    let run = async {
-        match call.timeout {
-            Some(limit) => within(limit, run).await.map_err(|_| limit),
-            None => Ok(run.await),
-        }
-    };
-    let result = tokio::select! {
-        biased;
-        r = run => Some(r),
-        () = control.cancel.wait() => None,
-    };
-    match result {
-        None => Err(SubAgentError::Cancelled { agent }),
-        Some(Err(limit)) => Err(SubAgentError::TimedOut {
+    match guarded(run, &control.cancel, call.timeout, || Duration::ZERO).await {
+        Guarded::Cancelled => Err(SubAgentError::Cancelled { agent }),
+        Guarded::TimedOut => Err(SubAgentError::TimedOut {
             agent,
-            after_ms: millis(limit),
+            after_ms: call.timeout.map_or(0, millis),
         }),
-        Some(Ok(Err(panic))) => Err(SubAgentError::Died {
+        Guarded::Done(Err(panic)) => Err(SubAgentError::Died {
             agent,
             reason: panic_message(&*panic),
         }),
-        Some(Ok(Ok(_))) if control.cancel.is_set() => Err(SubAgentError::Cancelled { agent }),
-        Some(Ok(Ok(Err(e)))) => Err(SubAgentError::Failed {
+        Guarded::Done(Ok(_)) if control.cancel.is_set() => Err(SubAgentError::Cancelled { agent }),
+        Guarded::Done(Ok(Err(e))) => Err(SubAgentError::Failed {
             agent,
             error: e.to_string(),
         }),
-        Some(Ok(Ok(Ok(answer)))) => Ok(answer),
+        Guarded::Done(Ok(Ok(answer))) => Ok(answer),
     }
 }

@@ -254,7 +254,10 @@ impl Run {
         let result = {
             let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
             let control = &self.control;
-            guarded(run, &control.cancel, timeout, || control.approval_wait()).await
+            guarded(run, &control.cancel, Some(timeout), || {
+                control.approval_wait()
+            })
+            .await
         };
         let mut died = None;
         let end = match result {

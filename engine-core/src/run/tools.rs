@@ -247,7 +247,7 @@ impl ToolDispatcher {
         let result = guarded(
             call,
             &self.control.cancel,
-            self.kit.config.tool_timeout(),
+            Some(self.kit.config.tool_timeout()),
             || Duration::ZERO,
         );
         match result.await {
