@@ -1,6 +1,6 @@
 //! [`ExecutionEngineFactory`]: admission, tracking, reaping and shutdown of engines.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +19,8 @@ use crate::cluster::{Admission, AdmissionError, EventBus, Seams};
 use crate::config::FactoryConfig;
 use crate::hub::{EventHub, Subscription};
 use crate::privileged;
-use crate::sync::{lock, Sharded};
+use crate::sync::lock;
+use crate::users::{UserHash, UserHasher, UserMap};
 
 /// Why the factory refused or failed a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,13 +121,6 @@ struct Slot {
 /// One user's live engines: most users hold one, inline; a second spills to the heap.
 type Slots = SmallVec<[Slot; 1]>;
 
-/// One shard of the live engines, keyed by user. A user's entry is removed with its last
-/// engine, so the map never holds users without engines.
-#[derive(Default)]
-struct Engines {
-    users: HashMap<UserId, Slots>,
-}
-
 struct FactoryInner {
     key: &'static FactoryKey,
     config: FactoryConfig,
@@ -139,8 +133,10 @@ struct FactoryInner {
     /// Set once by `shutdown`; admission reads it under the user's shard lock.
     shut_down: AtomicBool,
     next_slot: AtomicU64,
-    /// Live engines, sharded by user: admissions of different users take different locks.
-    engines: Sharded<Engines>,
+    /// Live engines, sharded by user: admissions of different users take different locks. A
+    /// user's entry is removed with its last engine, so the map never holds users without
+    /// engines. Hashed like the hub's channels: an admission hashes its user once.
+    engines: UserMap<Slots>,
     counters: Counters,
     reaper_started: AtomicBool,
     reaper_stop: CancellationToken,
@@ -149,22 +145,24 @@ struct FactoryInner {
 impl FactoryInner {
     /// Removes one slot; `None` if it was already removed (closed, reaped, cleaned up). The
     /// caller gives the cluster lease back.
-    fn release(&self, user: &UserId, slot: u64) -> Option<UserExecutionEngine> {
-        let mut shard = lock(self.engines.shard(user));
-        let slots = shard.users.get_mut(user)?;
-        let at = slots.iter().position(|s| s.id == slot)?;
-        let removed = slots.swap_remove(at);
-        if slots.is_empty() {
-            shard.users.remove(user);
-        }
-        Some(removed.engine)
+    fn release(&self, user: &UserId, hash: UserHash, slot: u64) -> Option<UserExecutionEngine> {
+        let mut shard = self.engines.lock(hash);
+        let mut removed = None;
+        shard.remove_if(hash, user, |slots| {
+            if let Some(at) = slots.iter().position(|s| s.id == slot) {
+                removed = Some(slots.swap_remove(at).engine);
+            }
+            slots.is_empty()
+        });
+        removed
     }
 
     /// A copy of `user`'s live engines.
     fn user_engines(&self, user: &UserId) -> Vec<UserExecutionEngine> {
-        lock(self.engines.shard(user))
-            .users
-            .get(user)
+        let hash = self.engines.hash(user);
+        self.engines
+            .lock(hash)
+            .get(hash, user)
             .map(|slots| slots.iter().map(|s| s.engine.clone()).collect())
             .unwrap_or_default()
     }
@@ -269,10 +267,12 @@ impl ExecutionEngineFactory {
         seams: Seams,
     ) -> Result<Self, FactoryError> {
         let key = privileged::key()?;
+        let hasher = UserHasher::new();
         let hub = EventHub::new(
             config.subscriber_buffer(),
             config.backpressure_deadline(),
             seams.bus.clone(),
+            hasher.clone(),
         );
         Ok(Self {
             inner: Arc::new(FactoryInner {
@@ -285,7 +285,7 @@ impl ExecutionEngineFactory {
                 bus: seams.bus,
                 shut_down: AtomicBool::new(false),
                 next_slot: AtomicU64::new(0),
-                engines: Sharded::new(),
+                engines: UserMap::new(hasher),
                 counters: Counters::default(),
                 reaper_started: AtomicBool::new(false),
                 reaper_stop: CancellationToken::new(),
@@ -390,12 +390,13 @@ impl ExecutionEngineFactory {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        let (slot, engine) = admitted?;
+        let (slot, hash, engine) = admitted?;
         tracing::debug!(user_id = %user, run_id = %context.run_id(), engine_id = engine.engine_id(), "engine created");
         Ok(EngineHandle {
             engine,
             factory: Arc::clone(inner),
             slot,
+            hash,
             released: false,
         })
     }
@@ -407,29 +408,27 @@ impl ExecutionEngineFactory {
     fn admit(
         inner: &FactoryInner,
         context: &UserExecutionContext,
-    ) -> Result<(u64, UserExecutionEngine), FactoryError> {
+    ) -> Result<(u64, UserHash, UserExecutionEngine), FactoryError> {
         if inner.shut_down.load(Ordering::Acquire) {
             return Err(FactoryError::ShutDown);
         }
         let user = context.user_id();
+        let hash = inner.engines.hash(user);
         let engine = privileged::assemble(
             inner.key,
             context.clone(),
             &inner.kit,
-            inner.hub.sink_for(user),
+            inner.hub.sink_for(user, hash),
         )?;
         let limit = inner.config.max_engines_per_user();
         let id = inner.next_slot.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut shard = lock(inner.engines.shard(user));
+        let mut shard = inner.engines.lock(hash);
         // Read under the shard lock: `shutdown` sets the flag before it drains the shards, so
         // an engine inserted here is either refused or drained.
         if inner.shut_down.load(Ordering::Acquire) {
             return Err(FactoryError::ShutDown);
         }
-        let slots = match shard.users.get_mut(user) {
-            Some(slots) => slots,
-            None => shard.users.entry(user.clone()).or_default(),
-        };
+        let slots = shard.get_or_insert_with(hash, user, Slots::new);
         // Only the factory stops engines, and it removes their slots first: every slot here is
         // a live engine.
         let refused = if slots
@@ -448,17 +447,15 @@ impl ExecutionEngineFactory {
         } else {
             None
         };
-        if let Some(e) = refused {
-            if slots.is_empty() {
-                shard.users.remove(user);
-            }
-            return Err(e);
-        }
-        slots.push(Slot {
-            id,
-            engine: engine.clone(),
-        });
-        Ok((id, engine))
+        let Some(e) = refused else {
+            slots.push(Slot {
+                id,
+                engine: engine.clone(),
+            });
+            return Ok((id, hash, engine));
+        };
+        shard.remove_if(hash, user, |slots| slots.is_empty());
+        Err(e)
     }
 
     /// Runs `f` with a fresh engine for `context` and always closes the engine afterwards —
@@ -556,17 +553,22 @@ impl ExecutionEngineFactory {
 
     /// Live engines of `user`.
     pub fn active_engines(&self, user: &UserId) -> usize {
-        lock(self.inner.engines.shard(user))
-            .users
-            .get(user)
+        let hash = self.inner.engines.hash(user);
+        self.inner
+            .engines
+            .lock(hash)
+            .get(hash, user)
             .map_or(0, SmallVec::len)
     }
 
     /// Shuts down and removes every engine of `user` (and no other). Returns how many.
     pub async fn cleanup_user(&self, user: &UserId) -> usize {
-        let removed: Vec<UserExecutionEngine> = lock(self.inner.engines.shard(user))
-            .users
-            .remove(user)
+        let hash = self.inner.engines.hash(user);
+        let removed: Vec<UserExecutionEngine> = self
+            .inner
+            .engines
+            .lock(hash)
+            .remove(hash, user)
             .map(|slots| slots.into_iter().map(|s| s.engine).collect())
             .unwrap_or_default();
         let n = removed.len();
@@ -586,14 +588,9 @@ impl ExecutionEngineFactory {
     pub fn metrics(&self) -> FactoryMetrics {
         let c = &self.inner.counters;
         let mut per_user: BTreeMap<UserId, usize> = BTreeMap::new();
-        for shard in self.inner.engines.all() {
+        for shard in self.inner.engines.shards() {
             let shard = lock(shard);
-            per_user.extend(
-                shard
-                    .users
-                    .iter()
-                    .map(|(u, slots)| (u.clone(), slots.len())),
-            );
+            per_user.extend(shard.iter().map(|(u, slots)| (u.clone(), slots.len())));
         }
         let hub = self.inner.hub.stats();
         FactoryMetrics {
@@ -625,13 +622,12 @@ impl ExecutionEngineFactory {
         // lock or inserted before this drains that shard.
         self.inner.shut_down.store(true, Ordering::Release);
         let mut engines: Vec<UserExecutionEngine> = Vec::new();
-        for shard in self.inner.engines.all() {
+        for shard in self.inner.engines.shards() {
             let mut shard = lock(shard);
             engines.extend(
                 shard
-                    .users
                     .drain()
-                    .flat_map(|(_, slots)| slots.into_iter().map(|s| s.engine)),
+                    .flat_map(|slots| slots.into_iter().map(|s| s.engine)),
             );
         }
         self.inner.reaper_stop.cancel();
@@ -724,8 +720,8 @@ impl ExecutionEngineFactory {
 fn reap(inner: &FactoryInner) -> usize {
     let ttl = inner.config.engine_ttl();
     let mut expired: Vec<UserExecutionEngine> = Vec::new();
-    for shard in inner.engines.all() {
-        lock(shard).users.retain(|_, slots| {
+    for shard in inner.engines.shards() {
+        lock(shard).retain(|slots| {
             slots.retain(|slot| {
                 let e = &slot.engine;
                 let keep = e.age() <= ttl || e.active_run_count() > 0;
@@ -758,6 +754,8 @@ pub struct EngineHandle {
     engine: UserExecutionEngine,
     factory: Arc<FactoryInner>,
     slot: u64,
+    /// The user's hash in the factory's map, for the release.
+    hash: UserHash,
     released: bool,
 }
 
@@ -797,7 +795,7 @@ impl EngineHandle {
         }
         let removed = self
             .factory
-            .release(self.engine.user_id(), self.slot)
+            .release(self.engine.user_id(), self.hash, self.slot)
             .is_some();
         if removed {
             self.factory

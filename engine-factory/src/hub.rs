@@ -5,7 +5,6 @@
 //! engine has no way to name another user's channel; the channel is dropped (and its map entry
 //! removed) as soon as the last engine and subscriber of that user are gone.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -18,7 +17,8 @@ use tokio::sync::watch;
 
 use crate::cluster::{BusError, EventBus, UserFeed};
 use crate::queue::{PushError, Queue, WaitError};
-use crate::sync::{lock, read, write, Sharded};
+use crate::sync::{lock, read, write};
+use crate::users::{UserHash, UserHasher, UserMap};
 
 /// Counters of the hub, over all users (no per-user data).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,8 +40,9 @@ struct Counters {
 }
 
 pub(crate) struct HubInner {
-    /// Each user's channel, sharded by user like the factory's engines.
-    users: Sharded<HashMap<UserId, Weak<UserChannel>>>,
+    /// Each user's channel, sharded by user; hashed like the factory's engines, so an
+    /// admission hashes its user once for both.
+    users: UserMap<Weak<UserChannel>>,
     buffer: usize,
     deadline: Duration,
     closed: AtomicBool,
@@ -71,6 +72,8 @@ type Subscribers = SmallVec<[(u64, Arc<Queue>); 1]>;
 /// One user's subscribers.
 pub(crate) struct UserChannel {
     user: UserId,
+    /// `user`'s hash in the hub's map, for the removal.
+    hash: UserHash,
     /// The hub's settings and counters (the hub holds only a `Weak` back: no cycle).
     hub: Arc<HubInner>,
     /// Usually one (a tab), held inline.
@@ -90,11 +93,10 @@ impl Drop for UserChannel {
         if let (true, Some(bus)) = (attached, &hub.bus) {
             bus.detach(&self.user);
         }
-        let mut users = lock(hub.users.shard(&self.user));
         // Only remove the entry if it is still this (dead) channel, not a newer one.
-        if users.get(&self.user).is_some_and(|w| w.strong_count() == 0) {
-            users.remove(&self.user);
-        }
+        hub.users
+            .lock(self.hash)
+            .remove_if(self.hash, &self.user, |w| w.strong_count() == 0);
     }
 }
 
@@ -195,10 +197,16 @@ impl std::fmt::Debug for EventHub {
 impl EventHub {
     /// A hub whose subscribers buffer `buffer` events each, waiting up to `deadline` on a
     /// full subscriber before dropping the event for it.
-    pub(crate) fn new(buffer: usize, deadline: Duration, bus: Option<Arc<dyn EventBus>>) -> Self {
+    /// Users are hashed with `hasher` (the factory's, so that one hash serves both maps).
+    pub(crate) fn new(
+        buffer: usize,
+        deadline: Duration,
+        bus: Option<Arc<dyn EventBus>>,
+        hasher: UserHasher,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
-                users: Sharded::new(),
+                users: UserMap::new(hasher),
                 buffer,
                 deadline,
                 closed: AtomicBool::new(false),
@@ -209,13 +217,15 @@ impl EventHub {
         }
     }
 
-    fn channel(&self, user: &UserId) -> Arc<UserChannel> {
-        let mut users = lock(self.inner.users.shard(user));
-        if let Some(existing) = users.get(user).and_then(Weak::upgrade) {
+    /// `user`'s channel (`hash` is `user`'s), made if there is none.
+    fn channel(&self, user: &UserId, hash: UserHash) -> Arc<UserChannel> {
+        let mut users = self.inner.users.lock(hash);
+        if let Some(existing) = users.get(hash, user).and_then(Weak::upgrade) {
             return existing;
         }
         let channel = Arc::new(UserChannel {
             user: user.clone(),
+            hash,
             hub: Arc::clone(&self.inner),
             subscribers: RwLock::new(SmallVec::new()),
             attach: self
@@ -224,7 +234,7 @@ impl EventHub {
                 .as_ref()
                 .map(|_| watch::Sender::new(Attach::Idle)),
         });
-        users.insert(user.clone(), Arc::downgrade(&channel));
+        users.insert(hash, user, Arc::downgrade(&channel));
         channel
     }
 
@@ -232,7 +242,7 @@ impl EventHub {
     /// Several subscriptions per user are allowed; each receives every event. After the hub is
     /// closed, a new subscription ends immediately.
     pub(crate) fn subscribe(&self, user: &UserId) -> Subscription {
-        let channel = self.channel(user);
+        let channel = self.channel(user, self.inner.users.hash(user));
         let queue = Arc::new(Queue::new(self.inner.buffer));
         let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
         let added = {
@@ -292,9 +302,10 @@ impl EventHub {
     }
 
     /// The sink an engine of `user` delivers through. Crate-private: only the factory hands
-    /// sinks out, each bound to the engine's own user.
-    pub(crate) fn sink_for(&self, user: &UserId) -> Arc<dyn EventSink> {
-        let channel = self.channel(user);
+    /// sinks out, each bound to the engine's own user. `hash` is `user`'s under the hub's
+    /// hasher.
+    pub(crate) fn sink_for(&self, user: &UserId, hash: UserHash) -> Arc<dyn EventSink> {
+        let channel = self.channel(user, hash);
         match &self.inner.bus {
             None => channel,
             Some(bus) => Arc::new(BusSink {
@@ -317,8 +328,12 @@ impl EventHub {
 
     /// Number of live subscriptions of `user`.
     pub(crate) fn subscriber_count(&self, user: &UserId) -> usize {
-        let channel = lock(self.inner.users.shard(user))
-            .get(user)
+        let hash = self.inner.users.hash(user);
+        let channel = self
+            .inner
+            .users
+            .lock(hash)
+            .get(hash, user)
             .and_then(Weak::upgrade);
         channel.map_or(0, |c| read(&c.subscribers).len())
     }
@@ -326,7 +341,7 @@ impl EventHub {
     /// Every live channel (shard by shard, never two locks at once).
     fn live_channels(&self) -> Vec<Arc<UserChannel>> {
         let mut live = Vec::new();
-        for shard in self.inner.users.all() {
+        for shard in self.inner.users.shards() {
             live.extend(lock(shard).values().filter_map(Weak::upgrade));
         }
         live

@@ -50,6 +50,7 @@ mod hub;
 mod privileged;
 mod queue;
 mod sync;
+mod users;
 
 pub use cluster::{
     Admission, AdmissionError, BoxFuture, BusError, EventBus, Replayed, Seams, UserFeed,
