@@ -691,7 +691,8 @@ impl ExecutionEngineFactory {
     fn start_reaper(&self) {
         // Outside a tokio runtime there is nothing to run the reaper on; `reap_now` still works
         // and the next create inside a runtime starts it.
-        if tokio::runtime::Handle::try_current().is_err()
+        if self.inner.reaper_started.load(Ordering::Acquire)
+            || tokio::runtime::Handle::try_current().is_err()
             || self.inner.reaper_started.swap(true, Ordering::AcqRel)
         {
             return;
