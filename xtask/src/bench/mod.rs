@@ -17,7 +17,8 @@ pub use pairs::{Comparison, Paired, COMPARISONS};
 /// How `cargo xtask bench` measures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// Rounds per comparison (each round measures ours and every baseline once).
+    /// Rounds per comparison (each round measures ours and every baseline once); comparisons
+    /// marked noisy take twice as many plus one.
     pub rounds: usize,
     /// Only the comparisons whose group or benchmark name contains one of these (all if empty).
     pub only: Vec<String>,
@@ -322,7 +323,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<u8, XtaskError> {
     let criterion = target.join("criterion-xtask");
     let mut rows = Vec::new();
     for c in COMPARISONS.iter().filter(|c| opts.selects(c.group)) {
-        rows.extend(measure(&exes, c, opts.rounds.max(1), &criterion)?);
+        rows.extend(measure(&exes, c, c.rounds(opts.rounds), &criterion)?);
     }
     let mut own = String::new();
     let singles: [(&str, &[&str]); 4] = [

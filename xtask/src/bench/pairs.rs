@@ -19,6 +19,11 @@ pub struct Comparison {
     /// The benchmark target of the baselines when it is not `bench` (the allocator row: the
     /// same workload built twice, with different global allocators).
     pub baseline_bench: Option<&'static str>,
+    /// Whether single rounds of this comparison scatter widely (a mock server on loopback
+    /// sharing the two cores, a baseline that wakes 10,000 tasks per event, two threads that
+    /// may or may not get a vCPU each): it is measured in twice the rounds plus one, so that
+    /// its median moves less between runs.
+    pub noisy: bool,
 }
 
 /// Every comparison `cargo xtask bench` reports, in the order printed.
@@ -28,7 +33,7 @@ pub const COMPARISONS: &[Comparison] = &[
     cmp("engine", "fanout", "event", &["raw_mpsc", "broadcast"]),
     cmp("engine", "runs_one_engine", "run", &["baseline"]),
     cmp("engine", "runs_1000_users", "run", &["baseline"]),
-    cmp("engine", "admission", "op", &["baseline"]),
+    noisy(cmp("engine", "admission", "op", &["baseline"])),
     cmp("engine", "supervisor", "job", &["four_runs"]),
     cmp("scan", "scan", "line", &["baseline"]),
     cmp(
@@ -38,8 +43,8 @@ pub const COMPARISONS: &[Comparison] = &[
         &["raw_xadd_xread", "in_memory"],
     ),
     cmp("redis", "redis_admission", "op", &["raw_evalsha"]),
-    cmp("llm", "llm_tokens", "token", &["baseline"]),
-    cmp("llm", "llm_tool_round", "round", &["baseline"]),
+    noisy(cmp("llm", "llm_tokens", "token", &["baseline"])),
+    noisy(cmp("llm", "llm_tool_round", "round", &["baseline"])),
     Comparison {
         bench: "allocator_mimalloc",
         group: "allocator",
@@ -47,6 +52,7 @@ pub const COMPARISONS: &[Comparison] = &[
         ours: "mimalloc",
         baselines: &["system"],
         baseline_bench: Some("allocator_system"),
+        noisy: false,
     },
 ];
 
@@ -63,10 +69,25 @@ const fn cmp(
         ours: "ours",
         baselines,
         baseline_bench: None,
+        noisy: false,
     }
 }
 
+const fn noisy(c: Comparison) -> Comparison {
+    Comparison { noisy: true, ..c }
+}
+
 impl Comparison {
+    /// The rounds this comparison is measured in when `rounds` are asked for.
+    pub fn rounds(&self, rounds: usize) -> usize {
+        let rounds = rounds.max(1);
+        if self.noisy {
+            rounds * 2 + 1
+        } else {
+            rounds
+        }
+    }
+
     /// The functions of one round, in the order they run in round `round` (ours first in even
     /// rounds, last in odd ones).
     pub fn round_order(&self, round: usize) -> Vec<&'static str> {
@@ -197,5 +218,14 @@ mod tests {
         assert_eq!(a.bench_of("mimalloc"), "allocator_mimalloc");
         assert_eq!(a.bench_of("system"), "allocator_system");
         assert_eq!(a.row_name("system"), "allocator: mimalloc vs system");
+    }
+
+    #[test]
+    fn noisy_rows_take_more_rounds_with_an_odd_count() {
+        let find = |g: &str| COMPARISONS.iter().find(|c| c.group == g).expect(g);
+        assert_eq!(find("lifecycle").rounds(5), 5);
+        assert_eq!(find("lifecycle").rounds(0), 1);
+        assert_eq!(find("llm_tokens").rounds(5), 11);
+        assert_eq!(find("admission").rounds(1), 3);
     }
 }
