@@ -2,7 +2,8 @@
 //! measured in the same run. Prints `name  ours  baseline  ratio` lines.
 //!
 //! Memory is measured in child processes (one per side) from the resident set size, so one
-//! side's freed memory cannot flatter the other.
+//! side's freed memory cannot flatter the other. Latency is measured in interleaved rounds
+//! (`LATENCY_ROUNDS`, 5 by default; the paced row takes twice as many plus one).
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -95,7 +96,10 @@ enum Side {
     Floor,
 }
 
-/// Emit-to-receipt latencies (µs) of one side, with `users` subscribers and `per_user` events
+/// One received event: its sequence number in its run and its emit-to-receipt latency (µs).
+type Sample = (u64, u64);
+
+/// Emit-to-receipt latencies of one side, with `users` subscribers and `per_user` events
 /// each; with `pace_ms > 0` every user emits one event per `pace_ms`, the users evenly
 /// staggered (a steady load instead of one burst).
 fn latencies(
@@ -104,7 +108,7 @@ fn latencies(
     users_n: usize,
     per_user: u64,
     pace_ms: u64,
-) -> Vec<u64> {
+) -> Vec<Sample> {
     rt.block_on(async {
         let users = bench_users(users_n);
         match side {
@@ -119,7 +123,7 @@ async fn ours_latencies(
     users: &[engine_core::UserExecutionContext],
     per_user: u64,
     pace_ms: u64,
-) -> Vec<u64> {
+) -> Vec<Sample> {
     let users_n = users.len();
     let factory = bench_factory(256);
     let readers: Vec<_> = users
@@ -130,7 +134,7 @@ async fn ours_latencies(
                 let mut lat = Vec::with_capacity(per_user as usize);
                 while lat.len() < per_user as usize {
                     match sub.recv().await {
-                        Some(e) => lat.push(now_us().saturating_sub(e.timestamp_us)),
+                        Some(e) => lat.push((e.seq, now_us().saturating_sub(e.timestamp_us))),
                         None => break,
                     }
                 }
@@ -174,7 +178,7 @@ async fn floor_latencies(
     users: &[engine_core::UserExecutionContext],
     per_user: u64,
     pace_ms: u64,
-) -> Vec<u64> {
+) -> Vec<Sample> {
     let users_n = users.len();
     let mut tasks = Vec::new();
     for (i, c) in users.iter().enumerate() {
@@ -182,10 +186,13 @@ async fn floor_latencies(
         let user = c.user_id().clone();
         let offset = pace_ms * i as u64 / users_n as u64;
         tokio::spawn(async move {
-            if pace_ms > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(offset)).await;
-            }
+            // The events come when ours' do: the first at once (the engine emits
+            // `agent_started` as the run starts), the second after the user's offset, then
+            // one per pace.
             for seq in 1..=per_user {
+                if pace_ms > 0 && seq == 2 {
+                    tokio::time::sleep(std::time::Duration::from_millis(offset)).await;
+                }
                 if pace_ms > 0 && seq > 2 {
                     tokio::time::sleep(std::time::Duration::from_millis(pace_ms)).await;
                 }
@@ -206,7 +213,7 @@ async fn floor_latencies(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while let Some(e) = rx.recv().await {
-                lat.push(now_us().saturating_sub(e.timestamp_us));
+                lat.push((e.seq, now_us().saturating_sub(e.timestamp_us)));
             }
             lat
         }));
@@ -222,27 +229,41 @@ async fn floor_latencies(
 /// rounds, the floor first in odd ones): each side's medians of its per-round percentiles, and
 /// the medians of the per-round ratios, so one disturbed second on the VM moves one round,
 /// not the row.
-fn latency(users_n: usize, per_user: u64, pace_ms: u64, rounds: usize) -> LatencyRow {
+///
+/// Returns two rows: every event, and the steady events only (neither a run's first event,
+/// emitted as all the runs start at once, nor its last, emitted as the run ends).
+fn latency(users_n: usize, per_user: u64, pace_ms: u64, rounds: usize) -> (LatencyRow, LatencyRow) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("rt");
-    let mut per_round = Vec::new();
+    let (mut all, mut steady) = (Vec::new(), Vec::new());
     for round in 0..rounds.max(1) {
         let order = if round % 2 == 0 {
             [Side::Ours, Side::Floor]
         } else {
             [Side::Floor, Side::Ours]
         };
-        let mut got = [[0u64; 3]; 2];
+        let (mut got_all, mut got_steady) = ([[0u64; 3]; 2], [[0u64; 3]; 2]);
         for side in order {
-            let p = percentiles(latencies(&rt, side, users_n, per_user, pace_ms));
-            got[side as usize] = p;
+            let samples = latencies(&rt, side, users_n, per_user, pace_ms);
+            got_steady[side as usize] = percentiles(
+                samples
+                    .iter()
+                    .filter(|(seq, _)| (2..per_user).contains(seq))
+                    .map(|&(_, l)| l)
+                    .collect(),
+            );
+            got_all[side as usize] = percentiles(samples.into_iter().map(|(_, l)| l).collect());
         }
-        per_round.push(got);
+        all.push(got_all);
+        steady.push(got_steady);
     }
-    LatencyRow { per_round }
+    (
+        LatencyRow { per_round: all },
+        LatencyRow { per_round: steady },
+    )
 }
 
 /// Per round: `[ours, floor]` p50/p99/p99.9 in µs.
@@ -306,12 +327,20 @@ fn main() {
     let rounds = env_usize("LATENCY_ROUNDS", 5);
     print_latency(
         "latency",
-        &latency(users, 100, 0, rounds),
+        &latency(users, 100, 0, rounds).0,
         &format!("{users} users x 100 events, one burst"),
     );
+    // The paced row's rounds scatter most (one disturbed millisecond of the VM decides a
+    // p99.9 of a few microseconds): twice the rounds plus one, like xtask's noisy rows.
+    let (paced, steady) = latency(users, 12, 100, rounds * 2 + 1);
     print_latency(
         "latency_paced",
-        &latency(users, 12, 100, rounds),
+        &paced,
         &format!("{users} users, 1 event per user per 100 ms, staggered, 1 s per side and round"),
+    );
+    print_latency(
+        "latency_steady",
+        &steady,
+        "the paced rounds' steady events: not a run's first or last",
     );
 }
