@@ -26,6 +26,8 @@ const PIECES: usize = 400;
 
 struct Setup {
     rt: tokio::runtime::Runtime,
+    /// The mock server's own runtime: one thread, apart from the measured side's two workers.
+    _server_rt: tokio::runtime::Runtime,
     server: MockServer,
     factory: ExecutionEngineFactory,
     http: reqwest::Client,
@@ -37,7 +39,12 @@ fn setup() -> Setup {
         .enable_all()
         .build()
         .expect("runtime");
-    let server = rt.block_on(async {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let server = server_rt.block_on(async {
         ServerBuilder::new()
             .fixture(
                 Fixture::new()
@@ -85,6 +92,7 @@ fn setup() -> Setup {
     .expect("factory");
     Setup {
         rt,
+        _server_rt: server_rt,
         server,
         factory,
         http: reqwest::Client::builder()
