@@ -18,7 +18,7 @@ pub use pairs::{Comparison, Paired, COMPARISONS};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Rounds per comparison (each round measures ours and every baseline once); comparisons
-    /// marked noisy take twice as many plus one.
+    /// marked noisy take twice as many less one.
     pub rounds: usize,
     /// Only the comparisons whose group or benchmark name contains one of these (all if empty).
     pub only: Vec<String>,
