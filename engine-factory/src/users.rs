@@ -7,7 +7,9 @@
 //! one [`UserHasher`], so one [`UserHash`] serves both; an engine handle and a hub channel keep
 //! theirs for the removal, and tables keep each entry's hash so growing never rehashes.
 //! The hasher is `std`'s keyed SipHash with a per-process random key, as in a `HashMap`: user
-//! ids come from requests, and a predictable hash would let one user crowd a shard.
+//! ids come from requests, and a predictable hash would let one user crowd a shard. An entry
+//! matches on its user, not only its hash: a wrong or colliding hash can miss an entry, never
+//! reach another user's.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -231,6 +233,21 @@ mod tests {
             let expected = (i % 2 == 1).then_some(i);
             assert_eq!(map.lock(h).get(h, u).copied(), expected, "{u}");
         }
+    }
+
+    #[test]
+    fn users_with_one_hash_keep_their_own_entries() {
+        let map = UserMap::<usize>::new(UserHasher::new());
+        let same = UserHash(42);
+        let (a, b) = (user(1), user(2));
+        map.lock(same).insert(same, &a, 1);
+        assert_eq!(map.lock(same).get(same, &b), None);
+        *map.lock(same).get_or_insert_with(same, &b, || 0) += 2;
+        assert_eq!(map.lock(same).get(same, &a), Some(&1));
+        assert_eq!(map.lock(same).remove(same, &a), Some(1));
+        assert_eq!(map.lock(same).get(same, &b), Some(&2));
+        // The right user under a wrong hash is a miss, not someone else's entry.
+        assert_eq!(map.lock(UserHash(7)).get(UserHash(7), &b), None);
     }
 
     #[test]
