@@ -29,6 +29,17 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Nanoseconds from an event stamped `stamp_us` (whole microseconds, truncated, as the engine
+/// stamps) to now. The stamp is taken as the middle of its microsecond, so the latency is
+/// unbiased and not rounded to whole microseconds (which made small percentiles, and their
+/// ratios, jump between integers).
+fn latency_ns(stamp_us: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now.saturating_sub(stamp_us * 1000 + 500)
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -96,7 +107,7 @@ enum Side {
     Floor,
 }
 
-/// One received event: its sequence number in its run and its emit-to-receipt latency (µs).
+/// One received event: its sequence number in its run and its emit-to-receipt latency (ns).
 type Sample = (u64, u64);
 
 /// Emit-to-receipt latencies of one side, with `users` subscribers and `per_user` events
@@ -134,7 +145,7 @@ async fn ours_latencies(
                 let mut lat = Vec::with_capacity(per_user as usize);
                 while lat.len() < per_user as usize {
                     match sub.recv().await {
-                        Some(e) => lat.push((e.seq, now_us().saturating_sub(e.timestamp_us))),
+                        Some(e) => lat.push((e.seq, latency_ns(e.timestamp_us))),
                         None => break,
                     }
                 }
@@ -213,7 +224,7 @@ async fn floor_latencies(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while let Some(e) = rx.recv().await {
-                lat.push((e.seq, now_us().saturating_sub(e.timestamp_us)));
+                lat.push((e.seq, latency_ns(e.timestamp_us)));
             }
             lat
         }));
@@ -266,7 +277,7 @@ fn latency(users_n: usize, per_user: u64, pace_ms: u64, rounds: usize) -> (Laten
     )
 }
 
-/// Per round: `[ours, floor]` p50/p99/p99.9 in µs.
+/// Per round: `[ours, floor]` p50/p99/p99.9 in ns.
 struct LatencyRow {
     per_round: Vec<[[u64; 3]; 2]>,
 }
@@ -286,7 +297,8 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 fn print_latency(name: &str, row: &LatencyRow, what: &str) {
     let rounds = row.per_round.len();
     for (i, p) in ["p50", "p99", "p99.9"].iter().enumerate() {
-        let side = |s: usize| median_of(row.per_round.iter().map(|r| r[s][i] as f64).collect());
+        let side =
+            |s: usize| median_of(row.per_round.iter().map(|r| r[s][i] as f64).collect()) / 1000.0;
         let ratios: Vec<f64> = row
             .per_round
             .iter()
@@ -295,7 +307,7 @@ fn print_latency(name: &str, row: &LatencyRow, what: &str) {
         let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = ratios.iter().copied().fold(0.0, f64::max);
         println!(
-            "{name}_{p}  {:.0} us  {:.0} us  {:.2}x  {lo:.2}-{hi:.2} ({rounds} rounds)   ({what})",
+            "{name}_{p}  {:.1} us  {:.1} us  {:.2}x  {lo:.2}-{hi:.2} ({rounds} rounds)   ({what})",
             side(0),
             side(1),
             median_of(ratios),
