@@ -1,16 +1,18 @@
-//! Applying SSOT001 rewrites: splice edits into the original text, leaving every other byte
-//! as it was; print a unified diff for `--dry-run`.
+//! Computing SSOT001 rewrites: splice edits into the text the scan read, leaving every other
+//! byte as it was; print a unified diff for `--dry-run`. `transaction.rs` writes them.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use crate::model::Edit;
 use crate::scan::{Scan, Workspace};
 use crate::XtaskError;
 
-/// Applies non-overlapping edits to `source`.
+/// Applies non-overlapping edits to `source`. Identical edits count once; an insertion
+/// (`start == end`) may sit where another edit starts.
 ///
 /// # Errors
-/// [`XtaskError::OverlappingEdits`] if two edits overlap.
+/// [`XtaskError::OverlappingEdits`] if two edits overlap, [`XtaskError::EditOutOfRange`] if an
+/// edit ends past the text, ends before it starts, or cuts a character. Never panics.
 pub fn apply_edits(source: &str, edits: &[Edit]) -> Result<String, XtaskError> {
     let mut sorted: Vec<&Edit> = edits.iter().collect();
     sorted.sort_by_key(|e| (e.start, e.end));
@@ -18,23 +20,33 @@ pub fn apply_edits(source: &str, edits: &[Edit]) -> Result<String, XtaskError> {
     let mut out = String::with_capacity(source.len());
     let mut at = 0;
     for e in sorted {
-        if e.start < at {
+        if e.start > e.end || !source.is_char_boundary(e.start) || !source.is_char_boundary(e.end) {
+            return Err(XtaskError::EditOutOfRange {
+                path: String::new(),
+                start: e.start,
+                end: e.end,
+                len: source.len(),
+            });
+        }
+        let Some(kept) = source.get(at..e.start).filter(|_| e.start >= at) else {
             return Err(XtaskError::OverlappingEdits {
                 path: String::new(),
                 at: e.start,
             });
-        }
-        out.push_str(&source[at..e.start]);
+        };
+        out.push_str(kept);
         out.push_str(&e.text);
         at = e.end;
     }
-    out.push_str(&source[at..]);
+    out.push_str(source.get(at..).unwrap_or_default());
     Ok(out)
 }
 
 /// One rewritten file.
 #[derive(Debug, Clone)]
 pub struct Rewrite {
+    /// The file as scanned (absolute; a symlink's own path, whose target is written).
+    pub file: PathBuf,
     /// Path relative to the workspace root.
     pub path: String,
     /// Text before.
@@ -54,44 +66,41 @@ impl Rewrite {
     }
 }
 
-/// Computes the rewrites of a scan (files whose text would change).
+/// Computes the rewrites of a scan (files whose text would change), on exactly the text the
+/// scan read: [`crate::transaction::write_all`] then refuses a file that changed since.
 ///
 /// # Errors
-/// [`XtaskError::Io`] or [`XtaskError::OverlappingEdits`].
+/// [`XtaskError::OverlappingEdits`] or [`XtaskError::EditOutOfRange`] naming the file.
 pub fn rewrites(ws: &Workspace, scan: &Scan) -> Result<Vec<Rewrite>, XtaskError> {
     let mut out = Vec::new();
     for (file, edits) in &scan.edits {
-        let before = read(file)?;
-        let after = apply_edits(&before, edits).map_err(|e| match e {
+        let path = ws.rel(file);
+        let Some(before) = scan.sources.get(file) else {
+            return Err(XtaskError::ChangedSinceScan { path });
+        };
+        let after = apply_edits(before, edits).map_err(|e| match e {
             XtaskError::OverlappingEdits { at, .. } => XtaskError::OverlappingEdits {
-                path: ws.rel(file),
+                path: path.clone(),
                 at,
+            },
+            XtaskError::EditOutOfRange {
+                start, end, len, ..
+            } => XtaskError::EditOutOfRange {
+                path: path.clone(),
+                start,
+                end,
+                len,
             },
             other => other,
         })?;
-        if after != before {
+        if after != *before {
             out.push(Rewrite {
-                path: ws.rel(file),
-                before,
+                file: file.clone(),
+                path,
+                before: before.clone(),
                 after,
             });
         }
     }
     Ok(out)
-}
-
-/// Writes rewrites to disk.
-///
-/// # Errors
-/// [`XtaskError::Io`] naming the file.
-pub fn write(ws: &Workspace, rewrites: &[Rewrite]) -> Result<(), XtaskError> {
-    for r in rewrites {
-        let path = ws.root.join(&r.path);
-        std::fs::write(&path, &r.after).map_err(|e| XtaskError::io(&path, e))?;
-    }
-    Ok(())
-}
-
-fn read(file: &Path) -> Result<String, XtaskError> {
-    std::fs::read_to_string(file).map_err(|e| XtaskError::io(file, e))
 }

@@ -39,6 +39,8 @@ pub mod rules;
 pub mod scan;
 pub mod status;
 pub mod tidy;
+pub mod transaction;
+pub mod vcs;
 
 /// Everything that makes xtask exit with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,54 @@ pub enum XtaskError {
         path: String,
         /// What is wrong.
         message: String,
+    },
+    /// An edit that does not fit the text (past its end, reversed, or inside a character).
+    #[error("{path}: a rewrite at bytes {start}..{end} does not fit the text ({len} bytes); file left unchanged")]
+    EditOutOfRange {
+        /// The file.
+        path: String,
+        /// The edit's start.
+        start: usize,
+        /// The edit's end.
+        end: usize,
+        /// The text's length in bytes.
+        len: usize,
+    },
+    /// A file changed between the scan and the write.
+    #[error("{path} changed since it was scanned; nothing was written. Run `--fix` again on the current files")]
+    ChangedSinceScan {
+        /// The file.
+        path: String,
+    },
+    /// Uncommitted changes, refused as `cargo fix` refuses them.
+    #[error(
+        "the workspace has uncommitted changes, and `--fix` edits files; commit (or stash) the changes to these files, or pass {}:\n\n{}\n",
+        if *only_staged { "`--allow-staged` (or `--allow-dirty`)" } else { "`--allow-dirty`" },
+        files.iter().map(|f| format!("  * {f}")).collect::<Vec<_>>().join("\n")
+    )]
+    Dirty {
+        /// `path (dirty)` or `path (staged)`, one per file.
+        files: Vec<String>,
+        /// Whether every change is staged (then `--allow-staged` is enough).
+        only_staged: bool,
+    },
+    /// No version control around the workspace.
+    #[error("no git repository found for {root}, and `--fix` edits files that could not be recovered from version control; pass `--allow-no-vcs` to fix anyway")]
+    NoVcs {
+        /// The workspace root.
+        root: String,
+    },
+    /// git could not be run, or failed.
+    #[error("{message}")]
+    Git {
+        /// What went wrong, and what to do.
+        message: String,
+    },
+    /// Files that could not be put back after a failed verification.
+    #[error("could not restore every file; restore these from version control:\n  {}", failed.join("\n  "))]
+    Restore {
+        /// One message per file.
+        failed: Vec<String>,
     },
     /// Two rewrites overlap (a bug in a rule, reported rather than corrupting the file).
     #[error("{path}: overlapping rewrites at bytes {at}; file left unchanged")]

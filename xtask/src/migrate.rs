@@ -7,7 +7,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 
 use crate::baseline::Baseline;
 use crate::report::{CheckReport, Summary};
-use crate::scan::Workspace;
+use crate::scan::{ScanOptions, Workspace};
 use crate::status::{status, Phase};
 use crate::XtaskError;
 
@@ -35,6 +35,23 @@ pub struct MigrateArgs {
     /// With --fix: do not run `cargo check` on the rewritten packages.
     #[arg(long)]
     pub no_verify: bool,
+    /// With --fix: fix even if the workspace has uncommitted changes (as `cargo fix`).
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// With --fix: fix even if the workspace has staged changes (as `cargo fix`).
+    #[arg(long)]
+    pub allow_staged: bool,
+    /// With --fix: fix even if the workspace is not in a git repository (as `cargo fix`).
+    #[arg(long)]
+    pub allow_no_vcs: bool,
+    /// With --fix: keep the edits even when the verifying `cargo check` fails (by default
+    /// every file touched is restored, byte for byte), as `cargo fix --broken-code`.
+    #[arg(long)]
+    pub broken_code: bool,
+    /// Scan (and fix) files that symlinks inside the workspace point to outside its root (by
+    /// default such links are reported as SSOT000 and not followed).
+    #[arg(long)]
+    pub follow_external_symlinks: bool,
     /// With --check: fail only on findings not in this baseline.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
@@ -71,14 +88,27 @@ pub fn run(args: &MigrateArgs, default_manifest: &Path) -> Result<u8, XtaskError
         fix,
         dry_run,
         no_verify,
+        allow_dirty,
+        allow_staged,
+        allow_no_vcs,
+        broken_code,
+        follow_external_symlinks,
         baseline,
         manifest_path,
         format,
     } = args;
     let (check, want_status, fix, dry_run, no_verify, format) =
         (*check, *want_status, *fix, *dry_run, *no_verify, *format);
-    if dry_run && !fix {
-        return Err(XtaskError::Usage("--dry-run only goes with --fix".into()));
+    let fix_only = [
+        (dry_run, "--dry-run"),
+        (no_verify, "--no-verify"),
+        (*allow_dirty, "--allow-dirty"),
+        (*allow_staged, "--allow-staged"),
+        (*allow_no_vcs, "--allow-no-vcs"),
+        (*broken_code, "--broken-code"),
+    ];
+    if let Some((_, flag)) = fix_only.iter().find(|(on, _)| *on && !fix) {
+        return Err(XtaskError::Usage(format!("{flag} only goes with --fix")));
     }
     if baseline.is_some() && !check {
         return Err(XtaskError::Usage(
@@ -89,7 +119,20 @@ pub fn run(args: &MigrateArgs, default_manifest: &Path) -> Result<u8, XtaskError
         .clone()
         .unwrap_or_else(|| default_manifest.to_path_buf());
     let ws = Workspace::load(&manifest)?;
-    let scan = ws.scan()?;
+    if fix && !dry_run {
+        // Before anything is read for the fix: cargo fix's rules on uncommitted changes.
+        crate::vcs::check(
+            &ws.root,
+            crate::vcs::Allow {
+                dirty: *allow_dirty,
+                staged: *allow_staged,
+                no_vcs: *allow_no_vcs,
+            },
+        )?;
+    }
+    let scan = ws.scan_with(&ScanOptions {
+        follow_external_symlinks: *follow_external_symlinks,
+    })?;
     if check {
         return report(&ws, &scan, baseline.as_deref(), format);
     }
@@ -134,21 +177,37 @@ pub fn run(args: &MigrateArgs, default_manifest: &Path) -> Result<u8, XtaskError
         return Ok(0);
     }
     if fix {
-        return fix_workspace(&ws, &scan, dry_run, no_verify);
+        return fix_workspace(
+            &ws,
+            &scan,
+            FixMode {
+                dry_run,
+                verify: !no_verify,
+                broken_code: *broken_code,
+            },
+        );
     }
     Ok(2)
 }
 
-/// `--fix`: rewrite the sources, edit the manifests, then check that the result builds.
+/// How `--fix` runs.
+#[derive(Debug, Clone, Copy)]
+struct FixMode {
+    dry_run: bool,
+    verify: bool,
+    broken_code: bool,
+}
+
+/// `--fix`: rewrite the sources and edit the manifests (all written, or none), then check that
+/// the result builds; if it does not, put every file back unless `--broken-code`.
 fn fix_workspace(
     ws: &Workspace,
     scan: &crate::scan::Scan,
-    dry_run: bool,
-    no_verify: bool,
+    mode: FixMode,
 ) -> Result<u8, XtaskError> {
     let rewrites = crate::fix::rewrites(ws, scan)?;
-    let manifests = plan_manifests(ws, &rewrites)?;
-    if dry_run {
+    let (manifests, notes) = plan_manifests(ws, scan, &rewrites)?;
+    if mode.dry_run {
         for r in &rewrites {
             print!("{}", r.diff());
         }
@@ -162,13 +221,26 @@ fn fix_workspace(
                     .header(&format!("a/{name}"), &format!("b/{name}"))
             );
         }
-    } else {
-        crate::fix::write(ws, &rewrites)?;
-        for m in &manifests {
-            std::fs::write(&m.path, &m.after).map_err(|e| XtaskError::io(&m.path, e))?;
-        }
     }
-    let verb = if dry_run { "would rewrite" } else { "rewrote" };
+    let mut written = crate::transaction::Written::default();
+    if !mode.dry_run {
+        let changes: Vec<crate::transaction::Change<'_>> = rewrites
+            .iter()
+            .map(|r| (&r.file, &r.before, &r.after))
+            .chain(manifests.iter().map(|m| (&m.path, &m.before, &m.after)))
+            .map(|(path, before, after)| crate::transaction::Change {
+                path,
+                before: before.as_bytes(),
+                after: after.as_bytes(),
+            })
+            .collect();
+        written = crate::transaction::write_all(&changes)?;
+    }
+    let verb = if mode.dry_run {
+        "would rewrite"
+    } else {
+        "rewrote"
+    };
     let ssot001 = scan
         .findings
         .iter()
@@ -179,22 +251,54 @@ fn fix_workspace(
         rewrites.len(),
         manifests.len()
     );
-    if dry_run || no_verify || (rewrites.is_empty() && manifests.is_empty()) {
+    for note in &notes {
+        eprintln!("warning: {note}");
+    }
+    for f in scan
+        .findings
+        .iter()
+        .filter(|f| f.rule == crate::model::Rule::Unscanned)
+    {
+        eprintln!(
+            "warning: {}:{}:{}: not checked or fixed: {}",
+            f.path, f.line, f.column, f.message
+        );
+    }
+    if mode.dry_run || !mode.verify || written.is_empty() {
         return Ok(0);
     }
-    verify(ws, &rewrites, &manifests)
+    let lock = ws.root.join("Cargo.lock");
+    written.also(crate::transaction::Snapshot::take(&lock)?);
+    let Some(errors) = verify(ws, &rewrites, &manifests)? else {
+        return Ok(0);
+    };
+    let names = errors.packages.join(", ");
+    if mode.broken_code {
+        eprintln!(
+            "error: after the fix, {names} do(es) not build under -D deprecated; the edits are kept (--broken-code). The compiler said:\n{}",
+            errors.first
+        );
+        return Ok(1);
+    }
+    let restored = written.restore()?;
+    eprintln!(
+        "error: after the fix, {names} do(es) not build under -D deprecated, so every file the fix touched was restored ({restored} file(s), Cargo.lock included); pass --broken-code to keep the edits. The compiler said:\n{}",
+        errors.first
+    );
+    Ok(1)
 }
 
 /// The manifest edits the rewrites call for: each package with an engine-compat dependency
 /// gets the canonical crates its code now names, and loses engine-compat when none of its
-/// sources names the compat crate any more.
+/// sources names the compat crate any more. The sources are the scan's text (after the
+/// rewrites), never read again.
 fn plan_manifests(
     ws: &Workspace,
+    scan: &crate::scan::Scan,
     rewrites: &[crate::fix::Rewrite],
-) -> Result<Vec<crate::manifest::ManifestEdit>, XtaskError> {
+) -> Result<(Vec<crate::manifest::ManifestEdit>, Vec<String>), XtaskError> {
     let workspace_manifest = ws.root.join("Cargo.toml");
-    let mut workspace_doc = None;
-    let mut edits = Vec::new();
+    let mut set = crate::manifest::ManifestSet::new();
     for pkg in &ws.packages {
         let Some(compat) = &pkg.compat_local else {
             continue;
@@ -202,58 +306,46 @@ fn plan_manifests(
         if pkg.role == crate::rules::Role::Compat {
             continue;
         }
-        // The package's sources as they will be after the rewrites.
-        let mut uses_compat = false;
-        let mut names = std::collections::BTreeSet::new();
-        for entry in walkdir::WalkDir::new(&pkg.dir)
-            .into_iter()
-            .filter_entry(|e| e.depth() == 0 || e.file_name() != "target")
-            .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
-        {
-            let rel = ws.rel(entry.path());
-            let text = match rewrites.iter().find(|r| r.path == rel) {
-                Some(r) => r.after.clone(),
-                None => std::fs::read_to_string(entry.path()).unwrap_or_default(),
-            };
-            uses_compat |= text.contains(compat.as_str());
+        let mut needs = crate::manifest::Needs::default();
+        for (file, text) in &scan.sources {
+            if ws.package_of(file).map(|p| &p.manifest) != Some(&pkg.manifest) {
+                continue;
+            }
+            let text = rewrites
+                .iter()
+                .find(|r| r.file == *file)
+                .map_or(text.as_str(), |r| r.after.as_str());
+            needs.compat |= text.contains(compat.as_str());
             for (krate, package) in crate::manifest::CANONICAL {
-                if text.contains(&format!("{krate}::")) && !pkg.deps.contains(krate) {
-                    names.insert(package);
+                if text.contains(&format!("{krate}::")) {
+                    needs.canonical.insert(package);
                 }
             }
         }
-        let needed: Vec<&str> = names.into_iter().collect();
-        if needed.is_empty() && uses_compat {
-            continue;
-        }
-        if let Some(edit) = crate::manifest::edit_package(
-            &pkg.manifest,
-            &workspace_manifest,
-            &needed,
-            !uses_compat,
-            &mut workspace_doc,
-        )? {
-            edits.push(edit);
-        }
+        set.edit_package(&pkg.manifest, &workspace_manifest, &needs)?;
     }
-    if let Some(edit) = crate::manifest::workspace_edit(&workspace_manifest, workspace_doc) {
-        edits.push(edit);
-    }
-    Ok(edits)
+    let notes = std::mem::take(&mut set.notes);
+    Ok((set.edits(), notes))
 }
 
-/// Runs `cargo check -D deprecated` on the packages the fix touched; exit 1 with the
+/// The compiler's verdict on a fix that does not build.
+#[derive(Debug)]
+struct BuildErrors {
+    packages: Vec<String>,
+    first: String,
+}
+
+/// Runs `cargo check -D deprecated` on the packages the fix touched; `Some` with the
 /// compiler's first errors if they do not build.
 fn verify(
     ws: &Workspace,
     rewrites: &[crate::fix::Rewrite],
     manifests: &[crate::manifest::ManifestEdit],
-) -> Result<u8, XtaskError> {
+) -> Result<Option<BuildErrors>, XtaskError> {
     let mut packages = std::collections::BTreeSet::new();
     for path in rewrites
         .iter()
-        .map(|r| ws.root.join(&r.path))
+        .map(|r| r.file.clone())
         .chain(manifests.iter().map(|m| m.path.clone()))
     {
         if let Some(p) = ws.package_of(&path) {
@@ -261,7 +353,7 @@ fn verify(
         }
     }
     if packages.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
@@ -278,13 +370,13 @@ fn verify(
         .current_dir(&ws.root)
         .output()
         .map_err(|e| XtaskError::io("cargo", e))?;
-    let names: Vec<&str> = packages.iter().map(String::as_str).collect();
+    let names: Vec<String> = packages.into_iter().collect();
     if out.status.success() {
         eprintln!(
             "verified: {} build(s) under -D deprecated",
             names.join(", ")
         );
-        return Ok(0);
+        return Ok(None);
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let first: Vec<&str> = stderr
@@ -292,12 +384,10 @@ fn verify(
         .skip_while(|l| !l.starts_with("error"))
         .take(40)
         .collect();
-    eprintln!(
-        "error: after the fix, {} do(es) not build under -D deprecated; the compiler said:\n{}",
-        names.join(", "),
-        first.join("\n")
-    );
-    Ok(1)
+    Ok(Some(BuildErrors {
+        packages: names,
+        first: first.join("\n"),
+    }))
 }
 
 fn report(
@@ -355,7 +445,13 @@ fn report(
             let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
             for f in &shown {
                 let path = crate::render::display_path(&ws.root, &f.path, &cwd);
-                let source = std::fs::read_to_string(ws.root.join(&f.path)).ok();
+                // A file the scan did not read is not read for its snippet either (a link
+                // leaving the workspace, a file that is not UTF-8), except a parse error's.
+                let readable =
+                    f.rule != crate::model::Rule::Unscanned || f.subject == "parse-error";
+                let source = readable
+                    .then(|| std::fs::read_to_string(ws.root.join(&f.path)).ok())
+                    .flatten();
                 println!(
                     "{}\n",
                     crate::render::human(f, &path, source.as_deref(), color)

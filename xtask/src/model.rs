@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 /// The migration rules. Codes are stable; they appear in reports, JSON and baselines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Rule {
+    /// A Rust file the scan could not check: not UTF-8, not valid Rust, unreadable, or reached
+    /// through a symlink that leaves the workspace. Reported, never skipped silently.
+    #[serde(rename = "SSOT000")]
+    Unscanned,
     /// A use of an `engine_compat` path or of a legacy name imported from it.
     #[serde(rename = "SSOT001")]
     DeprecatedName,
@@ -24,7 +28,8 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in code order.
-    pub const ALL: [Rule; 5] = [
+    pub const ALL: [Rule; 6] = [
+        Rule::Unscanned,
         Rule::DeprecatedName,
         Rule::DuplicateEngine,
         Rule::FactoryBypass,
@@ -34,6 +39,7 @@ impl Rule {
     /// The stable code, e.g. `SSOT001`.
     pub fn code(self) -> &'static str {
         match self {
+            Rule::Unscanned => "SSOT000",
             Rule::DeprecatedName => "SSOT001",
             Rule::DuplicateEngine => "SSOT002",
             Rule::FactoryBypass => "SSOT003",
@@ -44,6 +50,7 @@ impl Rule {
     /// The short name, e.g. `deprecated-name`.
     pub fn name(self) -> &'static str {
         match self {
+            Rule::Unscanned => "unscanned-file",
             Rule::DeprecatedName => "deprecated-name",
             Rule::DuplicateEngine => "duplicate-engine",
             Rule::FactoryBypass => "factory-bypass",

@@ -103,6 +103,9 @@ pub fn github(f: &Finding, shown_path: &str) -> String {
 /// What a rule checks, for SARIF's rule metadata.
 fn rule_description(rule: Rule) -> &'static str {
     match rule {
+        Rule::Unscanned => {
+            "A Rust file that could not be checked: not UTF-8, not valid Rust, unreadable, or behind a symlink leaving the workspace."
+        }
         Rule::DeprecatedName => "A use of a deprecated legacy engine name from engine-compat.",
         Rule::DuplicateEngine => {
             "An engine or engine-factory type defined outside engine-core / engine-factory."

@@ -49,6 +49,10 @@ pub fn status(findings: &[Finding]) -> Status {
         })
     };
     let phase_one: Vec<String> = [
+        (
+            Rule::Unscanned,
+            "files that could not be checked (make them readable UTF-8 Rust, or exclude them)",
+        ),
         (Rule::DuplicateEngine, "engine definitions to delete"),
         (
             Rule::FactoryBypass,

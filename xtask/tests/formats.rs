@@ -107,7 +107,7 @@ fn sarif_validates_against_the_schema_with_rules_and_fixes() {
         .collect();
     assert!(errors.is_empty(), "SARIF schema violations: {errors:#?}");
     let run = &log["runs"][0];
-    assert_eq!(run["tool"]["driver"]["rules"].as_array().unwrap().len(), 5);
+    assert_eq!(run["tool"]["driver"]["rules"].as_array().unwrap().len(), 6);
     let results = run["results"].as_array().unwrap();
     assert_eq!(results.len(), 37, "one result per finding");
     let fixed = results

@@ -362,13 +362,17 @@ fn fix_rewrites_to_the_expected_source_is_idempotent_and_compiles_with_deny_depr
 }
 
 #[test]
-fn parse_errors_exit_2_naming_the_file() {
+fn a_file_that_does_not_parse_is_an_ssot000_finding_naming_the_file() {
     let ws = copy_fixture("clean", "broken");
     std::fs::write(ws.join("src/broken.rs"), "//! broken\nfn oops( {\n").unwrap();
     let out = check(&ws.join("Cargo.toml"), &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("src/broken.rs:2"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let found = findings_of(&out);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("src/broken.rs:2:") && found[0].contains("SSOT000 unscanned-file"),
+        "{found:?}"
+    );
 }
 
 #[test]
