@@ -6,7 +6,9 @@
 //!   findings not recorded with `--write-baseline FILE`.
 //! - `migrate --status` says which migration phase the workspace has reached.
 //! - `migrate --fix [--dry-run]` rewrites every `SSOT001` finding to its canonical path on the
-//!   syntax tree, byte-for-byte elsewhere.
+//!   syntax tree, byte-for-byte elsewhere, and edits the manifests, with `cargo fix`'s rules: a
+//!   dirty tree is refused unless allowed ([`vcs`]), files are written all or none and
+//!   atomically, and restored when the verifying build fails ([`transaction`]).
 //! - `tidy` checks this workspace's own invariants.
 //! - `bench` runs the benchmarks briefly and prints `name  ours  baseline  ratio`.
 //!

@@ -7,7 +7,8 @@ use crate::model::{Finding, Rule};
 /// The migration phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
-    /// Legacy engines, duplicates, factory bypasses or shared state remain.
+    /// Legacy engines, duplicates, factory bypasses, shared state or files that could not be
+    /// checked remain.
     One,
     /// Only uses of the deprecated aliases remain: run `cargo ssot migrate --fix`.
     Two,
