@@ -460,6 +460,13 @@ impl UserExecutionEngine {
             state.acc.total_runs = state.acc.total_runs.saturating_add(1);
             state.last_activity = accepted;
         }
+        // A sink that panics here must not fail the caller: the run is accepted either way.
+        let sink = &*inner.sink;
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sink.run_accepted(context, &agent_name, &input);
+        })) {
+            tracing::warn!(panic = %crate::error::panic_message(&*panic), "the sink panicked recording an accepted run");
+        }
         let span = tracing::info_span!(
             "agent_run",
             user_id = %context.user_id(),

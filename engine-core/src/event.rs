@@ -30,6 +30,10 @@ pub enum RunStatus {
     TimedOut,
     /// The run was cancelled (by id, by engine shutdown, or while queued).
     Cancelled,
+    /// The server stopped while this run was in progress (a crash, `kill -9`, a lost node).
+    /// Never produced by an engine: a durable run store writes it, once, for a run whose
+    /// process died without ending it.
+    Interrupted,
 }
 
 impl RunStatus {
@@ -40,6 +44,7 @@ impl RunStatus {
             Self::Failed => "failed",
             Self::TimedOut => "timed_out",
             Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
         }
     }
 }

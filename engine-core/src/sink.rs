@@ -4,8 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::context::UserExecutionContext;
 use crate::event::EventEnvelope;
 use crate::ids::UserId;
+use crate::outcome::RunOutcome;
 
 /// Why a sink could not deliver one event. The engine counts it as dropped; the run goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,4 +109,28 @@ pub trait EventSink: Send + Sync + 'static {
     /// consumer can move it on without an allocation, and one with several decides how to share
     /// it.
     fn deliver(&self, event: EventEnvelope) -> Delivery<'_>;
+
+    /// The engine accepted a run of this sink's user: called once per run, before any of its
+    /// events, with the agent (or pipeline) name and the input. A durable sink records the run
+    /// here. Default: nothing. Must not block: it runs on the caller of `spawn`/`execute`.
+    fn run_accepted(&self, context: &UserExecutionContext, agent_name: &str, input: &str) {
+        let _ = (context, agent_name, input);
+    }
+
+    /// The run has ended with `outcome` and its terminal event is about to be emitted. The
+    /// engine awaits the returned delivery (without the delivery timeout: the sink bounds its
+    /// own wait) before it emits the terminal event, so a sink that must record the end before
+    /// anyone is told of it (a store with `sync` durability) does it here. Default: ready.
+    fn run_ending(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
+        let _ = (context, outcome);
+        Delivery::ready(Ok(()))
+    }
+
+    /// The run's terminal event was emitted; the engine awaits the returned delivery before the
+    /// run's handle (or `execute`) resolves, so a durable sink can make the run's terminal
+    /// record committed by then. `outcome` is the one the caller gets. Default: ready.
+    fn run_ended(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
+        let _ = (context, outcome);
+        Delivery::ready(Ok(()))
+    }
 }

@@ -1,6 +1,7 @@
 //! The two seams that let several factories (several gateway nodes) share state: per-user
 //! [`Admission`] and the per-user [`EventBus`]. Each defaults to the factory's in-memory
-//! behaviour; `engine-redis` implements both on Redis.
+//! behaviour; `engine-redis` implements both on Redis. [`Seams`] also carries the third seam,
+//! the [`RunStore`](crate::RunStore) (`engine-store`).
 //!
 //! The hub stays the one path events take on a node: with a bus, an engine's sink publishes to
 //! the bus, and the bus feeds what it reads back into the hub through a [`UserFeed`], which
@@ -13,6 +14,7 @@ use std::sync::{Arc, Weak};
 use engine_core::{Delivery, DeliveryError, EventEnvelope, RunId, UserId};
 
 use crate::hub::UserChannel;
+use crate::store::RunStore;
 
 /// A boxed future, as the seams return them (object-safe traits without `async_trait`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -183,6 +185,7 @@ impl UserFeed {
 pub struct Seams {
     pub(crate) admission: Option<Arc<dyn Admission>>,
     pub(crate) bus: Option<Arc<dyn EventBus>>,
+    pub(crate) store: Option<Arc<dyn RunStore>>,
 }
 
 impl Seams {
@@ -198,7 +201,15 @@ impl Seams {
         self.bus = Some(bus);
         self
     }
-    /// Whether either seam goes beyond this process.
+    /// A store that keeps runs, events and threads beyond the process (default: none, as
+    /// before: a run's record lives in its engine's history only).
+    #[must_use]
+    pub fn run_store(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Whether admission or events go beyond this process (a store alone does not make a
+    /// cluster).
     pub fn is_clustered(&self) -> bool {
         self.admission.is_some() || self.bus.is_some()
     }

@@ -19,6 +19,7 @@ use crate::cluster::{Admission, AdmissionError, EventBus, Seams};
 use crate::config::FactoryConfig;
 use crate::hub::{EventHub, Subscription};
 use crate::privileged;
+use crate::store::RunStore;
 use crate::sync::lock;
 use crate::users::{UserHash, UserHasher, UserMap};
 
@@ -130,6 +131,7 @@ struct FactoryInner {
     hub: EventHub,
     admission: Option<Arc<dyn Admission>>,
     bus: Option<Arc<dyn EventBus>>,
+    store: Option<Arc<dyn RunStore>>,
     /// Set once by `shutdown`; admission reads it under the user's shard lock.
     shut_down: AtomicBool,
     next_slot: AtomicU64,
@@ -272,6 +274,7 @@ impl ExecutionEngineFactory {
             config.subscriber_buffer(),
             config.backpressure_deadline(),
             seams.bus.clone(),
+            seams.store.clone(),
             hasher.clone(),
         );
         Ok(Self {
@@ -283,6 +286,7 @@ impl ExecutionEngineFactory {
                 hub,
                 admission: seams.admission,
                 bus: seams.bus,
+                store: seams.store,
                 shut_down: AtomicBool::new(false),
                 next_slot: AtomicU64::new(0),
                 engines: UserMap::new(hasher),
@@ -497,6 +501,12 @@ impl ExecutionEngineFactory {
         self.inner.bus.as_ref()
     }
 
+    /// The run store, if the factory has one (to read a user's threads, runs and stored
+    /// events).
+    pub fn run_store(&self) -> Option<&Arc<dyn RunStore>> {
+        self.inner.store.as_ref()
+    }
+
     /// Whether the factory admits or routes through a cluster.
     pub fn is_clustered(&self) -> bool {
         self.inner.admission.is_some() || self.inner.bus.is_some()
@@ -638,6 +648,13 @@ impl ExecutionEngineFactory {
             let flushed = tokio::time::timeout(self.inner.config.shutdown_deadline(), bus.flush());
             if flushed.await.is_err() {
                 tracing::warn!("events still on the bus at the shutdown deadline");
+            }
+        }
+        if let Some(store) = &self.inner.store {
+            let flushed =
+                tokio::time::timeout(self.inner.config.shutdown_deadline(), store.flush());
+            if flushed.await.is_err() {
+                tracing::warn!("run store writes still buffered at the shutdown deadline");
             }
         }
         self.inner.hub.close();

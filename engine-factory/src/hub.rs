@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{BusError, EventBus, UserFeed};
 use crate::queue::{PushError, Queue, WaitError};
+use crate::store::{RunStore, StoreSink};
 use crate::sync::{lock, read, write};
 use crate::users::{UserHash, UserHasher, UserMap};
 
@@ -51,6 +52,8 @@ pub(crate) struct HubInner {
     next_subscription: AtomicU64,
     /// The cluster's event bus, if any: engines publish to it and it feeds subscribers.
     bus: Option<Arc<dyn EventBus>>,
+    /// The run store, if any: every engine's sink records its runs and events in it.
+    store: Option<Arc<dyn RunStore>>,
 }
 
 /// Whether the bus feeds a user's channel yet.
@@ -202,6 +205,7 @@ impl EventHub {
         buffer: usize,
         deadline: Duration,
         bus: Option<Arc<dyn EventBus>>,
+        store: Option<Arc<dyn RunStore>>,
         hasher: UserHasher,
     ) -> Self {
         Self {
@@ -213,6 +217,7 @@ impl EventHub {
                 counters: Counters::default(),
                 next_subscription: AtomicU64::new(0),
                 bus,
+                store,
             }),
         }
     }
@@ -306,11 +311,18 @@ impl EventHub {
     /// hasher.
     pub(crate) fn sink_for(&self, user: &UserId, hash: UserHash) -> Arc<dyn EventSink> {
         let channel = self.channel(user, hash);
-        match &self.inner.bus {
+        let sink: Arc<dyn EventSink> = match &self.inner.bus {
             None => channel,
             Some(bus) => Arc::new(BusSink {
                 channel,
                 bus: Arc::clone(bus),
+            }),
+        };
+        match &self.inner.store {
+            None => sink,
+            Some(store) => Arc::new(StoreSink {
+                inner: sink,
+                store: Arc::clone(store),
             }),
         }
     }

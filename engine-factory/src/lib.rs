@@ -49,6 +49,7 @@ mod factory;
 mod hub;
 mod privileged;
 mod queue;
+mod store;
 mod sync;
 mod users;
 
@@ -60,3 +61,7 @@ pub use factory::{
     EngineHandle, ExecutionEngineFactory, FactoryError, FactoryMetrics, ShutdownReport,
 };
 pub use hub::Subscription;
+pub use store::{
+    now_us, Durability, Role, RunAccepted, RunEnded, RunRecord, RunStore, StoreError, StoreHealth,
+    StoredEvents, ThreadMessage, ThreadSummary,
+};

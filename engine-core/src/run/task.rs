@@ -25,6 +25,7 @@ use crate::run::control::{Cleanup, RunControl};
 use crate::run::emit::{millis, within};
 use crate::run::guard::{guarded, Guarded};
 use crate::run::RunContext;
+use crate::sink::Delivery;
 use crate::sync::lock;
 
 /// One accepted run, moved into its task.
@@ -145,16 +146,6 @@ impl Run {
                     .await;
             }
         }
-        emitter
-            .emit(AgentEvent::AgentCompleted {
-                agent_name: Arc::clone(&self.agent_name),
-                status,
-                success: status == RunStatus::Completed,
-                result: end.answer().map(str::to_owned),
-                error: end.error().map(str::to_owned),
-                duration_ms: millis(finished.saturating_duration_since(accepted)),
-            })
-            .await;
         let mut steps = std::mem::take(&mut *lock(&self.control.steps));
         if let RunKind::Pipeline(pipeline) = &self.kind {
             // Steps the run never reached (cancelled or timed out first).
@@ -162,7 +153,15 @@ impl Run {
                 steps.push(StepOutcome::new(Arc::from(step.agent()), None));
             }
         }
-        let outcome = RunOutcome {
+        let terminal = AgentEvent::AgentCompleted {
+            agent_name: Arc::clone(&self.agent_name),
+            status,
+            success: status == RunStatus::Completed,
+            result: end.answer().map(str::to_owned),
+            error: end.error().map(str::to_owned),
+            duration_ms: millis(finished.saturating_duration_since(accepted)),
+        };
+        let mut outcome = RunOutcome {
             run_id: self.context.run_id().clone(),
             thread_id: self.context.thread_id().clone(),
             agent_name: Arc::clone(&self.agent_name),
@@ -174,8 +173,14 @@ impl Run {
             steps,
             usage: self.control.usage(),
         };
+        let sink = &*engine.sink;
+        settle(|| sink.run_ending(&self.context, &outcome)).await;
+        emitter.emit(terminal).await;
+        outcome.events_delivered = emitter.delivered;
+        outcome.events_dropped = emitter.dropped;
         drop(emitter);
         self.finish(&outcome, finished);
+        settle(|| sink.run_ended(&self.context, &outcome)).await;
         tracing::debug!(status = status.as_str(), "run ended");
         outcome
     }
@@ -307,6 +312,24 @@ impl Run {
         }
         state.last_activity = finished;
         state.runs.remove(&outcome.run_id);
+    }
+}
+
+/// Awaits one of the sink's run hooks ([`EventSink::run_ending`], [`EventSink::run_ended`]):
+/// ready at once by default; a panic in the sink is logged and the run ends as it would have.
+async fn settle<'a>(hook: impl FnOnce() -> Delivery<'a>) {
+    match std::panic::catch_unwind(AssertUnwindSafe(hook)) {
+        Ok(Delivery::Ready(_)) => {}
+        Ok(Delivery::Pending(wait)) => match AssertUnwindSafe(wait).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the sink could not record the run's end"),
+            Err(panic) => {
+                tracing::warn!(panic = %panic_message(&*panic), "the sink panicked recording the run's end");
+            }
+        },
+        Err(panic) => {
+            tracing::warn!(panic = %panic_message(&*panic), "the sink panicked recording the run's end");
+        }
     }
 }
 

@@ -1,0 +1,127 @@
+//! Runs whose process died: each gets one terminal record and one terminal event, status
+//! `interrupted`, exactly once. Exactly-once is the database's: the mark is one conditional
+//! `UPDATE ... WHERE status = 'running'`, and the terminal event is written in the same
+//! transaction, so two nodes sweeping at once cannot both mark a run.
+//!
+//! Which runs: on SQLite (one process per file), every running run of another node id, at
+//! start. On Postgres (a cluster), every running run of a node whose heartbeat row is older
+//! than the node lease, by whichever node sweeps first (each node sweeps every heartbeat).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine_core::{AgentEvent, RunStatus};
+use sqlx::Row;
+
+use crate::writer::{i64_of, Shared};
+
+/// The error of an interrupted run, as its record and terminal event carry it.
+pub const INTERRUPTED: &str = "the server stopped while this run was in progress";
+
+/// Which runs a sweep may mark.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sweep {
+    /// Every running run of another node (single node, at start).
+    OtherNodes,
+    /// Running runs of nodes without a heartbeat within `lease`.
+    DeadNodes { lease: Duration },
+}
+
+/// Writes (or refreshes) this node's heartbeat on the database's clock.
+pub(crate) async fn heartbeat(shared: &Shared) -> Result<(), sqlx::Error> {
+    let now = shared.backend.now_us();
+    let sql = format!(
+        "INSERT INTO nodes (node_id, started_us, heartbeat_us) VALUES ($1, {now}, {now}) \
+         ON CONFLICT (node_id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us"
+    );
+    sqlx::query(&sql)
+        .bind(shared.node_id.as_str())
+        .execute(&shared.pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks the runs `sweep` selects as `interrupted`, with their terminal events; returns how
+/// many this call marked.
+pub(crate) async fn interrupt(shared: &Shared, sweep: Sweep) -> Result<u64, sqlx::Error> {
+    let now = shared.backend.now_us();
+    let mut sql = format!(
+        "UPDATE runs SET status = 'interrupted', error = $1, ended_us = {now} \
+         WHERE status = 'running' AND node_id <> $2"
+    );
+    if let Sweep::DeadNodes { .. } = sweep {
+        sql.push_str(&format!(
+            " AND node_id NOT IN (SELECT node_id FROM nodes WHERE heartbeat_us > {now} - $3)"
+        ));
+    }
+    sql.push_str(" RETURNING user_id, run_id, request_id, agent_name, accepted_us, ended_us");
+    let mut tx = shared.pool.begin().await?;
+    let mut query = sqlx::query(&sql)
+        .bind(INTERRUPTED)
+        .bind(shared.node_id.as_str());
+    if let Sweep::DeadNodes { lease } = sweep {
+        query = query.bind(i64_of(u64::try_from(lease.as_micros()).unwrap_or(u64::MAX)));
+    }
+    let marked = query.fetch_all(&mut *tx).await?;
+    for row in &marked {
+        let user: String = row.try_get(0)?;
+        let run: String = row.try_get(1)?;
+        let request: String = row.try_get(2)?;
+        let agent: String = row.try_get(3)?;
+        let accepted: i64 = row.try_get(4)?;
+        let ended: i64 = row.try_get(5)?;
+        // After every stored event and recorded gap of the run.
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events WHERE user_id = $1 AND run_id = $2 \
+             UNION ALL SELECT MAX(to_seq) AS s FROM gaps WHERE user_id = $1 AND run_id = $2) AS last",
+        )
+        .bind(user.as_str())
+        .bind(run.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = AgentEvent::AgentCompleted {
+            agent_name: Arc::from(agent.as_str()),
+            status: RunStatus::Interrupted,
+            success: false,
+            result: None,
+            error: Some(INTERRUPTED.to_owned()),
+            duration_ms: u64::try_from((ended - accepted).max(0) / 1000).unwrap_or(0),
+        };
+        let body = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_owned());
+        sqlx::query(
+            "INSERT INTO events (user_id, run_id, seq, request_id, timestamp_us, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, run_id, seq) DO NOTHING",
+        )
+        .bind(user.as_str())
+        .bind(run.as_str())
+        .bind(last.unwrap_or(0) + 1)
+        .bind(request.as_str())
+        .bind(ended)
+        .bind(body)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE approvals SET status = 'timed_out', decided_us = $3 \
+             WHERE user_id = $1 AND run_id = $2 AND status = 'pending'",
+        )
+        .bind(user.as_str())
+        .bind(run.as_str())
+        .bind(ended)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    let n = marked.len() as u64;
+    if n > 0 {
+        shared
+            .counters
+            .runs_interrupted
+            .fetch_add(n, Ordering::Relaxed);
+        tracing::warn!(
+            runs = n,
+            "runs of a stopped process marked interrupted (one terminal record and event each)"
+        );
+    }
+    Ok(n)
+}

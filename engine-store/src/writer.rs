@@ -1,0 +1,519 @@
+//! The write-behind path: writes queue in memory and one task commits them in batches (one
+//! transaction per batch: group commit). The run's own task never waits on the database, except
+//! for its terminal record, and then only up to the commit timeout.
+//!
+//! The rule when the database is slower than the runs, or down: run records (accepted, ended)
+//! always queue; events queue up to the buffer (`StoreConfig::with_buffer`), and an event that
+//! finds it full is not stored: its sequence number is recorded as a gap (written with the next
+//! batch) and counted. A failed batch is retried, whole, with backoff and jitter until the
+//! database takes it; a batch the database refuses (not a connection fault) three times is
+//! written one write at a time, and a write it still refuses is logged and, for an event,
+//! recorded as a gap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine_core::{AgentEvent, ApprovalOutcome, EventEnvelope, RunId, RunStatus, UserId};
+use engine_factory::{RunAccepted, RunEnded};
+use sqlx::{Any, AnyPool, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{cause_of, is_transient, Backend};
+
+/// One write waiting for the writer.
+pub(crate) enum Op {
+    Accepted(RunAccepted),
+    Event(EventEnvelope),
+    Ended(RunEnded, Option<oneshot::Sender<()>>),
+    /// Sequence numbers `from..=to` of a run that were not stored.
+    Gap(UserId, RunId, u64, u64),
+    /// Answered once every write queued before it is committed (or given up).
+    Flush(oneshot::Sender<()>),
+}
+
+/// Upper bounds of the batch latency histogram, seconds.
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Counters shared by the writer, the sinks and `health()`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) up: AtomicBool,
+    pub(crate) batches: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+    pub(crate) events_dropped: AtomicU64,
+    pub(crate) runs_interrupted: AtomicU64,
+    pub(crate) latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    pub(crate) latency_sum_us: AtomicU64,
+}
+
+impl Counters {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Events `from..=to` of one run that were not stored.
+pub(crate) type LostRange = (RunId, u64, u64);
+
+/// What the sinks and the writer share.
+pub(crate) struct Shared {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+    pub(crate) node_id: String,
+    pub(crate) batch_size: usize,
+    pub(crate) buffer: usize,
+    /// Events queued and not yet committed.
+    pub(crate) buffered: AtomicUsize,
+    /// Gaps of events refused by a full buffer, not yet queued for writing: per user, runs
+    /// and their merged ranges `from..=to`.
+    pub(crate) lost: Mutex<HashMap<UserId, Vec<LostRange>>>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    /// Records that event `seq` of `user`'s run `run` is not stored.
+    pub(crate) fn lose(&self, user: &UserId, run: &RunId, seq: u64) {
+        self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        let ranges = lost.entry(user.clone()).or_default();
+        match ranges.iter_mut().rev().find(|(r, ..)| r == run) {
+            Some((_, _, to)) if *to + 1 == seq => *to = seq,
+            _ => ranges.push((run.clone(), seq, seq)),
+        }
+    }
+}
+
+/// The writer task: takes what is queued, up to a batch, and commits it; ends when every
+/// sender is gone and the queue is drained.
+pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut batch: Vec<Op> = Vec::with_capacity(shared.batch_size);
+    loop {
+        match rx.recv().await {
+            Some(op) => batch.push(op),
+            None => break,
+        }
+        while batch.len() < shared.batch_size {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let lost = std::mem::take(&mut *shared.lost.lock().unwrap_or_else(|p| p.into_inner()));
+        for (user, ranges) in lost {
+            for (run, from, to) in ranges {
+                batch.push(Op::Gap(user.clone(), run, from, to));
+            }
+        }
+        commit_batch(&shared, &batch).await;
+        let mut events = 0;
+        for op in batch.drain(..) {
+            match op {
+                Op::Event(_) => events += 1,
+                Op::Ended(_, Some(ack)) | Op::Flush(ack) => {
+                    let _ = ack.send(());
+                }
+                _ => {}
+            }
+        }
+        shared.buffered.fetch_sub(events, Ordering::Relaxed);
+    }
+}
+
+/// Commits `batch`, retrying until the database takes it (see the module docs).
+async fn commit_batch(shared: &Shared, batch: &[Op]) {
+    if batch.iter().all(|op| matches!(op, Op::Flush(_))) {
+        return;
+    }
+    let mut attempt: u32 = 0;
+    let mut refused = 0;
+    loop {
+        let started = Instant::now();
+        match apply(shared, batch).await {
+            Ok(()) => {
+                shared.counters.observe(started.elapsed());
+                shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+                if !shared.counters.up.swap(true, Ordering::Relaxed) && attempt > 0 {
+                    tracing::info!(attempts = attempt + 1, "run store writes resumed");
+                }
+                return;
+            }
+            Err(e) => {
+                shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                let transient = is_transient(&e);
+                if transient {
+                    shared.counters.up.store(false, Ordering::Relaxed);
+                } else {
+                    refused += 1;
+                }
+                tracing::warn!(
+                    backend = shared.backend.name(),
+                    attempt = attempt + 1,
+                    writes = batch.len(),
+                    error = %cause_of(&e),
+                    "run store batch not written; retrying"
+                );
+                if refused >= 3 {
+                    apply_one_by_one(shared, batch).await;
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// 50 ms doubling up to 5 s, with up to 50% jitter (nodes that lost the database together do
+/// not come back in step).
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5_000);
+    Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
+}
+
+/// The last resort for a batch the database keeps refusing: each write on its own, skipping
+/// the ones it still refuses (an event skipped is recorded as a gap).
+async fn apply_one_by_one(shared: &Shared, batch: &[Op]) {
+    for op in batch {
+        if let Err(e) = apply(shared, std::slice::from_ref(op)).await {
+            let (kind, user, run) = match op {
+                Op::Accepted(a) => ("run_accepted", &a.user_id, &a.run_id),
+                Op::Event(e) => ("event", &e.user_id, &e.run_id),
+                Op::Ended(e, _) => ("run_ended", &e.user_id, &e.run_id),
+                Op::Gap(u, r, ..) => ("gap", u, r),
+                Op::Flush(_) => continue,
+            };
+            tracing::error!(kind, user_id = %user, run_id = %run, error = %cause_of(&e), "run store refused a write; it is skipped");
+            if let Op::Event(ev) = op {
+                shared.lose(&ev.user_id, &ev.run_id, ev.seq);
+            }
+        }
+    }
+}
+
+/// Rows of an event insert: user, run, seq, request, timestamp, body.
+const EVENT_COLUMNS: usize = 6;
+/// Events per multi-row insert.
+const EVENT_CHUNK: usize = 256;
+
+/// Writes `batch` in one transaction.
+async fn apply(shared: &Shared, batch: &[Op]) -> Result<(), sqlx::Error> {
+    let mut tx = shared.pool.begin().await?;
+    let mut events: Vec<&EventEnvelope> = Vec::new();
+    for op in batch {
+        match op {
+            Op::Accepted(run) => accepted(&mut tx, &shared.node_id, run).await?,
+            Op::Event(event) => {
+                if event.event.is_terminal() {
+                    // Keep order with the run's other events of this batch.
+                    insert_events(&mut tx, &events).await?;
+                    events.clear();
+                    terminal_event(&mut tx, event).await?;
+                } else {
+                    approval(&mut tx, event).await?;
+                    events.push(event);
+                }
+            }
+            Op::Ended(end, _) => ended(&mut tx, end).await?,
+            Op::Gap(user, run, from, to) => {
+                sqlx::query(
+                    "INSERT INTO gaps (user_id, run_id, from_seq, to_seq) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_id, run_id, from_seq) DO NOTHING",
+                )
+                .bind(user.as_str())
+                .bind(run.as_str())
+                .bind(i64_of(*from))
+                .bind(i64_of(*to))
+                .execute(&mut *tx)
+                .await?;
+            }
+            Op::Flush(_) => {}
+        }
+    }
+    insert_events(&mut tx, &events).await?;
+    tx.commit().await
+}
+
+pub(crate) fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The first characters of a message, for a thread's listing.
+pub(crate) fn preview(text: &str) -> String {
+    text.chars().take(120).collect()
+}
+
+async fn accepted(
+    tx: &mut Transaction<'static, Any>,
+    node: &str,
+    run: &RunAccepted,
+) -> Result<(), sqlx::Error> {
+    let at = i64_of(run.accepted_at_us);
+    let inserted = sqlx::query(
+        "INSERT INTO runs (user_id, run_id, thread_id, request_id, agent_name, node_id, status, input, accepted_us) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8) ON CONFLICT (user_id, run_id) DO NOTHING",
+    )
+    .bind(run.user_id.as_str())
+    .bind(run.run_id.as_str())
+    .bind(run.thread_id.as_str())
+    .bind(run.request_id.as_str())
+    .bind(&*run.agent_name)
+    .bind(node)
+    .bind(run.input.as_str())
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(()); // written before (a retried batch)
+    }
+    sqlx::query(
+        "INSERT INTO threads (user_id, thread_id, created_us, updated_us, run_count, preview) \
+         VALUES ($1, $2, $3, $3, 1, $4) ON CONFLICT (user_id, thread_id) DO UPDATE \
+         SET updated_us = excluded.updated_us, run_count = threads.run_count + 1, preview = excluded.preview",
+    )
+    .bind(run.user_id.as_str())
+    .bind(run.thread_id.as_str())
+    .bind(at)
+    .bind(preview(&run.input))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO messages (user_id, thread_id, run_id, role, content, created_us) \
+         VALUES ($1, $2, $3, 'user', $4, $5)",
+    )
+    .bind(run.user_id.as_str())
+    .bind(run.thread_id.as_str())
+    .bind(run.run_id.as_str())
+    .bind(run.input.as_str())
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn ended(tx: &mut Transaction<'static, Any>, end: &RunEnded) -> Result<(), sqlx::Error> {
+    let at = i64_of(end.ended_at_us);
+    let steps = if end.steps.is_empty() {
+        None
+    } else {
+        let steps: Vec<serde_json::Value> = end
+            .steps
+            .iter()
+            .map(|(agent, status)| {
+                serde_json::json!({"agent_name": &**agent, "status": status.map(RunStatus::as_str)})
+            })
+            .collect();
+        Some(serde_json::Value::Array(steps).to_string())
+    };
+    // Exactly one terminal record: only a run still `running` takes its end (one already
+    // marked `interrupted` by another node keeps that).
+    let updated = sqlx::query(
+        "UPDATE runs SET status = $3, result = $4, error = $5, prompt_tokens = $6, completion_tokens = $7, \
+         queue_ms = $8, execution_ms = $9, steps = $10, ended_us = $11 \
+         WHERE user_id = $1 AND run_id = $2 AND status = 'running'",
+    )
+    .bind(end.user_id.as_str())
+    .bind(end.run_id.as_str())
+    .bind(end.status.as_str())
+    .bind(end.result.as_deref())
+    .bind(end.error.as_deref())
+    .bind(i64_of(end.usage.prompt_tokens))
+    .bind(i64_of(end.usage.completion_tokens))
+    .bind(i64_of(end.queue_ms))
+    .bind(i64_of(end.execution_ms))
+    .bind(steps)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE approvals SET status = 'timed_out', decided_us = $3 \
+         WHERE user_id = $1 AND run_id = $2 AND status = 'pending'",
+    )
+    .bind(end.user_id.as_str())
+    .bind(end.run_id.as_str())
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(answer) = &end.result {
+        sqlx::query(
+            "INSERT INTO messages (user_id, thread_id, run_id, role, content, created_us) \
+             VALUES ($1, $2, $3, 'assistant', $4, $5)",
+        )
+        .bind(end.user_id.as_str())
+        .bind(end.thread_id.as_str())
+        .bind(end.run_id.as_str())
+        .bind(answer.as_str())
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE threads SET updated_us = $3, preview = $4 WHERE user_id = $1 AND thread_id = $2",
+        )
+        .bind(end.user_id.as_str())
+        .bind(end.thread_id.as_str())
+        .bind(at)
+        .bind(preview(answer))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Keeps the approvals table in step with a run's approval events.
+async fn approval(
+    tx: &mut Transaction<'static, Any>,
+    event: &EventEnvelope,
+) -> Result<(), sqlx::Error> {
+    match &event.event {
+        AgentEvent::ApprovalRequested {
+            tool_name,
+            call_id,
+            arguments,
+        } => {
+            sqlx::query(
+                "INSERT INTO approvals (user_id, run_id, call_id, tool_name, arguments, status, requested_us) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6) ON CONFLICT (user_id, run_id, call_id) DO NOTHING",
+            )
+            .bind(event.user_id.as_str())
+            .bind(event.run_id.as_str())
+            .bind(i64::from(*call_id))
+            .bind(&**tool_name)
+            .bind(arguments.to_string())
+            .bind(i64_of(event.timestamp_us))
+            .execute(&mut **tx)
+            .await?;
+        }
+        AgentEvent::ApprovalDecided { call_id, outcome } => {
+            let status = match outcome {
+                ApprovalOutcome::Approved => "approved",
+                ApprovalOutcome::Denied => "denied",
+                _ => "timed_out",
+            };
+            sqlx::query(
+                "UPDATE approvals SET status = $4, decided_us = $5 \
+                 WHERE user_id = $1 AND run_id = $2 AND call_id = $3 AND status = 'pending'",
+            )
+            .bind(event.user_id.as_str())
+            .bind(event.run_id.as_str())
+            .bind(i64::from(*call_id))
+            .bind(status)
+            .bind(i64_of(event.timestamp_us))
+            .execute(&mut **tx)
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A run's terminal event, unless the run was already marked `interrupted` (whose terminal
+/// event was written with the mark): a run has one terminal event in the store.
+async fn terminal_event(
+    tx: &mut Transaction<'static, Any>,
+    event: &EventEnvelope,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (user_id, run_id, seq, request_id, timestamp_us, body) \
+         SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS \
+         (SELECT 1 FROM runs WHERE user_id = $1 AND run_id = $2 AND status = 'interrupted') \
+         ON CONFLICT (user_id, run_id, seq) DO NOTHING",
+    )
+    .bind(event.user_id.as_str())
+    .bind(event.run_id.as_str())
+    .bind(i64_of(event.seq))
+    .bind(event.request_id.as_str())
+    .bind(i64_of(event.timestamp_us))
+    .bind(body(event))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The stored form of an event: the event alone (the ids are columns).
+pub(crate) fn body(event: &EventEnvelope) -> String {
+    serde_json::to_string(&event.event).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Multi-row inserts of `events`, `EVENT_CHUNK` rows per statement.
+async fn insert_events(
+    tx: &mut Transaction<'static, Any>,
+    events: &[&EventEnvelope],
+) -> Result<(), sqlx::Error> {
+    for chunk in events.chunks(EVENT_CHUNK) {
+        let sql = event_insert_sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for e in chunk {
+            query = query
+                .bind(e.user_id.as_str())
+                .bind(e.run_id.as_str())
+                .bind(i64_of(e.seq))
+                .bind(e.request_id.as_str())
+                .bind(i64_of(e.timestamp_us))
+                .bind(body(e));
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// `INSERT INTO events ... VALUES ($1, ..., $6), ($7, ...) ...` for `rows` rows.
+pub(crate) fn event_insert_sql(rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::from(
+        "INSERT INTO events (user_id, run_id, seq, request_id, timestamp_us, body) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..EVENT_COLUMNS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", row * EVENT_COLUMNS + col + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (user_id, run_id, seq) DO NOTHING");
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_inserts_number_their_parameters() {
+        assert_eq!(
+            event_insert_sql(2),
+            "INSERT INTO events (user_id, run_id, seq, request_id, timestamp_us, body) VALUES \
+             ($1, $2, $3, $4, $5, $6), ($7, $8, $9, $10, $11, $12) ON CONFLICT (user_id, run_id, seq) DO NOTHING"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        for attempt in 0..20 {
+            let d = backoff(attempt);
+            assert!(d <= Duration::from_secs(5), "{d:?}");
+            assert!(d >= Duration::from_millis(25), "{d:?}");
+        }
+        assert!(backoff(10) >= Duration::from_millis(2_500));
+    }
+}

@@ -1,0 +1,539 @@
+//! The store on a real SQLite file: what it keeps, when it commits, what a crash leaves, what it
+//! refuses, and that no read reaches another user's rows.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ctx, factory, stored_events};
+use engine_core::{AgentEvent, RunStatus, ThreadId, UserId};
+use engine_factory::{Durability, Role, RunStore};
+use engine_store::{OpenError, SqlStore, StoreConfig, INTERRUPTED};
+
+fn url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("gateway.db").display())
+}
+
+async fn open(dir: &tempfile::TempDir, node: &str) -> SqlStore {
+    SqlStore::open(StoreConfig::new(url(dir)).with_node_id(node))
+        .await
+        .expect("the store opens")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_threads_and_events_are_kept_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "n1").await;
+    let factory = factory(&store);
+    let alice = UserId::new("alice").unwrap();
+    let mut live = factory.subscribe(&alice);
+    let handle = factory.create_for_user(&ctx("alice", "t1", "r1")).unwrap();
+    let mut runs = Vec::new();
+    for (i, text) in ["hello there", "how are you", "bye now"].iter().enumerate() {
+        let c = ctx("alice", "t1", &format!("run-{i}"));
+        let outcome = handle.execute(&c, "talker", *text).await.unwrap();
+        assert_eq!(outcome.result(), Some(format!("echo: {text}").as_str()));
+        runs.push(c);
+    }
+    let bob = factory.create_for_user(&ctx("bob", "t9", "rb")).unwrap();
+    let bob_run = ctx("bob", "t9", "bob-run");
+    bob.execute(&bob_run, "talker", "secret of bob")
+        .await
+        .unwrap();
+    store.flush().await;
+
+    // The run records, ended, in order.
+    let records = store
+        .thread_runs(&alice, &ThreadId::new("t1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 3);
+    for (record, c) in records.iter().zip(&runs) {
+        assert_eq!(record.run_id, *c.run_id());
+        assert_eq!(record.status, Some(RunStatus::Completed));
+        assert_eq!(record.agent_name, "talker");
+        assert_eq!(record.node_id, "n1");
+        assert!(record.ended_at_us.unwrap() >= record.accepted_at_us);
+    }
+    // The thread's messages: each input, then its answer.
+    let messages = store
+        .thread_messages(&alice, &ThreadId::new("t1").unwrap(), 100)
+        .await
+        .unwrap();
+    let texts: Vec<(Role, &str)> = messages
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            (Role::User, "hello there"),
+            (Role::Assistant, "echo: hello there"),
+            (Role::User, "how are you"),
+            (Role::Assistant, "echo: how are you"),
+            (Role::User, "bye now"),
+            (Role::Assistant, "echo: bye now"),
+        ]
+    );
+    let last_two = store
+        .thread_messages(&alice, &ThreadId::new("t1").unwrap(), 2)
+        .await
+        .unwrap();
+    assert_eq!(last_two[1].content, "echo: bye now");
+    assert_eq!(last_two[0].content, "bye now");
+
+    // Every event as delivered live, read back equal (ids, seq, timestamps, payloads).
+    let mut delivered = Vec::new();
+    while let Some(e) = live.try_recv() {
+        delivered.push(e);
+    }
+    let mut stored = Vec::new();
+    for c in &runs {
+        stored.extend(stored_events(&store, c).await);
+    }
+    assert_eq!(stored, delivered);
+    assert!(stored.iter().filter(|e| e.event.is_terminal()).count() == 3);
+
+    // Threads: alice sees hers only; bob's rows are not there for her, by any read.
+    let threads = store.threads(&alice, 10, None).await.unwrap();
+    assert_eq!(threads.len(), 1);
+    assert_eq!(threads[0].thread_id.as_str(), "t1");
+    assert_eq!(threads[0].run_count, 3);
+    assert_eq!(threads[0].preview.as_deref(), Some("echo: bye now"));
+    assert!(store.run(&alice, bob_run.run_id()).await.unwrap().is_none());
+    assert!(store
+        .events_after(&alice, bob_run.run_id(), 0, 100)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .thread_messages(&alice, bob_run.thread_id(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .thread_runs(&alice, bob_run.thread_id())
+        .await
+        .unwrap()
+        .is_empty());
+    let bobs = store
+        .run(bob_run.user_id(), bob_run.run_id())
+        .await
+        .unwrap();
+    assert_eq!(bobs.unwrap().input, "secret of bob");
+    drop((handle, bob));
+    factory.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_record_is_committed_before_the_handle_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "n1").await;
+    let factory = factory(&store);
+    let handle = factory.create_for_user(&ctx("carol", "t", "r")).unwrap();
+    for i in 0..50 {
+        let c = ctx("carol", "t", &format!("run-{i}"));
+        handle.execute(&c, "talker", "quick").await.unwrap();
+        // No flush: the record must already be there.
+        let record = store.run(c.user_id(), c.run_id()).await.unwrap().unwrap();
+        assert_eq!(record.status, Some(RunStatus::Completed), "run {i}");
+        assert_eq!(record.result.as_deref(), Some("echo: quick"));
+    }
+    drop(handle);
+    factory.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_durability_commits_the_record_before_the_terminal_event_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open(
+        StoreConfig::new(url(&dir))
+            .with_node_id("n1")
+            .with_durability(Durability::Sync),
+    )
+    .await
+    .unwrap();
+    let factory = factory(&store);
+    let dave = UserId::new("dave").unwrap();
+    let mut live = factory.subscribe(&dave);
+    let handle = factory.create_for_user(&ctx("dave", "t", "r")).unwrap();
+    for i in 0..20 {
+        let c = ctx("dave", "t", &format!("run-{i}"));
+        let spawned = handle.spawn(&c, "talker", "sync please").unwrap();
+        loop {
+            let e = live.recv().await.unwrap();
+            if e.event.is_terminal() {
+                let record = store.run(&dave, c.run_id()).await.unwrap().unwrap();
+                assert_eq!(record.status, Some(RunStatus::Completed), "run {i}");
+                break;
+            }
+        }
+        spawned.outcome().await.unwrap();
+    }
+    drop(handle);
+    factory.shutdown().await;
+}
+
+/// Starts `runs` on a runtime of their own and drops the runtime with them in flight: the
+/// process "dies" (no terminal event, no record), as with `kill -9`.
+fn crash_with_runs_in_flight(dir: &tempfile::TempDir) -> Vec<engine_core::UserExecutionContext> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runs = rt.block_on(async {
+        let store = open(dir, "dead-node").await;
+        let factory = factory(&store);
+        let mut runs = Vec::new();
+        let eve = factory.create_for_user(&ctx("eve", "t", "r")).unwrap();
+        let mut live = factory.subscribe(&UserId::new("eve").unwrap());
+        for (i, agent) in ["forever", "saver", "forever"].iter().enumerate() {
+            let c = ctx("eve", &format!("t{i}"), &format!("in-flight-{i}"));
+            eve.spawn(&c, agent, "work").unwrap();
+            runs.push(c);
+        }
+        let done = ctx("eve", "t-done", "finished");
+        eve.execute(&done, "talker", "done before").await.unwrap();
+        // Wait until the saver asks for approval, and everything so far is written.
+        loop {
+            let e = live.recv().await.unwrap();
+            if matches!(e.event, AgentEvent::ApprovalRequested { .. }) {
+                break;
+            }
+        }
+        store.flush().await;
+        std::mem::forget(eve); // no orderly close: the process dies
+        std::mem::forget(factory);
+        runs
+    });
+    rt.shutdown_background();
+    runs
+}
+
+#[test]
+fn a_crash_leaves_exactly_one_interrupted_record_and_event_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_flight = crash_with_runs_in_flight(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(after_the_crash(&dir, &in_flight));
+}
+
+async fn after_the_crash(dir: &tempfile::TempDir, in_flight: &[engine_core::UserExecutionContext]) {
+    // The next start marks them, once.
+    let store = open(dir, "next-node").await;
+    assert_eq!(store.health().runs_interrupted, 3);
+    for c in in_flight {
+        let record = store.run(c.user_id(), c.run_id()).await.unwrap().unwrap();
+        assert_eq!(
+            record.status,
+            Some(RunStatus::Interrupted),
+            "{}",
+            c.run_id()
+        );
+        assert_eq!(record.error.as_deref(), Some(INTERRUPTED));
+        let events = stored_events(&store, c).await;
+        let terminal: Vec<_> = events.iter().filter(|e| e.event.is_terminal()).collect();
+        assert_eq!(terminal.len(), 1, "one terminal event");
+        assert_eq!(
+            terminal[0].seq,
+            events.last().unwrap().seq,
+            "and it is last"
+        );
+        assert_eq!(terminal[0].seq, events.len() as u64, "contiguous seq");
+        assert!(matches!(
+            terminal[0].event,
+            AgentEvent::AgentCompleted {
+                status: RunStatus::Interrupted,
+                ..
+            }
+        ));
+    }
+    let finished = store
+        .run(
+            &UserId::new("eve").unwrap(),
+            &engine_core::RunId::new("finished").unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        finished.status,
+        Some(RunStatus::Completed),
+        "a finished run is untouched"
+    );
+    // Again: nothing more to mark, however often.
+    assert_eq!(store.sweep_interrupted(None).await.unwrap(), 0);
+    drop(store);
+    let again = open(dir, "third-node").await;
+    assert_eq!(again.health().runs_interrupted, 0);
+    for c in in_flight {
+        let events = stored_events(&again, c).await;
+        assert_eq!(events.iter().filter(|e| e.event.is_terminal()).count(), 1);
+    }
+    // The pending approval ended `timed_out` with its run.
+    let pending: i64 = {
+        let pool = sqlx_pool(dir).await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pending, 0);
+}
+
+async fn sqlx_pool(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&url(dir)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_ids_are_stored_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "n1").await;
+    let factory = factory(&store);
+    let users = [
+        "o'brien",
+        "100%_sure\\",
+        "\"quoted\" user",
+        "ユーザー🙂",
+        "a_b%c",
+        "x' OR '1'='1",
+    ];
+    for (i, user) in users.iter().enumerate() {
+        let thread = format!("thr'ead_%{i}\\");
+        let c = ctx(user, &thread, &format!("run'%_\\{i}"));
+        let handle = factory.create_for_user(&c).unwrap();
+        handle
+            .execute(&c, "talker", &format!("text of {user}"))
+            .await
+            .unwrap();
+        drop(handle);
+    }
+    store.flush().await;
+    for (i, user) in users.iter().enumerate() {
+        let user_id = UserId::new(*user).unwrap();
+        let threads = store.threads(&user_id, 10, None).await.unwrap();
+        assert_eq!(threads.len(), 1, "{user}: only its own thread");
+        assert_eq!(threads[0].thread_id.as_str(), format!("thr'ead_%{i}\\"));
+        let runs = store
+            .thread_runs(&user_id, &threads[0].thread_id)
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].input, format!("text of {user}"));
+        let events = store
+            .events_after(&user_id, &runs[0].run_id, 0, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(events.events.iter().all(|e| e.user_id == user_id));
+    }
+    // `a_b%c` must not match `a%b...` as a LIKE pattern would, nor another user's rows.
+    let wildcard = UserId::new("a%").unwrap();
+    assert!(store.threads(&wildcard, 10, None).await.unwrap().is_empty());
+    factory.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_page_most_recent_first_with_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "n1").await;
+    let factory = factory(&store);
+    let c = ctx("frank", "t0", "r");
+    let handle = factory.create_for_user(&c).unwrap();
+    for i in 0..7 {
+        let run = ctx("frank", &format!("t{i}"), &format!("r{i}"));
+        handle.execute(&run, "talker", "hi").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store.flush().await;
+    let frank = UserId::new("frank").unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<ThreadId> = None;
+    loop {
+        let page = store.threads(&frank, 3, cursor.as_ref()).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        cursor = page.last().map(|t| t.thread_id.clone());
+        seen.extend(page.into_iter().map(|t| t.thread_id.to_string()));
+    }
+    assert_eq!(seen, ["t6", "t5", "t4", "t3", "t2", "t1", "t0"]);
+    drop(handle);
+    factory.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_a_newer_binary_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&dir, "n1").await);
+    let pool = sqlx_pool(&dir).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let err = SqlStore::open(StoreConfig::new(url(&dir)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OpenError::NewerSchema { version: 9999, .. }),
+        "{err}"
+    );
+    let line = err.to_string();
+    assert!(!line.contains('\n'));
+    assert!(line.contains("upgrade the binary"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_or_foreign_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    let err = SqlStore::open(StoreConfig::new(url(&dir)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+
+    std::fs::remove_file(&path).unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", url(&dir)))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE invoices (id INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let err = SqlStore::open(StoreConfig::new(url(&dir)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("invoices"), "{err}");
+
+    let err = SqlStore::open(StoreConfig::new("mysql://h/db"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::UnsupportedUrl { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_loses_no_run_record_and_records_event_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open(
+        StoreConfig::new(url(&dir))
+            .with_node_id("n1")
+            .with_buffer(4)
+            .with_commit_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let factory = factory(&store);
+    // Another connection holds the write lock: every batch fails (busy) and is retried.
+    let pool = sqlx_pool(&dir).await;
+    let mut blocker = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let c = ctx("gina", "t", "r");
+    let handle = factory.create_for_user(&c).unwrap();
+    let runs: Vec<_> = (0..3)
+        .map(|i| ctx("gina", "t", &format!("locked-{i}")))
+        .collect();
+    for r in &runs {
+        // Runs go on and end while the database refuses writes (the commit wait is bounded).
+        let outcome = handle
+            .execute(r, "talker", "one two three four five six seven eight")
+            .await
+            .unwrap();
+        assert!(outcome.is_success());
+    }
+    assert!(
+        store.health().events_dropped > 0,
+        "the buffer of 4 overflowed"
+    );
+    sqlx::query("COMMIT").execute(&mut *blocker).await.unwrap();
+    drop(blocker);
+    tokio::time::timeout(Duration::from_secs(30), store.flush())
+        .await
+        .expect("writes resume once the lock is gone");
+    let health = store.health();
+    assert!(health.up, "{health:?}");
+    for r in &runs {
+        let record = store.run(r.user_id(), r.run_id()).await.unwrap().unwrap();
+        assert_eq!(record.status, Some(RunStatus::Completed), "no record lost");
+        let page = store
+            .events_after(r.user_id(), r.run_id(), 0, 1000)
+            .await
+            .unwrap()
+            .unwrap();
+        let terminal = page.events.iter().filter(|e| e.event.is_terminal()).count();
+        assert_eq!(terminal, 1, "the terminal event is never dropped");
+        let stored = page.events.len() as u64;
+        let missing: u64 = page.gaps.iter().map(|(a, b)| b - a + 1).sum();
+        assert_eq!(
+            stored + missing,
+            page.events.last().unwrap().seq,
+            "every seq is an event or a gap"
+        );
+    }
+    drop(handle);
+    factory.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_turns_of_a_thread_store_linearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "n1").await;
+    let factory = factory(&store);
+    let henry = UserId::new("henry").unwrap();
+    let mut live = factory.subscribe(&henry);
+    let handle = factory.create_for_user(&ctx("henry", "long", "r")).unwrap();
+    let empty = store.size_bytes().await.unwrap();
+    let mut json_bytes = 0usize;
+    let mut sizes = Vec::new();
+    for turn in 0..200 {
+        let c = ctx("henry", "long", &format!("turn-{turn}"));
+        let text = format!("turn {turn}: tell me something about the number {turn} please");
+        let outcome = handle.execute(&c, "talker", &text).await.unwrap();
+        json_bytes += text.len() + outcome.result().unwrap().len();
+        while let Some(e) = live.try_recv() {
+            json_bytes += serde_json::to_string(&e).unwrap().len();
+        }
+        if turn % 50 == 49 {
+            store.flush().await;
+            sizes.push(store.size_bytes().await.unwrap() - empty);
+        }
+    }
+    let stored = *sizes.last().unwrap();
+    eprintln!("200 turns: {stored} bytes stored for {json_bytes} bytes of messages and events as JSON ({:.2}x); at 50/100/150/200 turns: {sizes:?}", stored as f64 / json_bytes as f64);
+    assert!(
+        (stored as f64) <= 1.5 * json_bytes as f64,
+        "{stored} bytes stored for {json_bytes} bytes of JSON"
+    );
+    // Linear: the last 50 turns cost about what the first 50 did (no per-turn rewrite).
+    let first = sizes[0] as f64;
+    let last = (sizes[3] - sizes[2]) as f64;
+    assert!(last <= first * 1.5, "growth per 50 turns {sizes:?}");
+    // Reading the last 20 messages of the thread.
+    let messages = store
+        .thread_messages(&henry, &ThreadId::new("long").unwrap(), 20)
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 20);
+    assert!(messages[19].content.starts_with("echo: turn 199"));
+    drop(handle);
+    factory.shutdown().await;
+}
