@@ -323,7 +323,8 @@ pub struct StoreHealth {
     pub events_dropped: u64,
     /// Runs this node marked `interrupted` (its own earlier process's, or a dead node's).
     pub runs_interrupted: u64,
-    /// Batch commit latencies so far, by bucket upper bound in seconds: (bound, count).
+    /// Batch commit latencies so far: (upper bound in seconds, batches in that bucket), not
+    /// cumulative, the last bound `f64::INFINITY`.
     pub batch_latency: Vec<(f64, u64)>,
     /// Sum of batch commit latencies, seconds.
     pub batch_latency_sum: f64,

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use engine_core::{
     ApprovalDecision, EngineError, MultitaskPolicy, Pipeline, PipelineStep, RunId, RunOptions,
-    ThreadId, UserExecutionContext,
+    ThreadId, UserExecutionContext, UserId,
 };
-use engine_factory::FactoryError;
+use engine_factory::{FactoryError, RunStore};
 use engine_redis::ControlError;
 
 use crate::metrics::GatewayMetrics;
@@ -183,28 +183,39 @@ impl Gateway {
     }
 
     /// The frames that bring a client up to date on one of the user's runs: from this node's
-    /// replay buffer, or in cluster mode from the user's Redis stream (any node's runs).
+    /// replay buffer, or in cluster mode from the user's Redis stream (any node's runs), and
+    /// else from the run store (runs of an earlier process or evicted from both).
     async fn resume(
         &self,
         session: &UserSession,
         run: &RunId,
         after_seq: u64,
     ) -> Result<Vec<ServerFrame>, ServerFrame> {
+        let store = self.inner.factory.run_store();
         let Some(bus) = self.inner.factory.event_bus() else {
-            return lock(&session.replay)
-                .resume(run, after_seq)
-                .ok_or_else(|| no_run_to_resume(run));
+            let local = lock(&session.replay).resume(run, after_seq);
+            return match (local, store) {
+                (Some(frames), _) => Ok(frames),
+                (None, Some(store)) => {
+                    resume_from_store(&**store, &session.user, run, after_seq).await
+                }
+                (None, None) => Err(no_run_to_resume(run)),
+            };
         };
-        let replayed = bus
-            .replay(&session.user, run, after_seq)
-            .await
-            .map_err(|e| {
-                ServerFrame::error(
+        let replayed = match (bus.replay(&session.user, run, after_seq).await, store) {
+            (Ok(Some(replayed)), _) => replayed,
+            // Not (or no longer) in the user's stream, or Redis is down: the store has it.
+            (Ok(None) | Err(_), Some(store)) => {
+                return resume_from_store(&**store, &session.user, run, after_seq).await;
+            }
+            (Ok(None), None) => return Err(no_run_to_resume(run)),
+            (Err(e), None) => {
+                return Err(ServerFrame::error(
                     ErrorCode::ClusterUnavailable,
                     format!("cannot read run {run} from the cluster: {e}; retry the resume"),
-                )
-            })?
-            .ok_or_else(|| no_run_to_resume(run))?;
+                ))
+            }
+        };
         let mut frames = Vec::with_capacity(replayed.events.len() + 1);
         if let Some((from_seq, to_seq)) = replayed.gap {
             frames.push(ServerFrame::Gap {
@@ -372,6 +383,52 @@ fn unknown_run(run: &RunId) -> ServerFrame {
         ErrorCode::UnknownRun,
         format!("no active run {run} of yours"),
     )
+}
+
+/// Events read from the store per page, and pages per resume at most.
+const STORE_PAGE: usize = 500;
+const STORE_PAGES: usize = 40;
+
+/// A run's stored events after `after_seq`, with a `gap` frame before each stretch of sequence
+/// numbers that was not stored.
+async fn resume_from_store(
+    store: &dyn RunStore,
+    user: &UserId,
+    run: &RunId,
+    mut after_seq: u64,
+) -> Result<Vec<ServerFrame>, ServerFrame> {
+    let mut frames = Vec::new();
+    for _ in 0..STORE_PAGES {
+        let page = store
+            .events_after(user, run, after_seq, STORE_PAGE)
+            .await
+            .map_err(|e| {
+                tracing::warn!(run_id = %run, error = %e, "resume: the run store could not be read");
+                ServerFrame::error(
+                    ErrorCode::StoreUnavailable,
+                    format!("cannot read run {run} from the store right now; retry the resume"),
+                )
+            })?
+            .ok_or_else(|| no_run_to_resume(run))?;
+        let mut gaps = page.gaps.iter().peekable();
+        for envelope in page.events {
+            while let Some((from_seq, to_seq)) = gaps.next_if(|(_, to)| *to < envelope.seq) {
+                frames.push(ServerFrame::Gap {
+                    run_id: run.clone(),
+                    from_seq: *from_seq,
+                    to_seq: *to_seq,
+                });
+            }
+            after_seq = envelope.seq;
+            frames.push(ServerFrame::Event {
+                envelope: std::sync::Arc::new(envelope),
+            });
+        }
+        if !page.more {
+            return Ok(frames);
+        }
+    }
+    Ok(frames)
 }
 
 fn no_run_to_resume(run: &RunId) -> ServerFrame {

@@ -18,7 +18,16 @@
 //!   WebSockets). Missing, malformed, expired or wrongly signed tokens get `401` and no socket;
 //!   a user over the connection limit gets `429`.
 //! - `GET /dev/token?user=<id>` — development mode only: a token for any user.
-//! - `GET /healthz`, `GET /metrics` — JSON.
+//! - `GET /healthz` — JSON status (with the run store's and Redis's state when present),
+//!   `GET /metrics` — Prometheus text (`GET /metrics.json`: JSON).
+//!
+//! # Durable by default
+//! [`Gateway::with_backends`] with a [`Backends::store`] (an `engine_store::SqlStore`) keeps
+//! every run, its events, approvals and the thread's messages in SQLite or Postgres: they
+//! survive a restart, `resume` of a run this process does not hold reads the store, and a run
+//! that was in flight when a process died ends `interrupted` (one terminal record and event).
+//! The binary does this by default (`.engine-gateway/gateway.db`; `--database-url memory` for
+//! nothing kept).
 //!
 //! # Protocol (JSON text frames)
 //! Client -> server:
@@ -53,10 +62,11 @@
 //!   agent panicked. A client that reconnects and resumes a run sees a still-pending
 //!   `approval_requested` again;
 //! - `{"type":"gap","run_id":..,"from_seq":1,"to_seq":40}` when a `resume` asks for events
-//!   already evicted from the per-user replay buffer;
+//!   already evicted from the per-user replay buffer (or, from the run store, events that were
+//!   not stored);
 //! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,
 //!   `frame_too_large`, `rate_limited`, `too_many_runs`, `too_many_engines`, `thread_busy`,
-//!   `unknown_run`, `cluster_unavailable`,
+//!   `unknown_run`, `cluster_unavailable`, `store_unavailable`,
 //!   `unknown_approval`, `bad_request`, `shutting_down`, `internal`. `too_many_runs` is the engine's own limit
 //!   (`EngineError::QueueFull`: by default 3 runs of a user at once and 4 waiting), reported,
 //!   not decided, by the gateway. The connection stays open. (A frame larger than four times
@@ -82,4 +92,4 @@ mod session;
 pub use auth::{AuthError, Claims, TokenKeys};
 pub use config::{GatewayConfig, GatewayConfigError};
 pub use protocol::{ClientFrame, ErrorCode, ServerFrame};
-pub use server::{Gateway, GatewayError};
+pub use server::{Backends, Gateway, GatewayError};

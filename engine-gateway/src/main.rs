@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use engine_core::{EngineConfig, UserId};
+use engine_factory::Durability;
 use engine_factory::FactoryConfig;
 use engine_gateway::demo::{demo_registry, model_registry};
-use engine_gateway::{Gateway, GatewayConfig};
+use engine_gateway::{Backends, Gateway, GatewayConfig};
 use engine_llm::{ApiKey, HistoryStore, InMemoryHistory, LlmAgentKit, LlmConfig, RedisHistory};
 use engine_redis::{ClusterConfig, RedisCluster};
+use engine_store::{SqlStore, StoreConfig};
 
 /// mimalloc: runs across 1,000 users went 10-25% faster than with glibc malloc on the 2-core
 /// VM (the `allocator` row of `cargo xtask bench`, BENCHMARKS.md). Only this binary sets it.
@@ -82,8 +84,8 @@ struct Args {
     /// one Redis under different prefixes).
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "engine")]
     redis_prefix: String,
-    /// This node's name in the cluster (default: random).
-    #[arg(long, env = "GATEWAY_NODE_ID", requires = "redis_url")]
+    /// This node's name in the cluster and in the run store (default: random).
+    #[arg(long, env = "GATEWAY_NODE_ID")]
     node_id: Option<String>,
     /// Cluster mode: how long a crashed node's engine slots outlive it, in milliseconds.
     #[arg(long, env = "GATEWAY_LEASE_TTL_MS", default_value_t = 30_000)]
@@ -91,6 +93,19 @@ struct Args {
     /// Cluster mode: about how many events each user's Redis stream keeps for resume.
     #[arg(long, env = "GATEWAY_STREAM_MAXLEN", default_value_t = 10_000)]
     stream_maxlen: u64,
+    /// Where the gateway keeps its state: an SQLite file `gateway.db` in this directory,
+    /// created on first start (unless `--database-url` names another database).
+    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = ".engine-gateway")]
+    data_dir: std::path::PathBuf,
+    /// The run store: `sqlite://<path>` (one node), `postgres://user:password@host/db` (a
+    /// cluster, with `--redis-url`), or `memory` (nothing kept across restarts). Default: the
+    /// SQLite file in `--data-dir` on one node; `memory` in cluster mode.
+    #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// When a run's terminal record is committed: `batch` (before the run is reported ended)
+    /// or `sync` (before its terminal event is sent to anyone).
+    #[arg(long, env = "GATEWAY_DURABILITY", value_enum, default_value_t = DurabilityArg::Batch)]
+    durability: DurabilityArg,
     /// Keep `/dev/token` and the printed development token while using `--jwt-secret` (for
     /// several development nodes sharing one secret; never in production).
     #[arg(long, env = "GATEWAY_DEV_TOKENS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -115,6 +130,14 @@ struct Args {
     #[cfg(feature = "otel")]
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DurabilityArg {
+    /// Events written behind in batches; a run's terminal record before it is reported ended.
+    Batch,
+    /// As `batch`, and the terminal record before the terminal event is sent.
+    Sync,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -240,6 +263,54 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// The run store the flags ask for (`None`: `memory`). A cluster needs a database every node
+/// shares: SQLite is refused with `--redis-url`.
+async fn open_store(
+    args: &Args,
+    cluster: Option<&RedisCluster>,
+) -> Result<Option<SqlStore>, String> {
+    let url = match (&args.database_url, cluster) {
+        (Some(url), _) if url == "memory" => None,
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(_)) => {
+            tracing::warn!("cluster mode without --database-url: runs are not kept across restarts (set --database-url postgres://...)");
+            None
+        }
+        (None, None) => {
+            let file = args.data_dir.join("gateway.db");
+            std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+                format!(
+                    "cannot create the data directory {}: {e}",
+                    args.data_dir.display()
+                )
+            })?;
+            let file = std::fs::canonicalize(&args.data_dir)
+                .map(|d| d.join("gateway.db"))
+                .unwrap_or(file);
+            Some(format!("sqlite://{}", file.display()))
+        }
+    };
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    if cluster.is_some() && url.starts_with("sqlite:") {
+        return Err("a cluster (--redis-url) needs a database every node shares: use --database-url postgres://... (an SQLite file belongs to one process)".into());
+    }
+    let node_id = cluster
+        .map(|c| c.config().node_id().to_owned())
+        .or_else(|| args.node_id.clone());
+    let mut config = StoreConfig::new(url).with_durability(match args.durability {
+        DurabilityArg::Batch => Durability::Batch,
+        DurabilityArg::Sync => Durability::Sync,
+    });
+    if let Some(node) = node_id {
+        config = config.with_node_id(node);
+    }
+    let store = SqlStore::open(config).await.map_err(|e| e.to_string())?;
+    tracing::info!(backend = store.backend(), database = %store.url_redacted(), "runs, events and threads are kept in {}", store.url_redacted());
+    Ok(Some(store))
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let config = args
         .config()
@@ -293,12 +364,19 @@ async fn run(args: Args) -> Result<(), String> {
         }
         _ => demo_registry(),
     };
-    let gateway = match cluster {
-        None => Gateway::new(config, registry).map_err(|e| e.to_string())?,
-        Some(cluster) => {
-            Gateway::clustered(config, registry, cluster).map_err(|e| e.to_string())?
-        }
-    };
+    // Bad flags are reported before any file is created.
+    config
+        .validate(&registry)
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    let store = open_store(&args, cluster.as_ref()).await?;
+    let mut backends = Backends::default();
+    if let Some(cluster) = cluster {
+        backends = backends.with_cluster(cluster);
+    }
+    if let Some(store) = store {
+        backends = backends.with_store(store);
+    }
+    let gateway = Gateway::with_backends(config, registry, backends).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;

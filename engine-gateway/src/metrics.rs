@@ -8,12 +8,17 @@ use std::sync::Mutex;
 
 use engine_core::RunOutcome;
 use engine_factory::FactoryMetrics;
+use engine_factory::RunStore as _;
 use engine_redis::ClusterMetrics;
+use engine_store::SqlStore;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// `status` of a run.
@@ -242,6 +247,12 @@ impl GatewayMetrics {
         }
     }
 
+    /// Adds the run store's metrics (up, buffered writes, batches, errors, events not stored,
+    /// runs interrupted, batch commit latency), read from the store at each scrape.
+    pub(crate) fn register_store(&self, store: SqlStore) {
+        crate::session::lock(&self.registry).register_collector(Box::new(StoreCollector(store)));
+    }
+
     /// Counts a refusal.
     pub(crate) fn refused(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
         family.get_or_create(&ReasonLabel { reason }).inc();
@@ -304,5 +315,67 @@ impl GatewayMetrics {
         } else {
             self.open_connections.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The run store's metrics, read at each scrape (the store keeps its own counters).
+#[derive(Debug)]
+struct StoreCollector(SqlStore);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let h = self.0.health();
+        let gauges: [(&str, &str, i64); 2] = [
+            (
+                "store_up",
+                "Run store: 1 while the last write or heartbeat reached the database",
+                i64::from(h.up),
+            ),
+            (
+                "store_buffered_writes",
+                "Run store: events waiting to be written",
+                i64::try_from(h.buffered).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = Gauge::<i64>::default();
+            g.set(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let counters: [(&str, &str, u64); 4] = [
+            (
+                "store_batches",
+                "Run store: write batches committed (one transaction each)",
+                h.batches,
+            ),
+            (
+                "store_write_errors",
+                "Run store: failed batch writes (each retried with backoff)",
+                h.write_errors,
+            ),
+            (
+                "store_events_not_stored",
+                "Run store: events not stored (buffer full or refused); recorded as gaps",
+                h.events_dropped,
+            ),
+            (
+                "store_runs_interrupted",
+                "Run store: runs of a stopped process or node marked interrupted by this node",
+                h.runs_interrupted,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = Counter::<u64>::default();
+            c.inc_by(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let count = h.batch_latency.iter().map(|(_, n)| n).sum();
+        let mut metric = encoder.encode_descriptor(
+            "store_batch_seconds",
+            "Run store: time to commit one write batch",
+            None,
+            MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<NoLabelSet>(h.batch_latency_sum, count, &h.batch_latency, None)
     }
 }

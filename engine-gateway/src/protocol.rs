@@ -114,6 +114,8 @@ pub enum ErrorCode {
     ClusterUnavailable,
     /// The user holds the most engines allowed (across every node in cluster mode).
     TooManyEngines,
+    /// The run store (the database) cannot be read right now; retry.
+    StoreUnavailable,
 }
 
 impl ErrorCode {
@@ -132,6 +134,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::ClusterUnavailable => "cluster_unavailable",
             Self::TooManyEngines => "too_many_engines",
+            Self::StoreUnavailable => "store_unavailable",
         }
     }
 }

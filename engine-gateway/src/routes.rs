@@ -156,9 +156,14 @@ async fn health(State(gw): State<Gateway>) -> Response {
         Some(cluster) => Some(cluster.ping().await),
         None => None,
     };
+    let store = gw
+        .inner
+        .store
+        .as_ref()
+        .map(engine_factory::RunStore::health);
     let status_text = if shutting {
         "shutting_down"
-    } else if redis_up == Some(false) {
+    } else if redis_up == Some(false) || store.as_ref().is_some_and(|s| !s.up) {
         "degraded"
     } else {
         "ok"
@@ -172,6 +177,15 @@ async fn health(State(gw): State<Gateway>) -> Response {
     if let (Some(cluster), Some(up)) = (&gw.inner.cluster, redis_up) {
         body["node_id"] = json!(cluster.config().node_id());
         body["redis"] = json!(if up { "ok" } else { "unreachable" });
+    }
+    if let Some(h) = store {
+        body["store"] = json!({
+            "backend": h.backend,
+            "status": if h.up { "ok" } else { "unreachable" },
+            "buffered": h.buffered,
+            "write_errors": h.write_errors,
+            "events_not_stored": h.events_dropped,
+        });
     }
     (status, Json(body)).into_response()
 }

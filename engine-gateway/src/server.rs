@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap};
 use engine_core::{AgentRegistry, UserId};
 use engine_factory::{ExecutionEngineFactory, FactoryError};
 use engine_redis::RedisCluster;
+use engine_store::SqlStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, TokenKeys};
@@ -18,6 +19,31 @@ use crate::metrics::GatewayMetrics;
 use crate::protocol::ServerFrame;
 use crate::session::{lock, Outgoing, UserSession};
 use crate::{GatewayConfig, GatewayConfigError};
+
+/// What a gateway keeps beyond its process and shares with other nodes: both optional.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Backends {
+    /// Cluster mode: the Redis link shared with the other nodes.
+    pub cluster: Option<RedisCluster>,
+    /// The run store (SQLite for one node, Postgres for a cluster).
+    pub store: Option<SqlStore>,
+}
+
+impl Backends {
+    /// With the cluster link `cluster`.
+    #[must_use]
+    pub fn with_cluster(mut self, cluster: RedisCluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+    /// With the run store `store`.
+    #[must_use]
+    pub fn with_store(mut self, store: SqlStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+}
 
 /// The gateway: one factory, per-user sessions, the HTTP routes.
 #[derive(Clone)]
@@ -31,6 +57,8 @@ pub(crate) struct Inner {
     pub(crate) factory: ExecutionEngineFactory,
     /// Cluster mode: this node's link to Redis (limits, event streams, remote cancel).
     pub(crate) cluster: Option<RedisCluster>,
+    /// Where runs, events and threads are kept (`None`: in memory only, as before).
+    pub(crate) store: Option<SqlStore>,
     pub(crate) sessions: Mutex<HashMap<UserId, Arc<UserSession>>>,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) shutting_down: AtomicBool,
@@ -56,9 +84,39 @@ impl Gateway {
     /// ([`GatewayConfig::validate`]), [`GatewayError::Factory`] when the factory cannot be
     /// created in this process.
     pub fn new(config: GatewayConfig, registry: AgentRegistry) -> Result<Self, GatewayError> {
+        Self::with_backends(config, registry, Backends::default())
+    }
+
+    /// A gateway whose runs, events and threads are kept in `backends.store` (SQLite or
+    /// Postgres: they survive a restart, and `resume` reads them), and which is a node of
+    /// `backends.cluster`'s Redis cluster when given (see [`clustered`](Self::clustered)).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_backends(
+        config: GatewayConfig,
+        registry: AgentRegistry,
+        backends: Backends,
+    ) -> Result<Self, GatewayError> {
         config.validate(&registry)?;
-        let factory = ExecutionEngineFactory::new(config.factory.clone(), registry)?;
-        Ok(Self::assemble(config, factory, None))
+        let Backends { cluster, store } = backends;
+        let mut seams = cluster
+            .as_ref()
+            .map(RedisCluster::seams)
+            .unwrap_or_default();
+        if let Some(store) = &store {
+            seams = seams.run_store(Arc::new(store.clone()));
+        }
+        let factory = ExecutionEngineFactory::with_seams(config.factory.clone(), registry, seams)?;
+        if let Some(cluster) = &cluster {
+            cluster.serve(&factory);
+        }
+        let clustered = cluster.is_some();
+        let gateway = Self::assemble(config, factory, cluster, store);
+        if clustered {
+            gateway.watch_cluster();
+        }
+        Ok(gateway)
     }
 
     /// A gateway node of a cluster: per-user limits, event streams, resume, cancel and
@@ -73,28 +131,28 @@ impl Gateway {
         registry: AgentRegistry,
         cluster: RedisCluster,
     ) -> Result<Self, GatewayError> {
-        config.validate(&registry)?;
-        let factory =
-            ExecutionEngineFactory::with_seams(config.factory.clone(), registry, cluster.seams())?;
-        cluster.serve(&factory);
-        let gateway = Self::assemble(config, factory, Some(cluster));
-        gateway.watch_cluster();
-        Ok(gateway)
+        Self::with_backends(config, registry, Backends::default().with_cluster(cluster))
     }
 
     fn assemble(
         config: GatewayConfig,
         factory: ExecutionEngineFactory,
         cluster: Option<RedisCluster>,
+        store: Option<SqlStore>,
     ) -> Self {
+        let metrics = GatewayMetrics::new();
+        if let Some(store) = &store {
+            metrics.register_store(store.clone());
+        }
         Self {
             inner: Arc::new(Inner {
+                store,
                 keys: TokenKeys::new(&config.jwt_secret),
                 config,
                 factory,
                 cluster,
                 sessions: Mutex::new(HashMap::new()),
-                metrics: GatewayMetrics::new(),
+                metrics,
                 shutting_down: AtomicBool::new(false),
                 close_connections: CancellationToken::new(),
                 pumps: tokio_util::task::TaskTracker::new(),
@@ -134,6 +192,11 @@ impl Gateway {
                 }
             }
         });
+    }
+
+    /// The run store, when the gateway keeps its runs in a database.
+    pub fn store(&self) -> Option<&SqlStore> {
+        self.inner.store.as_ref()
     }
 
     /// The cluster link, in cluster mode.

@@ -76,6 +76,16 @@ fn the_command_line_helps_and_refuses_bad_input_by_name() {
         ),
         (&["--agent", "nobody"], &[], &["nobody", "assistant"]),
         (&["--log-format", "xml"], &[], &["--log-format", "xml"]),
+        (
+            &["--database-url", "mysql://app:pw@127.0.0.1:1/db"],
+            &[],
+            &["mysql://app:***@127.0.0.1:1/db", "sqlite://", "postgres://"],
+        ),
+        (
+            &["--database-url", "postgres://app:pw@127.0.0.1:1/db"],
+            &[],
+            &["cannot open the database postgres://app:***@127.0.0.1:1/db"],
+        ),
     ];
     for (args, env, words) in cases {
         let (code, out, err) = run_cli(args, env);
@@ -87,7 +97,7 @@ fn the_command_line_helps_and_refuses_bad_input_by_name() {
             );
         }
         assert!(
-            !err.contains("hunter"),
+            !err.contains("hunter") && !err.contains(":pw@"),
             "the secret is never printed: {err}"
         );
     }
@@ -118,6 +128,7 @@ async fn round(round: usize) {
         mut child,
         addr,
         logs: mut lines,
+        data: _data,
     } = common::start_gateway(&[]).await;
     let logs = tokio::spawn(async move {
         let mut all = Vec::new();

@@ -69,6 +69,7 @@ async fn spans_of_requests_and_runs_reach_an_otlp_endpoint() {
         mut child,
         addr,
         logs: mut lines,
+        data: _data,
     } = common::start_gateway(&["--otlp-endpoint", &endpoint]).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 

@@ -501,12 +501,16 @@ impl RunStore for SqlStore {
     fn health(&self) -> StoreHealth {
         let shared = &self.inner.shared;
         let c = &shared.counters;
-        let mut cumulative = 0;
-        let mut batch_latency = Vec::with_capacity(LATENCY_BUCKETS.len());
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&c.latency) {
-            cumulative += count.load(Ordering::Relaxed);
-            batch_latency.push((*bound, cumulative));
-        }
+        // Per bucket, not cumulative; the last bucket is everything above the last bound.
+        let mut batch_latency: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .zip(&c.latency)
+            .map(|(bound, n)| (*bound, n.load(Ordering::Relaxed)))
+            .collect();
+        batch_latency.push((
+            f64::INFINITY,
+            c.latency[LATENCY_BUCKETS.len()].load(Ordering::Relaxed),
+        ));
         let mut health = StoreHealth::default();
         health.up = c.up.load(Ordering::Relaxed);
         health.backend = shared.backend.name();

@@ -18,11 +18,23 @@ pub(crate) struct Running {
     pub(crate) child: Child,
     pub(crate) addr: String,
     pub(crate) logs: Lines<BufReader<ChildStderr>>,
+    /// The data directory of a gateway started without one of its own (removed on drop).
+    pub(crate) data: Option<tempfile::TempDir>,
 }
 
 /// Starts the binary with `extra` flags and waits (30 s at most) for its listening line.
+/// Unless `extra` names a data directory or a database, the gateway keeps its SQLite file in a
+/// temporary directory of its own (never in the source tree, never shared between tests).
 pub(crate) async fn start_gateway(extra: &[&str]) -> Running {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine-gateway"))
+    let own = !extra
+        .iter()
+        .any(|a| *a == "--data-dir" || *a == "--database-url");
+    let data = own.then(|| tempfile::tempdir().expect("a temporary directory"));
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine-gateway"));
+    if let Some(dir) = &data {
+        command.arg("--data-dir").arg(dir.path());
+    }
+    let mut child = command
         .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
         .args(extra)
         .env("GATEWAY_JWT_SECRET", SECRET)
@@ -44,7 +56,12 @@ pub(crate) async fn start_gateway(extra: &[&str]) -> Running {
     })
     .await
     .expect("listening within 30 s");
-    Running { child, addr, logs }
+    Running {
+        child,
+        addr,
+        logs,
+        data,
+    }
 }
 
 /// Sends SIGTERM to the gateway.

@@ -1,0 +1,209 @@
+//! The real binary, durable by default: runs in flight and a pending approval when the process
+//! is killed with SIGKILL; after a restart on the same data directory every run has exactly one
+//! terminal record and event (the in-flight ones `interrupted`), the finished run and the
+//! thread's history are intact, and a client resumes both runs' events from the store.
+
+use std::time::Duration;
+
+use engine_core::UserId;
+use engine_gateway::TokenKeys;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+
+use common::SECRET;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a frame within 30 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+async fn connect(addr: &str, user: &str) -> Ws {
+    let token = TokenKeys::new(SECRET.as_bytes())
+        .issue(&UserId::new(user).unwrap(), 600)
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .expect("upgrade");
+    assert_eq!(next(&mut ws).await["type"], "welcome");
+    ws
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// Sends a message and returns its run id, keeping the frames seen on the way.
+async fn start(ws: &mut Ws, frame: Value, seen: &mut Vec<Value>) -> String {
+    send(ws, frame).await;
+    loop {
+        let f = next(ws).await;
+        if f["type"] == "run_accepted" {
+            return f["run_id"].as_str().unwrap().to_owned();
+        }
+        seen.push(f);
+    }
+}
+
+/// Waits for a frame of `run` matching `pred`.
+async fn wait_for(ws: &mut Ws, run: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    loop {
+        let f = next(ws).await;
+        if f["type"] == "event" && f["run_id"] == run && pred(&f["event"]) {
+            return f;
+        }
+    }
+}
+
+/// Resumes `run` from seq 0 and collects its events up to the terminal one.
+async fn resume_all(ws: &mut Ws, run: &str) -> Vec<Value> {
+    send(ws, json!({"type":"resume","run_id":run,"after_seq":0})).await;
+    let mut events = Vec::new();
+    loop {
+        let f = next(ws).await;
+        assert_ne!(f["type"], "error", "resume answered {f}");
+        assert_ne!(f["type"], "gap", "nothing missing from the store: {f}");
+        if f["type"] == "event" && f["run_id"] == run {
+            let terminal = f["event"]["type"] == "agent_completed";
+            events.push(f["event"].clone());
+            if terminal {
+                return events;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_restarts_with_every_run_ended_once_and_the_history_intact() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    let mut gw = common::start_gateway(&["--data-dir", &dir]).await;
+    let mut ws = connect(&gw.addr, "alice").await;
+    let mut seen = Vec::new();
+    // A run that finishes, then one waiting for approval, then a slow one, on three threads.
+    let done = start(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t-done","text":"what is 6 * 7?"}),
+        &mut seen,
+    )
+    .await;
+    wait_for(&mut ws, &done, |e| e["type"] == "agent_completed").await;
+    let waiting = start(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t-approve","text":"please remember: what is 2 + 2?"}),
+        &mut seen,
+    )
+    .await;
+    wait_for(&mut ws, &waiting, |e| e["type"] == "approval_requested").await;
+    let slow = start(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t-slow","text":"600000","agent":"waiter"}),
+        &mut seen,
+    )
+    .await;
+    wait_for(&mut ws, &slow, |e| e["type"] == "agent_thinking").await;
+    // Give the write-behind a moment (the runs' acceptance and first events), then SIGKILL.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.child.start_kill().unwrap();
+    gw.child.wait().await.unwrap();
+    drop(ws);
+
+    for restart in 0..2 {
+        let gw = common::start_gateway(&["--data-dir", &dir]).await;
+        let mut ws = connect(&gw.addr, "alice").await;
+        let finished = resume_all(&mut ws, &done).await;
+        let last = finished.last().unwrap();
+        assert_eq!(last["status"], "completed", "restart {restart}");
+        assert!(last["result"].as_str().unwrap().contains("42"), "{last}");
+        let deltas: String = finished
+            .iter()
+            .filter(|e| e["type"] == "answer_delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            deltas,
+            last["result"].as_str().unwrap(),
+            "the stored deltas add up"
+        );
+        for run in [&waiting, &slow] {
+            let events = resume_all(&mut ws, run).await;
+            let terminal: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["type"] == "agent_completed")
+                .collect();
+            assert_eq!(terminal.len(), 1, "one terminal event ({restart})");
+            assert_eq!(terminal[0]["status"], "interrupted", "{}", terminal[0]);
+            assert_eq!(events[0]["type"], "agent_started");
+        }
+        // Another user resumes none of alice's runs.
+        let mut bob = connect(&gw.addr, "bob").await;
+        send(
+            &mut bob,
+            json!({"type":"resume","run_id":done,"after_seq":0}),
+        )
+        .await;
+        let f = next(&mut bob).await;
+        assert_eq!(f["type"], "error", "{f}");
+        assert_eq!(f["code"], "unknown_run", "{f}");
+        // The health check names the store.
+        let (status, _, body) = common::http_get(&gw.addr, "/healthz", "").await;
+        assert_eq!(status, 200, "{body}");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["store"]["backend"], "sqlite", "{health}");
+        common::terminate(&gw.child);
+        let mut child = gw.child;
+        tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("a graceful exit")
+            .unwrap();
+    }
+
+    // The records, read straight from the file.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dir}/gateway.db"))
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT run_id, status FROM runs WHERE user_id = 'alice' ORDER BY run_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (run, status) in &rows {
+        let want = if *run == done {
+            "completed"
+        } else {
+            "interrupted"
+        };
+        assert_eq!(status, want, "{run}");
+    }
+    let pending: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0, "the pending approval ended with its run");
+    let messages: Vec<(String, String)> = sqlx::query_as(
+        "SELECT role, content FROM messages WHERE user_id = 'alice' AND thread_id = 't-done' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0], ("user".into(), "what is 6 * 7?".into()));
+    assert_eq!(messages[1].0, "assistant");
+}
