@@ -13,7 +13,9 @@ use engine_factory::Durability;
 use engine_factory::FactoryConfig;
 use engine_gateway::demo::{demo_registry, model_registry};
 use engine_gateway::{Backends, Gateway, GatewayConfig};
-use engine_llm::{ApiKey, HistoryStore, InMemoryHistory, LlmAgentKit, LlmConfig, RedisHistory};
+use engine_llm::{
+    ApiKey, HistoryStore, InMemoryHistory, LlmAgentKit, LlmConfig, RedisHistory, StoreHistory,
+};
 use engine_redis::{ClusterConfig, RedisCluster};
 use engine_store::{SqlStore, StoreConfig};
 
@@ -263,6 +265,36 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// The served agents: the demo's, or a model assistant whose thread history is the run store's
+/// thread messages (with a store), the cluster's Redis (a cluster without one), or memory.
+fn registry(
+    args: &Args,
+    cluster: Option<&RedisCluster>,
+    store: Option<&SqlStore>,
+) -> Result<engine_core::AgentRegistry, String> {
+    let (Some(url), Some(model)) = (&args.llm_base_url, &args.llm_model) else {
+        return Ok(demo_registry());
+    };
+    let mut llm = LlmConfig::new(url.clone(), model.clone())
+        .with_system_prompt(args.llm_system_prompt.clone());
+    if let Some(key) = ApiKey::from_env("LLM_API_KEY") {
+        llm = llm.with_api_key(key);
+    }
+    let history: Arc<dyn HistoryStore> = match (store, cluster) {
+        (Some(store), _) => Arc::new(StoreHistory::new(Arc::new(store.clone()))),
+        // A thread's history shared by every node, under its user's keys.
+        (None, Some(c)) => Arc::new(RedisHistory::new(
+            c,
+            100,
+            Duration::from_secs(7 * 24 * 3600),
+        )),
+        (None, None) => Arc::new(InMemoryHistory::default()),
+    };
+    let kit =
+        LlmAgentKit::with_history(llm, history).map_err(|e| format!("--llm-base-url: {e}"))?;
+    Ok(model_registry(kit))
+}
+
 /// The run store the flags ask for (`None`: `memory`). A cluster needs a database every node
 /// shares: SQLite is refused with `--redis-url`.
 async fn open_store(
@@ -341,34 +373,16 @@ async fn run(args: Args) -> Result<(), String> {
             Some(cluster)
         }
     };
-    let registry = match (&args.llm_base_url, &args.llm_model) {
-        (Some(url), Some(model)) => {
-            let mut llm = LlmConfig::new(url.clone(), model.clone())
-                .with_system_prompt(args.llm_system_prompt.clone());
-            if let Some(key) = ApiKey::from_env("LLM_API_KEY") {
-                llm = llm.with_api_key(key);
-            }
-            // In cluster mode a thread's history is shared by every node, under its user's keys.
-            let history: Arc<dyn HistoryStore> = match &cluster {
-                Some(c) => Arc::new(RedisHistory::new(
-                    c,
-                    100,
-                    Duration::from_secs(7 * 24 * 3600),
-                )),
-                None => Arc::new(InMemoryHistory::default()),
-            };
-            let kit = LlmAgentKit::with_history(llm, history)
-                .map_err(|e| format!("--llm-base-url: {e}"))?;
-            tracing::info!(base_url = %url, model = %model, "the assistant is answered by a model");
-            model_registry(kit)
-        }
-        _ => demo_registry(),
-    };
-    // Bad flags are reported before any file is created.
+    // Bad flags are reported before any file is created: the registry is checked first with
+    // in-memory history, then built again on the store's thread messages once it is open.
     config
-        .validate(&registry)
+        .validate(&registry(&args, cluster.as_ref(), None)?)
         .map_err(|e| format!("invalid configuration: {e}"))?;
     let store = open_store(&args, cluster.as_ref()).await?;
+    let registry = registry(&args, cluster.as_ref(), store.as_ref())?;
+    if args.llm_base_url.is_some() {
+        tracing::info!(base_url = ?args.llm_base_url, model = ?args.llm_model, "the assistant is answered by a model");
+    }
     let mut backends = Backends::default();
     if let Some(cluster) = cluster {
         backends = backends.with_cluster(cluster);

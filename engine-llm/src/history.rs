@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 
 use engine_core::{ThreadId, UserId};
+use engine_factory::{Role, RunStore};
 use serde::{Deserialize, Serialize};
 
 /// A boxed future, as the store trait returns them.
@@ -62,12 +63,25 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// History in this process: per user, per thread, the last `keep` turns of at most
-/// `max_threads` threads (the thread used longest ago is dropped first).
+/// `max_threads` threads (the thread used longest ago is dropped first), for at most
+/// `max_users` users and `max_bytes` bytes of text in all (the user whose history was used
+/// longest ago is forgotten first).
 #[derive(Debug)]
 pub struct InMemoryHistory {
     keep: usize,
     max_threads: usize,
-    users: Mutex<HashMap<UserId, UserThreads>>,
+    max_users: usize,
+    max_bytes: usize,
+    state: Mutex<Users>,
+}
+
+#[derive(Debug, Default)]
+struct Users {
+    users: HashMap<UserId, UserThreads>,
+    /// Bytes of text held, over all users.
+    bytes: usize,
+    /// Ticks of use, for the least recently used user.
+    clock: u64,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +89,14 @@ struct UserThreads {
     /// Threads, most recently used last.
     order: VecDeque<ThreadId>,
     turns: HashMap<ThreadId, VecDeque<Turn>>,
+    /// Bytes of text held for this user.
+    bytes: usize,
+    /// The clock at this user's last append.
+    used: u64,
+}
+
+fn turn_bytes(turn: &Turn) -> usize {
+    turn.user.len() + turn.assistant.len()
 }
 
 impl Default for InMemoryHistory {
@@ -84,12 +106,48 @@ impl Default for InMemoryHistory {
 }
 
 impl InMemoryHistory {
-    /// Keeps `keep` turns per thread and `max_threads` threads per user.
+    /// Keeps `keep` turns per thread and `max_threads` threads per user, for at most 10,000
+    /// users and 256 MiB of text (see [`with_bounds`](Self::with_bounds)).
     pub fn new(keep: usize, max_threads: usize) -> Self {
         Self {
             keep: keep.max(1),
             max_threads: max_threads.max(1),
-            users: Mutex::new(HashMap::new()),
+            max_users: 10_000,
+            max_bytes: 256 << 20,
+            state: Mutex::new(Users::default()),
+        }
+    }
+
+    /// At most `max_users` users and `max_bytes` bytes of text: past either, the users whose
+    /// history was used longest ago are forgotten.
+    #[must_use]
+    pub fn with_bounds(mut self, max_users: usize, max_bytes: usize) -> Self {
+        self.max_users = max_users.max(1);
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Users and bytes of text held now.
+    pub fn footprint(&self) -> (usize, usize) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (state.users.len(), state.bytes)
+    }
+}
+
+impl Users {
+    /// Forgets least recently used users (never `keep`) until within the bounds.
+    fn evict(&mut self, max_users: usize, max_bytes: usize, keep: &UserId) {
+        while self.users.len() > max_users || self.bytes > max_bytes {
+            let oldest = self
+                .users
+                .iter()
+                .filter(|(u, _)| *u != keep)
+                .min_by_key(|(_, t)| t.used)
+                .map(|(u, _)| u.clone());
+            let Some(oldest) = oldest else { return };
+            if let Some(gone) = self.users.remove(&oldest) {
+                self.bytes -= gone.bytes;
+            }
         }
     }
 }
@@ -101,8 +159,9 @@ impl HistoryStore for InMemoryHistory {
         thread: &'a ThreadId,
         turns: usize,
     ) -> BoxFuture<'a, Result<Vec<Turn>, HistoryError>> {
-        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = users
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = state
+            .users
             .get(user)
             .and_then(|u| u.turns.get(thread))
             .map(|t| {
@@ -121,20 +180,92 @@ impl HistoryStore for InMemoryHistory {
         thread: &'a ThreadId,
         turn: Turn,
     ) -> BoxFuture<'a, Result<(), HistoryError>> {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = users.entry(user.clone()).or_default();
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        state.clock += 1;
+        let mine = state.users.entry(user.clone()).or_default();
+        mine.used = state.clock;
+        let before = mine.bytes;
         mine.order.retain(|t| t != thread);
         mine.order.push_back(thread.clone());
         while mine.order.len() > self.max_threads {
             if let Some(old) = mine.order.pop_front() {
-                mine.turns.remove(&old);
+                if let Some(dropped) = mine.turns.remove(&old) {
+                    mine.bytes -= dropped.iter().map(turn_bytes).sum::<usize>();
+                }
             }
         }
         let turns = mine.turns.entry(thread.clone()).or_default();
+        mine.bytes += turn_bytes(&turn);
         turns.push_back(turn);
         while turns.len() > self.keep {
-            turns.pop_front();
+            if let Some(old) = turns.pop_front() {
+                mine.bytes -= turn_bytes(&old);
+            }
         }
+        let after = mine.bytes;
+        state.bytes = state.bytes + after - before;
+        state.evict(self.max_users, self.max_bytes, user);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// History read from the run store's thread messages (`engine_store::SqlStore` or any
+/// [`RunStore`]): the store records each run's input and answer itself, so a model remembers a
+/// thread across restarts and on every node sharing the database. [`append`](HistoryStore::append)
+/// has nothing to do.
+#[derive(Debug, Clone)]
+pub struct StoreHistory {
+    store: std::sync::Arc<dyn RunStore>,
+}
+
+impl StoreHistory {
+    /// History from `store` (the factory's run store).
+    pub fn new(store: std::sync::Arc<dyn RunStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl HistoryStore for StoreHistory {
+    fn load<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+        turns: usize,
+    ) -> BoxFuture<'a, Result<Vec<Turn>, HistoryError>> {
+        Box::pin(async move {
+            if turns == 0 {
+                return Ok(Vec::new());
+            }
+            let messages = self
+                .store
+                .thread_messages(user, thread, turns.saturating_mul(2).saturating_add(1))
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            // A turn is a run's input followed by its answer; a run without an answer (still
+            // going, as the one asking now, or failed) is not a turn.
+            let mut found: Vec<Turn> = messages
+                .windows(2)
+                .filter(|w| {
+                    w[0].role == Role::User
+                        && w[1].role == Role::Assistant
+                        && w[0].run_id == w[1].run_id
+                })
+                .map(|w| Turn::new(w[0].content.clone(), w[1].content.clone()))
+                .collect();
+            let extra = found.len().saturating_sub(turns);
+            found.drain(..extra);
+            Ok(found)
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        _user: &'a UserId,
+        _thread: &'a ThreadId,
+        _turn: Turn,
+    ) -> BoxFuture<'a, Result<(), HistoryError>> {
+        // The store records the run's input and answer as the run is accepted and ends.
         Box::pin(std::future::ready(Ok(())))
     }
 }

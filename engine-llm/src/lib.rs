@@ -62,4 +62,4 @@ pub use config::{ApiKey, LlmConfig, LlmConfigError};
 pub use error::LlmError;
 #[cfg(feature = "redis")]
 pub use history::RedisHistory;
-pub use history::{BoxFuture, HistoryError, HistoryStore, InMemoryHistory, Turn};
+pub use history::{BoxFuture, HistoryError, HistoryStore, InMemoryHistory, StoreHistory, Turn};
