@@ -339,7 +339,10 @@ async fn open_store(
         config = config.with_node_id(node);
     }
     let store = SqlStore::open(config).await.map_err(|e| e.to_string())?;
-    tracing::info!(backend = store.backend(), database = %store.url_redacted(), "runs, events and threads are kept in {}", store.url_redacted());
+    tracing::info!(
+        "runs, events and threads are kept in {}",
+        store.url_redacted()
+    );
     Ok(Some(store))
 }
 
