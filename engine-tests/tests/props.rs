@@ -5,15 +5,21 @@
 //! engines never exceed the limit and match what the caller holds; no event reaches another
 //! user; another user's approval is refused; every started run has exactly one terminal event,
 //! and its events pass `check_run` (sub-agents nested and ended before it, approvals inside
-//! their calls, deltas adding up).
+//! their calls, deltas adding up). The same sequences with a SQLite run store on: the store
+//! holds every started run with one end and exactly the run's own events, one terminal event
+//! each, and no read of one user reaches another user's runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use engine_core::{
     ApprovalDecision, EngineError, MultitaskPolicy, Pipeline, PipelineStep, RunHandle, RunId,
     RunOptions, UserExecutionContext, UserExecutionEngine, UserId,
 };
-use engine_factory::{EngineHandle, ExecutionEngineFactory, FactoryConfig, FactoryError};
+use engine_factory::{
+    EngineHandle, ExecutionEngineFactory, FactoryConfig, FactoryError, RunStore, Seams,
+};
+use engine_store::{SqlStore, StoreConfig};
 use engine_tests::{by_run, check_run, drain, script_registry};
 use proptest::prelude::*;
 
@@ -75,15 +81,20 @@ fn user(u: usize) -> String {
     format!("prop-user-{u}")
 }
 
-async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run_ops(ops: Vec<Op>, store: Option<SqlStore>) -> Result<(), TestCaseError> {
     let (registry, _) = script_registry();
-    let f = ExecutionEngineFactory::new(
+    let seams = match &store {
+        Some(store) => Seams::default().run_store(Arc::new(store.clone())),
+        None => Seams::default(),
+    };
+    let f = ExecutionEngineFactory::with_seams(
         FactoryConfig::builder()
             .max_engines_per_user(LIMIT)
             .subscriber_buffer(4096)
             .build()
             .unwrap(),
         registry,
+        seams,
     )
     .expect("factory");
     let mut subs: Vec<_> = (0..USERS)
@@ -241,6 +252,53 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
             check_run(stream).map_err(TestCaseError::fail)?;
         }
     }
+    if let Some(store) = store {
+        check_store(&store, &started).await?;
+    }
+    Ok(())
+}
+
+/// The store after the sequence: every started run of each user ended once, with its own
+/// events (one terminal event, last), and invisible to every other user.
+async fn check_store(store: &SqlStore, started: &[Vec<RunId>]) -> Result<(), TestCaseError> {
+    store.flush().await;
+    for (u, runs) in started.iter().enumerate() {
+        let me = UserId::new(user(u)).unwrap();
+        for run in runs {
+            let record = store.run(&me, run).await.unwrap();
+            let record =
+                record.ok_or_else(|| TestCaseError::fail(format!("no record of {run}")))?;
+            prop_assert!(record.status.is_some(), "{run} never ended in the store");
+            let stored = store
+                .events_after(&me, run, 0, 10_000)
+                .await
+                .unwrap()
+                .unwrap();
+            prop_assert!(stored
+                .events
+                .iter()
+                .all(|e| e.user_id == me && e.run_id == *run));
+            let terminal = stored
+                .events
+                .iter()
+                .filter(|e| e.event.is_terminal())
+                .count();
+            prop_assert_eq!(terminal, 1, "one stored terminal event for {}", run);
+            prop_assert!(stored.events.last().is_some_and(|e| e.event.is_terminal()));
+            for other in (0..USERS).filter(|o| *o != u) {
+                let them = UserId::new(user(other)).unwrap();
+                prop_assert!(
+                    store.run(&them, run).await.unwrap().is_none(),
+                    "{run} readable by user {other}"
+                );
+                prop_assert!(store
+                    .events_after(&them, run, 0, 10)
+                    .await
+                    .unwrap()
+                    .is_none());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -251,7 +309,23 @@ proptest! {
     fn random_operation_sequences_keep_every_invariant(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), run_ops(ops)).await
+            tokio::time::timeout(Duration::from_secs(30), run_ops(ops, None)).await
+                .map_err(|_| TestCaseError::fail("operation sequence hung"))?
+        })?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operation_sequences_keep_every_invariant_with_a_run_store(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("props.db").display());
+        rt.block_on(async {
+            let store = SqlStore::open(StoreConfig::new(url)).await.expect("the store opens");
+            tokio::time::timeout(Duration::from_secs(30), run_ops(ops, Some(store))).await
                 .map_err(|_| TestCaseError::fail("operation sequence hung"))?
         })?;
     }

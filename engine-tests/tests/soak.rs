@@ -6,10 +6,12 @@
 //! Size and seed: `SOAK_USERS` (default 1000), `SOAK_RUNS` (default 10), `SOAK_SEED`
 //! (default 7), e.g. `SOAK_USERS=10000 cargo test -p engine-tests --release --test soak`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use engine_core::{RunStatus, UserExecutionContext, UserId};
-use engine_factory::{ExecutionEngineFactory, FactoryConfig};
+use engine_core::{EventEnvelope, RunOutcome, RunStatus, UserExecutionContext, UserId};
+use engine_factory::{ExecutionEngineFactory, FactoryConfig, RunStore, Seams};
+use engine_store::{SqlStore, StoreConfig};
 use engine_tests::{by_run, check_run, drain, script_registry, terminal_status};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -47,20 +49,50 @@ fn quiet_soak_panics() {
 
 #[test]
 fn soak_many_users_random_fates_nothing_leaks() {
+    soak(
+        env("SOAK_USERS", 1000) as usize,
+        env("SOAK_RUNS", 10) as usize,
+        false,
+    );
+}
+
+/// The same with a SQLite run store on (fewer users: every event is also written): what the
+/// store holds of each run is exactly what its user received live, and its record's status is
+/// the run's outcome.
+#[test]
+fn soak_with_a_run_store_keeps_exactly_what_each_user_saw() {
+    soak(
+        env("SOAK_STORE_USERS", 300) as usize,
+        env("SOAK_RUNS", 10) as usize,
+        true,
+    );
+}
+
+fn soak(users: usize, runs: usize, with_store: bool) {
     quiet_soak_panics();
-    let users = env("SOAK_USERS", 1000) as usize;
-    let runs = env("SOAK_RUNS", 10) as usize;
     let seed = env("SOAK_SEED", 7);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let dir = tempfile::tempdir().unwrap();
     rt.block_on(async move {
         let (registry, _) = script_registry();
-        let factory = ExecutionEngineFactory::new(
+        let store = if with_store {
+            let url = format!("sqlite://{}", dir.path().join("soak.db").display());
+            Some(SqlStore::open(StoreConfig::new(url)).await.expect("the store opens"))
+        } else {
+            None
+        };
+        let seams = match &store {
+            Some(store) => Seams::default().run_store(Arc::new(store.clone())),
+            None => Seams::default(),
+        };
+        let factory = ExecutionEngineFactory::with_seams(
             FactoryConfig::builder().subscriber_buffer(1024).build().unwrap(),
             registry,
+            seams,
         ).expect("factory");
         let tasks: Vec<_> = (0..users)
             .map(|u| {
@@ -112,8 +144,14 @@ fn soak_many_users_random_fates_nothing_leaks() {
             })
             .collect();
         let mut total = 0;
+        if let Some(store) = &store {
+            store.flush().await;
+        }
         for t in tasks {
             let (uid, expected, events) = t.await.unwrap();
+            if let Some(store) = &store {
+                check_stored(store, &uid, &expected, &events).await;
+            }
             assert!(events.iter().all(|e| e.user_id == uid), "event crossed into {uid}");
             let per_run = by_run(&events);
             assert_eq!(per_run.len(), expected.len(), "{uid}: one stream per run");
@@ -140,5 +178,37 @@ fn soak_many_users_random_fates_nothing_leaks() {
         assert_eq!((m.hub_users, m.subscribers), (0, 0), "hub state left behind: {m:?}");
         assert_eq!(m.engines_created, users as u64);
         assert_eq!(m.engines_cleaned, users as u64);
+        if let Some(store) = &store {
+            assert_eq!(store.health().events_dropped, 0, "every event was stored");
+        }
     });
+}
+
+/// Each run of `uid` in the store: exactly the events `uid` received, and the outcome's status.
+async fn check_stored(
+    store: &SqlStore,
+    uid: &UserId,
+    expected: &[(RunOutcome, Fate)],
+    events: &[EventEnvelope],
+) {
+    store.flush().await;
+    let per_run = by_run(events);
+    for (out, _) in expected {
+        let record = store
+            .run(uid, &out.run_id)
+            .await
+            .unwrap()
+            .expect("a record");
+        assert_eq!(record.status, Some(out.status()), "{uid} {}", out.run_id);
+        let stored = store
+            .events_after(uid, &out.run_id, 0, 100_000)
+            .await
+            .unwrap()
+            .expect("the user's run");
+        assert_eq!(
+            stored.events, per_run[&out.run_id],
+            "{uid} {}: stored = received",
+            out.run_id
+        );
+    }
 }
