@@ -202,6 +202,15 @@ impl Gateway {
                 (None, None) => Err(no_run_to_resume(run)),
             };
         };
+        // A run that ended is whole in the store (its events were queued before its end); one
+        // that ended `interrupted` (its node died) has its terminal event only there.
+        if let Some(store) = store {
+            if let Ok(Some(record)) = store.run(&session.user, run).await {
+                if record.status.is_some() {
+                    return resume_from_store(&**store, &session.user, run, after_seq).await;
+                }
+            }
+        }
         let replayed = match (bus.replay(&session.user, run, after_seq).await, store) {
             (Ok(Some(replayed)), _) => replayed,
             // Not (or no longer) in the user's stream, or Redis is down: the store has it.

@@ -104,6 +104,11 @@ struct Args {
     /// SQLite file in `--data-dir` on one node; `memory` in cluster mode.
     #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// With a shared database (Postgres): how long after a node's last heartbeat its
+    /// unfinished runs are marked `interrupted` by another node, in milliseconds (each node
+    /// beats every fifth of it).
+    #[arg(long, env = "GATEWAY_NODE_LEASE_MS", default_value_t = 10_000)]
+    node_lease_ms: u64,
     /// When a run's terminal record is committed: `batch` (before the run is reported ended)
     /// or `sync` (before its terminal event is sent to anyone).
     #[arg(long, env = "GATEWAY_DURABILITY", value_enum, default_value_t = DurabilityArg::Batch)]
@@ -331,10 +336,13 @@ async fn open_store(
     let node_id = cluster
         .map(|c| c.config().node_id().to_owned())
         .or_else(|| args.node_id.clone());
-    let mut config = StoreConfig::new(url).with_durability(match args.durability {
-        DurabilityArg::Batch => Durability::Batch,
-        DurabilityArg::Sync => Durability::Sync,
-    });
+    let lease = Duration::from_millis(args.node_lease_ms.max(100));
+    let mut config = StoreConfig::new(url)
+        .with_durability(match args.durability {
+            DurabilityArg::Batch => Durability::Batch,
+            DurabilityArg::Sync => Durability::Sync,
+        })
+        .with_node_lease(lease / 5, lease);
     if let Some(node) = node_id {
         config = config.with_node_id(node);
     }

@@ -188,9 +188,19 @@ async fn heartbeat_loop(shared: std::sync::Weak<Shared>, period: Duration, sweep
             heartbeat(&shared).await?;
             interrupt(&shared, sweep).await
         };
-        if let Err(e) = beat.await {
-            shared.counters.up.store(false, Ordering::Relaxed);
-            tracing::warn!(error = %cause_of(&e), "run store heartbeat failed; retrying at the next beat");
+        // The heartbeat says whether the database answers, both ways: an idle writer has
+        // nothing to prove it with, and a beat that failed while the database was away must
+        // not leave the store `down` once it is back.
+        match beat.await {
+            Ok(_) => {
+                if !shared.counters.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("run store heartbeat answered again");
+                }
+            }
+            Err(e) => {
+                shared.counters.up.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %cause_of(&e), "run store heartbeat failed; retrying at the next beat");
+            }
         }
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{ctx, factory, stored_events};
 use engine_core::{AgentEvent, RunStatus, ThreadId, UserId};
-use engine_factory::{Durability, Role, RunStore};
-use engine_store::{OpenError, SqlStore, StoreConfig, INTERRUPTED};
+use engine_factory::{Durability, RunStore};
+use engine_store::{OpenError, SqlStore, StoreConfig};
 
 fn url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("gateway.db").display())
@@ -24,105 +24,7 @@ async fn open(dir: &tempfile::TempDir, node: &str) -> SqlStore {
 async fn runs_threads_and_events_are_kept_and_read_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, "n1").await;
-    let factory = factory(&store);
-    let alice = UserId::new("alice").unwrap();
-    let mut live = factory.subscribe(&alice);
-    let handle = factory.create_for_user(&ctx("alice", "t1", "r1")).unwrap();
-    let mut runs = Vec::new();
-    for (i, text) in ["hello there", "how are you", "bye now"].iter().enumerate() {
-        let c = ctx("alice", "t1", &format!("run-{i}"));
-        let outcome = handle.execute(&c, "talker", *text).await.unwrap();
-        assert_eq!(outcome.result(), Some(format!("echo: {text}").as_str()));
-        runs.push(c);
-    }
-    let bob = factory.create_for_user(&ctx("bob", "t9", "rb")).unwrap();
-    let bob_run = ctx("bob", "t9", "bob-run");
-    bob.execute(&bob_run, "talker", "secret of bob")
-        .await
-        .unwrap();
-    store.flush().await;
-
-    // The run records, ended, in order.
-    let records = store
-        .thread_runs(&alice, &ThreadId::new("t1").unwrap())
-        .await
-        .unwrap();
-    assert_eq!(records.len(), 3);
-    for (record, c) in records.iter().zip(&runs) {
-        assert_eq!(record.run_id, *c.run_id());
-        assert_eq!(record.status, Some(RunStatus::Completed));
-        assert_eq!(record.agent_name, "talker");
-        assert_eq!(record.node_id, "n1");
-        assert!(record.ended_at_us.unwrap() >= record.accepted_at_us);
-    }
-    // The thread's messages: each input, then its answer.
-    let messages = store
-        .thread_messages(&alice, &ThreadId::new("t1").unwrap(), 100)
-        .await
-        .unwrap();
-    let texts: Vec<(Role, &str)> = messages
-        .iter()
-        .map(|m| (m.role, m.content.as_str()))
-        .collect();
-    assert_eq!(
-        texts,
-        vec![
-            (Role::User, "hello there"),
-            (Role::Assistant, "echo: hello there"),
-            (Role::User, "how are you"),
-            (Role::Assistant, "echo: how are you"),
-            (Role::User, "bye now"),
-            (Role::Assistant, "echo: bye now"),
-        ]
-    );
-    let last_two = store
-        .thread_messages(&alice, &ThreadId::new("t1").unwrap(), 2)
-        .await
-        .unwrap();
-    assert_eq!(last_two[1].content, "echo: bye now");
-    assert_eq!(last_two[0].content, "bye now");
-
-    // Every event as delivered live, read back equal (ids, seq, timestamps, payloads).
-    let mut delivered = Vec::new();
-    while let Some(e) = live.try_recv() {
-        delivered.push(e);
-    }
-    let mut stored = Vec::new();
-    for c in &runs {
-        stored.extend(stored_events(&store, c).await);
-    }
-    assert_eq!(stored, delivered);
-    assert!(stored.iter().filter(|e| e.event.is_terminal()).count() == 3);
-
-    // Threads: alice sees hers only; bob's rows are not there for her, by any read.
-    let threads = store.threads(&alice, 10, None).await.unwrap();
-    assert_eq!(threads.len(), 1);
-    assert_eq!(threads[0].thread_id.as_str(), "t1");
-    assert_eq!(threads[0].run_count, 3);
-    assert_eq!(threads[0].preview.as_deref(), Some("echo: bye now"));
-    assert!(store.run(&alice, bob_run.run_id()).await.unwrap().is_none());
-    assert!(store
-        .events_after(&alice, bob_run.run_id(), 0, 100)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .thread_messages(&alice, bob_run.thread_id(), 100)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(store
-        .thread_runs(&alice, bob_run.thread_id())
-        .await
-        .unwrap()
-        .is_empty());
-    let bobs = store
-        .run(bob_run.user_id(), bob_run.run_id())
-        .await
-        .unwrap();
-    assert_eq!(bobs.unwrap().input, "secret of bob");
-    drop((handle, bob));
-    factory.shutdown().await;
+    common::runs_threads_and_events_read_back(&store, "n1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,30 +130,7 @@ async fn after_the_crash(dir: &tempfile::TempDir, in_flight: &[engine_core::User
     let store = open(dir, "next-node").await;
     assert_eq!(store.health().runs_interrupted, 3);
     for c in in_flight {
-        let record = store.run(c.user_id(), c.run_id()).await.unwrap().unwrap();
-        assert_eq!(
-            record.status,
-            Some(RunStatus::Interrupted),
-            "{}",
-            c.run_id()
-        );
-        assert_eq!(record.error.as_deref(), Some(INTERRUPTED));
-        let events = stored_events(&store, c).await;
-        let terminal: Vec<_> = events.iter().filter(|e| e.event.is_terminal()).collect();
-        assert_eq!(terminal.len(), 1, "one terminal event");
-        assert_eq!(
-            terminal[0].seq,
-            events.last().unwrap().seq,
-            "and it is last"
-        );
-        assert_eq!(terminal[0].seq, events.len() as u64, "contiguous seq");
-        assert!(matches!(
-            terminal[0].event,
-            AgentEvent::AgentCompleted {
-                status: RunStatus::Interrupted,
-                ..
-            }
-        ));
+        common::assert_interrupted_once(&store, c).await;
     }
     let finished = store
         .run(
@@ -294,78 +173,14 @@ async fn sqlx_pool(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
 async fn adversarial_ids_are_stored_and_read_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, "n1").await;
-    let factory = factory(&store);
-    let users = [
-        "o'brien",
-        "100%_sure\\",
-        "\"quoted\" user",
-        "ユーザー🙂",
-        "a_b%c",
-        "x' OR '1'='1",
-    ];
-    for (i, user) in users.iter().enumerate() {
-        let thread = format!("thr'ead_%{i}\\");
-        let c = ctx(user, &thread, &format!("run'%_\\{i}"));
-        let handle = factory.create_for_user(&c).unwrap();
-        handle
-            .execute(&c, "talker", &format!("text of {user}"))
-            .await
-            .unwrap();
-        drop(handle);
-    }
-    store.flush().await;
-    for (i, user) in users.iter().enumerate() {
-        let user_id = UserId::new(*user).unwrap();
-        let threads = store.threads(&user_id, 10, None).await.unwrap();
-        assert_eq!(threads.len(), 1, "{user}: only its own thread");
-        assert_eq!(threads[0].thread_id.as_str(), format!("thr'ead_%{i}\\"));
-        let runs = store
-            .thread_runs(&user_id, &threads[0].thread_id)
-            .await
-            .unwrap();
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].input, format!("text of {user}"));
-        let events = store
-            .events_after(&user_id, &runs[0].run_id, 0, 100)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(events.events.iter().all(|e| e.user_id == user_id));
-    }
-    // `a_b%c` must not match `a%b...` as a LIKE pattern would, nor another user's rows.
-    let wildcard = UserId::new("a%").unwrap();
-    assert!(store.threads(&wildcard, 10, None).await.unwrap().is_empty());
-    factory.shutdown().await;
+    common::adversarial_ids_read_back(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threads_page_most_recent_first_with_a_cursor() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, "n1").await;
-    let factory = factory(&store);
-    let c = ctx("frank", "t0", "r");
-    let handle = factory.create_for_user(&c).unwrap();
-    for i in 0..7 {
-        let run = ctx("frank", &format!("t{i}"), &format!("r{i}"));
-        handle.execute(&run, "talker", "hi").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    store.flush().await;
-    let frank = UserId::new("frank").unwrap();
-    let mut seen = Vec::new();
-    let mut cursor: Option<ThreadId> = None;
-    loop {
-        let page = store.threads(&frank, 3, cursor.as_ref()).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        assert!(page.len() <= 3);
-        cursor = page.last().map(|t| t.thread_id.clone());
-        seen.extend(page.into_iter().map(|t| t.thread_id.to_string()));
-    }
-    assert_eq!(seen, ["t6", "t5", "t4", "t3", "t2", "t1", "t0"]);
-    drop(handle);
-    factory.shutdown().await;
+    common::threads_page_most_recent_first(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use engine_core::{
-    async_trait, Agent, AgentRegistry, BoxError, EngineConfig, EventEnvelope, RunContext, Tool,
-    ToolContext, UserExecutionContext,
+    async_trait, Agent, AgentEvent, AgentRegistry, BoxError, EngineConfig, EventEnvelope,
+    RunContext, RunStatus, ThreadId, Tool, ToolContext, UserExecutionContext, UserId,
 };
-use engine_factory::{ExecutionEngineFactory, FactoryConfig, RunStore, Seams};
-use engine_store::SqlStore;
+use engine_factory::{ExecutionEngineFactory, FactoryConfig, Role, RunStore, Seams};
+use engine_store::{SqlStore, INTERRUPTED};
 use serde_json::{json, Value};
 
 /// Thinks, streams its answer word by word, and answers `echo: <input>`.
@@ -117,4 +117,217 @@ pub(crate) async fn stored_events(
             return all;
         }
     }
+}
+
+/// Three turns of alice's thread and one run of bob's, on `store` (node id `node`): the run
+/// records, the thread's messages, every event equal to the one delivered live, and none of
+/// bob's rows readable as alice.
+pub(crate) async fn runs_threads_and_events_read_back(store: &SqlStore, node: &str) {
+    let factory = factory(store);
+    let alice = UserId::new("alice").unwrap();
+    let mut live = factory.subscribe(&alice);
+    let handle = factory.create_for_user(&ctx("alice", "t1", "r1")).unwrap();
+    let mut runs = Vec::new();
+    for (i, text) in ["hello there", "how are you", "bye now"].iter().enumerate() {
+        let c = ctx("alice", "t1", &format!("run-{i}"));
+        let outcome = handle.execute(&c, "talker", *text).await.unwrap();
+        assert_eq!(outcome.result(), Some(format!("echo: {text}").as_str()));
+        runs.push(c);
+    }
+    let bob = factory.create_for_user(&ctx("bob", "t9", "rb")).unwrap();
+    let bob_run = ctx("bob", "t9", "bob-run");
+    bob.execute(&bob_run, "talker", "secret of bob")
+        .await
+        .unwrap();
+    store.flush().await;
+
+    // The run records, ended, in order.
+    let records = store
+        .thread_runs(&alice, &ThreadId::new("t1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 3);
+    for (record, c) in records.iter().zip(&runs) {
+        assert_eq!(record.run_id, *c.run_id());
+        assert_eq!(record.status, Some(RunStatus::Completed));
+        assert_eq!(record.agent_name, "talker");
+        assert_eq!(record.node_id, node);
+        assert!(record.ended_at_us.unwrap() >= record.accepted_at_us);
+    }
+    // The thread's messages: each input, then its answer.
+    let messages = store
+        .thread_messages(&alice, &ThreadId::new("t1").unwrap(), 100)
+        .await
+        .unwrap();
+    let texts: Vec<(Role, &str)> = messages
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            (Role::User, "hello there"),
+            (Role::Assistant, "echo: hello there"),
+            (Role::User, "how are you"),
+            (Role::Assistant, "echo: how are you"),
+            (Role::User, "bye now"),
+            (Role::Assistant, "echo: bye now"),
+        ]
+    );
+    let last_two = store
+        .thread_messages(&alice, &ThreadId::new("t1").unwrap(), 2)
+        .await
+        .unwrap();
+    assert_eq!(last_two[1].content, "echo: bye now");
+    assert_eq!(last_two[0].content, "bye now");
+
+    // Every event as delivered live, read back equal (ids, seq, timestamps, payloads).
+    let mut delivered = Vec::new();
+    while let Some(e) = live.try_recv() {
+        delivered.push(e);
+    }
+    let mut stored = Vec::new();
+    for c in &runs {
+        stored.extend(stored_events(store, c).await);
+    }
+    assert_eq!(stored, delivered);
+    assert!(stored.iter().filter(|e| e.event.is_terminal()).count() == 3);
+
+    // Threads: alice sees hers only; bob's rows are not there for her, by any read.
+    let threads = store.threads(&alice, 10, None).await.unwrap();
+    assert_eq!(threads.len(), 1);
+    assert_eq!(threads[0].thread_id.as_str(), "t1");
+    assert_eq!(threads[0].run_count, 3);
+    assert_eq!(threads[0].preview.as_deref(), Some("echo: bye now"));
+    assert!(store.run(&alice, bob_run.run_id()).await.unwrap().is_none());
+    assert!(store
+        .events_after(&alice, bob_run.run_id(), 0, 100)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .thread_messages(&alice, bob_run.thread_id(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .thread_runs(&alice, bob_run.thread_id())
+        .await
+        .unwrap()
+        .is_empty());
+    let bobs = store
+        .run(bob_run.user_id(), bob_run.run_id())
+        .await
+        .unwrap();
+    assert_eq!(bobs.unwrap().input, "secret of bob");
+    drop((handle, bob));
+    factory.shutdown().await;
+}
+
+/// Ids with quotes, `%`, `_`, backslashes and non-ASCII text, stored and read back exactly on
+/// `store`, each user seeing only its own rows.
+pub(crate) async fn adversarial_ids_read_back(store: &SqlStore) {
+    let factory = factory(store);
+    let users = [
+        "o'brien",
+        "100%_sure\\",
+        "\"quoted\" user",
+        "ユーザー🙂",
+        "a_b%c",
+        "x' OR '1'='1",
+    ];
+    for (i, user) in users.iter().enumerate() {
+        let thread = format!("thr'ead_%{i}\\");
+        let c = ctx(user, &thread, &format!("run'%_\\{i}"));
+        let handle = factory.create_for_user(&c).unwrap();
+        handle
+            .execute(&c, "talker", &format!("text of {user}"))
+            .await
+            .unwrap();
+        drop(handle);
+    }
+    store.flush().await;
+    for (i, user) in users.iter().enumerate() {
+        let user_id = UserId::new(*user).unwrap();
+        let threads = store.threads(&user_id, 10, None).await.unwrap();
+        assert_eq!(threads.len(), 1, "{user}: only its own thread");
+        assert_eq!(threads[0].thread_id.as_str(), format!("thr'ead_%{i}\\"));
+        let runs = store
+            .thread_runs(&user_id, &threads[0].thread_id)
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].input, format!("text of {user}"));
+        let events = store
+            .events_after(&user_id, &runs[0].run_id, 0, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(events.events.iter().all(|e| e.user_id == user_id));
+    }
+    // `a_b%c` must not match `a%b...` as a LIKE pattern would, nor another user's rows.
+    let wildcard = UserId::new("a%").unwrap();
+    assert!(store.threads(&wildcard, 10, None).await.unwrap().is_empty());
+    factory.shutdown().await;
+}
+
+/// `run` was marked `interrupted` exactly once: its record says so, and its stored events end
+/// with exactly one terminal event (status `interrupted`), their seqs contiguous.
+pub(crate) async fn assert_interrupted_once(store: &SqlStore, run: &UserExecutionContext) {
+    let record = store
+        .run(run.user_id(), run.run_id())
+        .await
+        .expect("a read")
+        .expect("the run's record");
+    assert_eq!(
+        record.status,
+        Some(RunStatus::Interrupted),
+        "{}",
+        run.run_id()
+    );
+    assert_eq!(record.error.as_deref(), Some(INTERRUPTED));
+    let events = stored_events(store, run).await;
+    let terminal: Vec<_> = events.iter().filter(|e| e.event.is_terminal()).collect();
+    assert_eq!(terminal.len(), 1, "one terminal event for {}", run.run_id());
+    assert_eq!(
+        terminal[0].seq,
+        events.last().expect("events").seq,
+        "and it is last"
+    );
+    assert_eq!(terminal[0].seq, events.len() as u64, "contiguous seq");
+    assert!(matches!(
+        terminal[0].event,
+        AgentEvent::AgentCompleted {
+            status: RunStatus::Interrupted,
+            ..
+        }
+    ));
+}
+
+/// Seven threads of frank, listed three at a time with a cursor, most recent first.
+pub(crate) async fn threads_page_most_recent_first(store: &SqlStore) {
+    let factory = factory(store);
+    let c = ctx("frank", "t0", "r");
+    let handle = factory.create_for_user(&c).unwrap();
+    for i in 0..7 {
+        let run = ctx("frank", &format!("t{i}"), &format!("r{i}"));
+        handle.execute(&run, "talker", "hi").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    store.flush().await;
+    let frank = UserId::new("frank").unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<ThreadId> = None;
+    loop {
+        let page = store.threads(&frank, 3, cursor.as_ref()).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        cursor = page.last().map(|t| t.thread_id.clone());
+        seen.extend(page.into_iter().map(|t| t.thread_id.to_string()));
+    }
+    assert_eq!(seen, ["t6", "t5", "t4", "t3", "t2", "t1", "t0"]);
+    drop(handle);
+    factory.shutdown().await;
 }
