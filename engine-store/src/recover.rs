@@ -3,9 +3,10 @@
 //! `UPDATE ... WHERE status = 'running'`, and the terminal event is written in the same
 //! transaction, so two nodes sweeping at once cannot both mark a run.
 //!
-//! Which runs: on SQLite (one process per file), every running run of another node id, at
-//! start. On Postgres (a cluster), every running run of a node whose heartbeat row is older
-//! than the node lease, by whichever node sweeps first (each node sweeps every heartbeat).
+//! Which runs: on SQLite (one process per file), every running run, at start. On Postgres (a
+//! cluster), at start the runs of this node id's earlier process, and always every running run
+//! of a node whose heartbeat row is older than the node lease, by whichever node sweeps first
+//! (each node sweeps every heartbeat).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,9 +23,15 @@ pub const INTERRUPTED: &str = "the server stopped while this run was in progress
 /// Which runs a sweep may mark.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Sweep {
-    /// Every running run of another node (single node, at start).
-    OtherNodes,
-    /// Running runs of nodes without a heartbeat within `lease`.
+    /// Every running run, whatever its node (single node, at start, before any run of this
+    /// process: they are all an earlier process's).
+    Everything,
+    /// Running runs of this node id (an earlier process that had the same `--node-id`; this
+    /// one has no run yet) and of nodes without a heartbeat within `lease` (a cluster node, at
+    /// start).
+    MineAndDead { lease: Duration },
+    /// Running runs of other nodes without a heartbeat within `lease` (a cluster node, at
+    /// each heartbeat).
     DeadNodes { lease: Duration },
 }
 
@@ -46,21 +53,22 @@ pub(crate) async fn heartbeat(shared: &Shared) -> Result<(), sqlx::Error> {
 /// many this call marked.
 pub(crate) async fn interrupt(shared: &Shared, sweep: Sweep) -> Result<u64, sqlx::Error> {
     let now = shared.backend.now_us();
+    let fresh = format!("(SELECT node_id FROM nodes WHERE heartbeat_us > {now} - $3)");
+    let which = match sweep {
+        Sweep::Everything => "$2 = $2".to_owned(),
+        Sweep::MineAndDead { .. } => format!("(node_id = $2 OR node_id NOT IN {fresh})"),
+        Sweep::DeadNodes { .. } => format!("node_id <> $2 AND node_id NOT IN {fresh}"),
+    };
     let mut sql = format!(
         "UPDATE runs SET status = 'interrupted', error = $1, ended_us = {now} \
-         WHERE status = 'running' AND node_id <> $2"
+         WHERE status = 'running' AND {which}"
     );
-    if let Sweep::DeadNodes { .. } = sweep {
-        sql.push_str(&format!(
-            " AND node_id NOT IN (SELECT node_id FROM nodes WHERE heartbeat_us > {now} - $3)"
-        ));
-    }
     sql.push_str(" RETURNING user_id, run_id, request_id, agent_name, accepted_us, ended_us");
     let mut tx = shared.pool.begin().await?;
     let mut query = sqlx::query(&sql)
         .bind(INTERRUPTED)
         .bind(shared.node_id.as_str());
-    if let Sweep::DeadNodes { lease } = sweep {
+    if let Sweep::DeadNodes { lease } | Sweep::MineAndDead { lease } = sweep {
         query = query.bind(i64_of(u64::try_from(lease.as_micros()).unwrap_or(u64::MAX)));
     }
     let marked = query.fetch_all(&mut *tx).await?;

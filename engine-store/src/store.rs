@@ -83,13 +83,18 @@ impl SqlStore {
             cause: cause_of(&e),
         };
         heartbeat(&shared).await.map_err(failed)?;
-        let sweep = match opened.backend {
-            Backend::Sqlite => Sweep::OtherNodes,
-            Backend::Postgres => Sweep::DeadNodes {
-                lease: config.node_lease,
-            },
+        let (at_start, sweep) = match opened.backend {
+            Backend::Sqlite => (Sweep::Everything, Sweep::Everything),
+            Backend::Postgres => (
+                Sweep::MineAndDead {
+                    lease: config.node_lease,
+                },
+                Sweep::DeadNodes {
+                    lease: config.node_lease,
+                },
+            ),
         };
-        interrupt(&shared, sweep).await.map_err(failed)?;
+        interrupt(&shared, at_start).await.map_err(failed)?;
         let heartbeat_task = (opened.backend == Backend::Postgres).then(|| {
             tokio::spawn(heartbeat_loop(
                 Arc::downgrade(&shared),
@@ -136,7 +141,9 @@ impl SqlStore {
     pub async fn sweep_interrupted(&self, lease: Option<Duration>) -> Result<u64, StoreError> {
         let sweep = match (self.inner.shared.backend, lease) {
             (_, Some(lease)) => Sweep::DeadNodes { lease },
-            (Backend::Sqlite, None) => Sweep::OtherNodes,
+            (Backend::Sqlite, None) => Sweep::DeadNodes {
+                lease: Duration::ZERO,
+            },
             (Backend::Postgres, None) => Sweep::DeadNodes {
                 lease: Duration::from_secs(10),
             },

@@ -115,6 +115,17 @@ fn crash_with_runs_in_flight(dir: &tempfile::TempDir) -> Vec<engine_core::UserEx
 
 #[test]
 fn a_crash_leaves_exactly_one_interrupted_record_and_event_per_run() {
+    crash_and_restart_as("next-node");
+}
+
+/// A restart with the same node id (`--node-id` fixed in the deployment) marks the earlier
+/// process's runs too: they are not this process's, whatever their node id says.
+#[test]
+fn a_restart_with_the_same_node_id_also_ends_the_earlier_processs_runs() {
+    crash_and_restart_as("dead-node");
+}
+
+fn crash_and_restart_as(node: &str) {
     let dir = tempfile::tempdir().unwrap();
     let in_flight = crash_with_runs_in_flight(&dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -122,12 +133,16 @@ fn a_crash_leaves_exactly_one_interrupted_record_and_event_per_run() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(after_the_crash(&dir, &in_flight));
+    rt.block_on(after_the_crash(&dir, &in_flight, node));
 }
 
-async fn after_the_crash(dir: &tempfile::TempDir, in_flight: &[engine_core::UserExecutionContext]) {
+async fn after_the_crash(
+    dir: &tempfile::TempDir,
+    in_flight: &[engine_core::UserExecutionContext],
+    node: &str,
+) {
     // The next start marks them, once.
-    let store = open(dir, "next-node").await;
+    let store = open(dir, node).await;
     assert_eq!(store.health().runs_interrupted, 3);
     for c in in_flight {
         common::assert_interrupted_once(&store, c).await;
