@@ -26,7 +26,7 @@
 //!   decided, and the run's end (status, answer or error, usage, timings, pipeline steps; the
 //!   answer is the thread's next `assistant` message). Rows are only appended (a thread's
 //!   history is never rewritten per turn) and every key starts with the user id.
-//! - Writes go behind, in batches, one transaction per batch ([`writer`](self) rule: run
+//! - Writes go behind, in batches, one transaction per batch (the buffer rule: run
 //!   records always queue; events queue up to the buffer, and an event that finds it full is
 //!   recorded as a gap). A run's terminal record is committed before its handle resolves
 //!   (`Durability::Batch`), or before its terminal event is delivered (`Durability::Sync`),
