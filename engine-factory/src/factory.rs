@@ -650,7 +650,8 @@ impl ExecutionEngineFactory {
                 tracing::warn!("events still on the bus at the shutdown deadline");
             }
         }
-        if let Some(store) = &self.inner.store {
+        // Without a runtime there are no timers and no writer to wait for.
+        if let (Some(store), Ok(_)) = (&self.inner.store, tokio::runtime::Handle::try_current()) {
             let flushed =
                 tokio::time::timeout(self.inner.config.shutdown_deadline(), store.flush());
             if flushed.await.is_err() {

@@ -66,8 +66,23 @@ pub struct RunAccepted {
     pub accepted_at_us: u64,
 }
 
+impl RunAccepted {
+    /// The acceptance of `context`'s run of `agent_name` with `input`, now.
+    pub fn new(context: &UserExecutionContext, agent_name: &str, input: &str) -> Self {
+        Self {
+            user_id: context.user_id().clone(),
+            thread_id: context.thread_id().clone(),
+            run_id: context.run_id().clone(),
+            request_id: context.request_id().clone(),
+            agent_name: Arc::from(agent_name),
+            input: input.to_owned(),
+            accepted_at_us: now_us(),
+        }
+    }
+}
+
 /// How a run ended, as the store records it (the run's [`RunOutcome`] and its user).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RunEnded {
     /// The run's user.
@@ -92,9 +107,31 @@ pub struct RunEnded {
     pub steps: Vec<(Arc<str>, Option<RunStatus>)>,
     /// Microseconds since the Unix epoch.
     pub ended_at_us: u64,
+    /// The run's terminal event, when the record is written before the event is emitted
+    /// ([`Durability::Sync`]): the store writes both in one transaction, so a crash between
+    /// the record and the event cannot leave an ended run without its terminal event.
+    pub terminal: Option<EventEnvelope>,
 }
 
 impl RunEnded {
+    /// The end of `context`'s run with `status`, now, every other field empty.
+    pub fn new(context: &UserExecutionContext, status: RunStatus) -> Self {
+        Self {
+            user_id: context.user_id().clone(),
+            thread_id: context.thread_id().clone(),
+            run_id: context.run_id().clone(),
+            status,
+            result: None,
+            error: None,
+            usage: TokenUsage::default(),
+            queue_ms: 0,
+            execution_ms: 0,
+            steps: Vec::new(),
+            ended_at_us: now_us(),
+            terminal: None,
+        }
+    }
+
     /// The record of `outcome`, a run of `context`'s user.
     pub fn from_outcome(context: &UserExecutionContext, outcome: &RunOutcome) -> Self {
         Self {
@@ -118,7 +155,33 @@ impl RunEnded {
                 })
                 .collect(),
             ended_at_us: now_us(),
+            terminal: None,
         }
+    }
+
+    /// As [`from_outcome`](Self::from_outcome), with the terminal event the engine is about to
+    /// emit: its sequence number is the next of the run (every event so far was delivered or
+    /// dropped), its timestamp now.
+    pub fn with_terminal(context: &UserExecutionContext, outcome: &RunOutcome) -> Self {
+        let mut end = Self::from_outcome(context, outcome);
+        let status = outcome.status();
+        end.terminal = Some(EventEnvelope {
+            user_id: context.user_id().clone(),
+            thread_id: context.thread_id().clone(),
+            run_id: context.run_id().clone(),
+            request_id: context.request_id().clone(),
+            seq: outcome.events_delivered + outcome.events_dropped + 1,
+            timestamp_us: end.ended_at_us,
+            event: engine_core::AgentEvent::AgentCompleted {
+                agent_name: Arc::clone(&outcome.agent_name),
+                status,
+                success: status == RunStatus::Completed,
+                result: end.result.clone(),
+                error: end.error.clone(),
+                duration_ms: millis(outcome.queue_wait + outcome.execution_time),
+            },
+        });
+        end
     }
 }
 
@@ -426,37 +489,28 @@ impl EventSink for StoreSink {
     }
 
     fn run_accepted(&self, context: &UserExecutionContext, agent_name: &str, input: &str) {
-        self.store.run_accepted(RunAccepted {
-            user_id: context.user_id().clone(),
-            thread_id: context.thread_id().clone(),
-            run_id: context.run_id().clone(),
-            request_id: context.request_id().clone(),
-            agent_name: Arc::from(agent_name),
-            input: input.to_owned(),
-            accepted_at_us: now_us(),
-        });
+        self.store
+            .run_accepted(RunAccepted::new(context, agent_name, input));
     }
 
     fn run_ending(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
         match self.store.durability() {
-            Durability::Sync => self.commit(context, outcome),
+            Durability::Sync => self.commit(RunEnded::with_terminal(context, outcome)),
             _ => Delivery::ready(Ok(())),
         }
     }
 
     fn run_ended(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
         match self.store.durability() {
-            Durability::Batch => self.commit(context, outcome),
+            Durability::Batch => self.commit(RunEnded::from_outcome(context, outcome)),
             _ => Delivery::ready(Ok(())),
         }
     }
 }
 
 impl StoreSink {
-    fn commit(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
-        let committed = self
-            .store
-            .run_ended(RunEnded::from_outcome(context, outcome));
+    fn commit(&self, end: RunEnded) -> Delivery<'_> {
+        let committed = self.store.run_ended(end);
         Delivery::pending(async move {
             committed
                 .await

@@ -70,18 +70,34 @@ async fn wait_for(ws: &mut Ws, run: &str, mut pred: impl FnMut(&Value) -> bool) 
     }
 }
 
-/// Resumes `run` from seq 0 and collects its events up to the terminal one.
+/// Resumes `run` from seq 0 and collects its events up to the terminal one. A `gap` frame is
+/// allowed only just before an `interrupted` terminal event (the room left for events the
+/// killed process may have sent unstored); seqs are otherwise contiguous.
 async fn resume_all(ws: &mut Ws, run: &str) -> Vec<Value> {
     send(ws, json!({"type":"resume","run_id":run,"after_seq":0})).await;
     let mut events = Vec::new();
+    let mut expected = 1;
+    let mut gap = false;
     loop {
         let f = next(ws).await;
         assert_ne!(f["type"], "error", "resume answered {f}");
-        assert_ne!(f["type"], "gap", "nothing missing from the store: {f}");
+        if f["type"] == "gap" && f["run_id"] == run {
+            assert_eq!(f["from_seq"], expected, "{f}");
+            expected = f["to_seq"].as_u64().unwrap() + 1;
+            gap = true;
+            continue;
+        }
         if f["type"] == "event" && f["run_id"] == run {
+            assert_eq!(f["seq"], expected, "{f}");
+            expected += 1;
             let terminal = f["event"]["type"] == "agent_completed";
+            assert!(
+                !gap || terminal,
+                "a gap only before the terminal event: {f}"
+            );
             events.push(f["event"].clone());
             if terminal {
+                assert_eq!(gap, f["event"]["status"] == "interrupted", "{f}");
                 return events;
             }
         }

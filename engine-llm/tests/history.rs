@@ -87,7 +87,8 @@ async fn store_history_reads_a_threads_turns_after_a_restart_and_only_the_users_
             }
         }
         factory.shutdown().await;
-        store.flush().await;
+        drop(factory);
+        store.close().await;
     }
     // A new process: the history comes from the file.
     let store = SqlStore::open(StoreConfig::new(url)).await.unwrap();

@@ -97,8 +97,8 @@ impl StoreConfig {
     /// whichever node sweeps first.
     #[must_use]
     pub fn with_node_lease(mut self, heartbeat: Duration, lease: Duration) -> Self {
-        self.heartbeat = heartbeat;
-        self.node_lease = lease.max(heartbeat * 2);
+        self.heartbeat = heartbeat.max(Duration::from_millis(10));
+        self.node_lease = lease.max(self.heartbeat * 2);
         self
     }
 
@@ -113,20 +113,27 @@ impl StoreConfig {
     }
 }
 
-/// `url` with the password of its authority, if any, replaced by `***`.
+/// `url` with the password of its authority and a `password=` query parameter, if any,
+/// replaced by `***`.
 pub(crate) fn redact(url: &str) -> String {
+    let url = redact_query(url);
     let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+        return url;
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    // The authority ends at the last `@` before the path when there are credentials (a
+    // password may hold `/` or `?`), else at the first `/` or `?`.
+    let authority_end = match rest.rfind('@') {
+        Some(at) => at + rest[at..].find(['/', '?']).unwrap_or(rest.len() - at),
+        None => rest.find(['/', '?']).unwrap_or(rest.len()),
+    };
     let authority = &rest[..authority_end];
     let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+        return url;
     };
     let credentials = &authority[..at];
     let Some(colon) = credentials.find(':') else {
-        return url.to_owned();
+        return url;
     };
     format!(
         "{}{}:***{}",
@@ -134,6 +141,22 @@ pub(crate) fn redact(url: &str) -> String {
         &credentials[..colon],
         &rest[at..]
     )
+}
+
+/// `url` with the value of a `password=` query parameter replaced by `***`.
+fn redact_query(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_owned();
+    };
+    let (head, query) = url.split_at(q + 1);
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{head}{}", parts.join("&"))
 }
 
 #[cfg(test)]
@@ -150,5 +173,10 @@ mod tests {
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite:///tmp/a.db"), "sqlite:///tmp/a.db");
         assert_eq!(redact("memory"), "memory");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&password=secret"),
+            "postgres://u@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(redact("postgres://u:pa/ss?x@h/db"), "postgres://u:***@h/db");
     }
 }

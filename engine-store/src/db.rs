@@ -52,6 +52,15 @@ pub enum OpenError {
         /// Some of its tables.
         tables: String,
     },
+    /// Another process (or another store of this process) has the SQLite file open: an SQLite
+    /// file belongs to one process, whose start ends the runs an earlier one left.
+    #[error("{path} is in use by another process (its lock file {lock} is held); stop it or use another --data-dir")]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file beside it.
+        lock: PathBuf,
+    },
     /// The database was migrated by a newer binary.
     #[error("the database {url} has schema version {version}, newer than this binary knows (up to {known}); upgrade the binary")]
     NewerSchema {
@@ -101,6 +110,36 @@ impl Backend {
 pub(crate) struct Opened {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// The SQLite file's lock, held while the store lives (one process per file).
+    pub(crate) lock: Option<std::fs::File>,
+}
+
+/// Takes `<file>.lock` beside the SQLite file, exclusively (an advisory lock the OS releases
+/// when the process dies, `kill -9` included).
+fn lock_sqlite(path: &std::path::Path, url: &str) -> Result<std::fs::File, OpenError> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| OpenError::Unreachable {
+            url: redact(url),
+            cause: format!("cannot open the lock file {}: {e}", lock.display()),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::InUse {
+            path: path.to_owned(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(OpenError::Unreachable {
+            url: redact(url),
+            cause: format!("cannot lock {}: {e}", lock.display()),
+        }),
+    }
 }
 
 /// The SQLite file a `sqlite:` URL names (`None` for an in-memory database).
@@ -128,6 +167,7 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Opened, OpenError> {
         url: shown.clone(),
         cause: cause_of(&e),
     };
+    let mut lock = None;
     let pool = match backend {
         Backend::Sqlite => {
             let path = sqlite_path(url);
@@ -138,6 +178,9 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Opened, OpenError> {
                         cause: format!("cannot create {}: {e}", parent.display()),
                     })?;
                 }
+            }
+            if let Some(path) = &path {
+                lock = Some(lock_sqlite(path, url)?);
             }
             // `mode=rwc`: created on first start. Options sqlx reads from the URL are kept.
             let url = if url.contains("mode=") {
@@ -165,8 +208,14 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Opened, OpenError> {
                     _ => unreachable(e),
                 });
             }
+            // An in-memory database is one per connection: keep one connection.
+            let connections = if path.is_some() {
+                config.max_connections
+            } else {
+                1
+            };
             let pool = AnyPoolOptions::new()
-                .max_connections(config.max_connections)
+                .max_connections(connections)
                 .acquire_timeout(Duration::from_secs(5))
                 .after_connect(|conn, _| {
                     Box::pin(async move {
@@ -229,7 +278,11 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Opened, OpenError> {
             cause: other.to_string(),
         },
     })?;
-    Ok(Opened { pool, backend })
+    Ok(Opened {
+        pool,
+        backend,
+        lock,
+    })
 }
 
 /// Refuses a SQLite file that holds tables but none of this store's migrations (another
@@ -273,26 +326,22 @@ pub(crate) fn cause_of(e: &sqlx::Error) -> String {
 pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            // SQLite: busy/locked/full/read-only/I/O; Postgres: connection, shutdown,
-            // insufficient resources, serialization failures.
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            matches!(
-                code.as_str(),
-                "5" | "6"
-                    | "8"
-                    | "10"
-                    | "13"
-                    | "517"
-                    | "261"
-                    | "40001"
-                    | "40P01"
-                    | "53100"
-                    | "53200"
-                    | "53300"
-                    | "57P01"
-                    | "57P02"
-                    | "57P03"
-            ) || code.starts_with("08")
+            match code.parse::<u32>() {
+                // SQLite reports extended codes: the primary code is the low byte. BUSY,
+                // LOCKED, READONLY, IOERR, FULL, CANTOPEN (a disk or lock fault, not the
+                // statement).
+                Ok(sqlite) => matches!(sqlite & 0xff, 5 | 6 | 8 | 10 | 13 | 14),
+                // Postgres SQLSTATE: connection exceptions (08...), serialization failure,
+                // deadlock, insufficient resources, shutdown, read-only after a failover,
+                // statement timeout.
+                Err(_) => {
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || matches!(code.as_str(), "40001" | "40P01" | "25006" | "57014")
+                }
+            }
         }
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
@@ -302,6 +351,24 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
+}
+
+/// A database call that did not answer within `limit`, as a (transient) I/O error.
+pub(crate) fn timed_out(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the database did not answer within {limit:?}"),
+    ))
+}
+
+/// Runs `call` within `limit`; a call that does not answer in time is a transient error.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(limit)))
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //! cluster), at start the runs of this node id's earlier process, and always every running run
 //! of a node whose heartbeat row is older than the node lease, by whichever node sweeps first
 //! (each node sweeps every heartbeat).
+//!
+//! The interrupted terminal event's sequence number leaves room for the events the dead
+//! process delivered live but had not stored yet (its buffer and one batch): no client ever
+//! holds an event with that number, and a resume reports the stretch as a `gap`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +23,12 @@ use crate::writer::{i64_of, Shared};
 
 /// The error of an interrupted run, as its record and terminal event carry it.
 pub const INTERRUPTED: &str = "the server stopped while this run was in progress";
+
+/// Sequence numbers the interrupted terminal event leaves after the last stored one: the most
+/// events of a run a process can have delivered and not yet stored (its buffer and one batch).
+pub(crate) fn unstored_margin(shared: &Shared) -> i64 {
+    i64_of((shared.buffer + shared.batch_size) as u64)
+}
 
 /// Which runs a sweep may mark.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +89,10 @@ pub(crate) async fn interrupt(shared: &Shared, sweep: Sweep) -> Result<u64, sqlx
         let agent: String = row.try_get(3)?;
         let accepted: i64 = row.try_get(4)?;
         let ended: i64 = row.try_get(5)?;
-        // After every stored event and recorded gap of the run.
+        // After every stored event and recorded gap of the run, and after every event the
+        // dead process may have delivered live but not stored: at most its buffer and one
+        // batch. A client that saw some of them gets a `gap` for the rest on resume, and no
+        // number it already holds is reused.
         let last: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events WHERE user_id = $1 AND run_id = $2 \
              UNION ALL SELECT MAX(to_seq) AS s FROM gaps WHERE user_id = $1 AND run_id = $2) AS last",
@@ -103,7 +116,7 @@ pub(crate) async fn interrupt(shared: &Shared, sweep: Sweep) -> Result<u64, sqlx
         )
         .bind(user.as_str())
         .bind(run.as_str())
-        .bind(last.unwrap_or(0) + 1)
+        .bind(last.unwrap_or(0) + unstored_margin(shared) + 1)
         .bind(request.as_str())
         .bind(ended)
         .bind(body)

@@ -16,7 +16,7 @@ use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::StoreConfig;
-use crate::db::{cause_of, open, Backend, OpenError};
+use crate::db::{cause_of, open, within, Backend, OpenError};
 use crate::recover::{heartbeat, interrupt, Sweep};
 use crate::writer::{i64_of, write_loop, Counters, Op, Shared, LATENCY_BUCKETS};
 
@@ -33,8 +33,10 @@ struct Inner {
     tx: mpsc::UnboundedSender<Op>,
     durability: Durability,
     commit_timeout: Duration,
+    node_lease: Duration,
     url: String,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
@@ -56,17 +58,20 @@ impl std::fmt::Debug for SqlStore {
 }
 
 impl SqlStore {
-    /// Opens the database of `config` (created if it is a new SQLite file), runs the embedded
-    /// migrations, marks the runs a stopped process left `running` as `interrupted` (on
-    /// SQLite: every one of another node, now; on Postgres: those of nodes whose heartbeat
+    /// Opens the database of `config` (created if it is a new SQLite file, which this process
+    /// then holds: a second process on it is refused), runs the embedded migrations, marks the
+    /// runs a stopped process left `running` as `interrupted` (on SQLite: every one, now; on
+    /// Postgres: this node id's earlier process's now, and those of nodes whose heartbeat
     /// expired, now and at every heartbeat), and starts the writer. Needs a tokio runtime.
     ///
     /// # Errors
     /// [`OpenError`], each naming the database (password hidden) and what to do: unreachable,
-    /// not a database, another application's SQLite file, a schema newer than this binary.
+    /// not a database, another application's SQLite file, a file another process holds, a
+    /// schema newer than this binary.
     pub async fn open(config: StoreConfig) -> Result<Self, OpenError> {
         let opened = open(&config).await?;
         let shared = Arc::new(Shared {
+            _lock: opened.lock,
             pool: opened.pool,
             backend: opened.backend,
             node_id: config.node_id.clone(),
@@ -103,7 +108,7 @@ impl SqlStore {
             ))
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(Arc::clone(&shared), rx));
+        let writer = tokio::spawn(write_loop(Arc::clone(&shared), rx));
         tracing::info!(backend = shared.backend.name(), database = %url, node_id = %shared.node_id, "run store open");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -111,10 +116,26 @@ impl SqlStore {
                 tx,
                 durability: config.durability,
                 commit_timeout: config.commit_timeout,
+                node_lease: config.node_lease,
                 url,
                 heartbeat_task,
+                writer: Some(writer),
             }),
         })
+    }
+
+    /// Closes the store: when this is its last handle (the factory that used it is gone), every
+    /// buffered write is committed (or given up), the writer ends and the SQLite file is free
+    /// for another process when this returns. With other handles left it only drops this one.
+    pub async fn close(self) {
+        let Ok(mut inner) = Arc::try_unwrap(self.inner) else {
+            return;
+        };
+        let writer = inner.writer.take();
+        drop(inner); // the sender: the writer drains what is queued and ends
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
     }
 
     /// The backend's name: `sqlite` or `postgres`.
@@ -145,7 +166,7 @@ impl SqlStore {
                 lease: Duration::ZERO,
             },
             (Backend::Postgres, None) => Sweep::DeadNodes {
-                lease: Duration::from_secs(10),
+                lease: self.inner.node_lease,
             },
         };
         interrupt(&self.inner.shared, sweep)
@@ -191,10 +212,11 @@ async fn heartbeat_loop(shared: std::sync::Weak<Shared>, period: Duration, sweep
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let beat = async {
+        // Bounded: a database that stops answering must not stop the beat for good.
+        let beat = within(period.max(Duration::from_secs(5)), async {
             heartbeat(&shared).await?;
             interrupt(&shared, sweep).await
-        };
+        });
         // The heartbeat says whether the database answers, both ways: an idle writer has
         // nothing to prove it with, and a beat that failed while the database was away must
         // not leave the store `down` once it is back.
@@ -479,7 +501,7 @@ impl RunStore for SqlStore {
             .map_err(unavailable)?;
             let mut found = StoredEvents::default();
             found.more = rows.len() > limit;
-            let mut expected = after_seq + 1;
+            let mut expected = after_seq.saturating_add(1);
             for row in rows.iter().take(limit) {
                 let seq = u64_of(row.try_get(0).map_err(unavailable)?);
                 let request: String = row.try_get(1).map_err(unavailable)?;

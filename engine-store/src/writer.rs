@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine_core::{AgentEvent, ApprovalOutcome, EventEnvelope, RunId, RunStatus, UserId};
+use engine_core::{AgentEvent, ApprovalOutcome, EventEnvelope, RunId, RunStatus, ThreadId, UserId};
 use engine_factory::{RunAccepted, RunEnded};
 use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{cause_of, is_transient, Backend};
+use crate::db::{cause_of, is_transient, within, Backend};
 
 /// One write waiting for the writer.
 pub(crate) enum Op {
@@ -70,6 +70,9 @@ pub(crate) type LostRange = (RunId, u64, u64);
 
 /// What the sinks and the writer share.
 pub(crate) struct Shared {
+    /// The SQLite file's lock (one process per file), released when the last user of the
+    /// database (the writer, the store) is gone.
+    pub(crate) _lock: Option<std::fs::File>,
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     pub(crate) node_id: String,
@@ -101,11 +104,14 @@ impl Shared {
 pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut batch: Vec<Op> = Vec::with_capacity(shared.batch_size);
     loop {
-        match rx.recv().await {
-            Some(op) => batch.push(op),
-            None => break,
-        }
-        while batch.len() < shared.batch_size {
+        let closed = match rx.recv().await {
+            Some(op) => {
+                batch.push(op);
+                false
+            }
+            None => true,
+        };
+        while !closed && batch.len() < shared.batch_size {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
@@ -117,12 +123,19 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
                 batch.push(Op::Gap(user.clone(), run, from, to));
             }
         }
-        commit_batch(&shared, &batch).await;
+        if batch.is_empty() {
+            break; // closed, and the last gaps are written
+        }
+        let refused = commit_batch(&shared, &batch).await;
         let mut events = 0;
-        for op in batch.drain(..) {
+        for (i, op) in batch.drain(..).enumerate() {
             match op {
                 Op::Event(_) => events += 1,
-                Op::Ended(_, Some(ack)) | Op::Flush(ack) => {
+                // A refused record's waiter hears "closed", never "committed".
+                Op::Ended(_, Some(ack)) if !refused.contains(&i) => {
+                    let _ = ack.send(());
+                }
+                Op::Flush(ack) => {
                     let _ = ack.send(());
                 }
                 _ => {}
@@ -132,23 +145,28 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
     }
 }
 
-/// Commits `batch`, retrying until the database takes it (see the module docs).
-async fn commit_batch(shared: &Shared, batch: &[Op]) {
+/// Longest one batch (or one write of the last resort) may take before it counts as failed
+/// (and is retried): a database that stops answering must not hang the writer.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Commits `batch`, retrying until the database takes it (see the module docs); returns the
+/// indices of the writes it refused and skipped.
+async fn commit_batch(shared: &Shared, batch: &[Op]) -> Vec<usize> {
     if batch.iter().all(|op| matches!(op, Op::Flush(_))) {
-        return;
+        return Vec::new();
     }
     let mut attempt: u32 = 0;
     let mut refused = 0;
     loop {
         let started = Instant::now();
-        match apply(shared, batch).await {
+        match within(BATCH_TIMEOUT, apply(shared, batch)).await {
             Ok(()) => {
                 shared.counters.observe(started.elapsed());
                 shared.counters.batches.fetch_add(1, Ordering::Relaxed);
                 if !shared.counters.up.swap(true, Ordering::Relaxed) && attempt > 0 {
                     tracing::info!(attempts = attempt + 1, "run store writes resumed");
                 }
-                return;
+                return Vec::new();
             }
             Err(e) => {
                 shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -166,8 +184,7 @@ async fn commit_batch(shared: &Shared, batch: &[Op]) {
                     "run store batch not written; retrying"
                 );
                 if refused >= 3 {
-                    apply_one_by_one(shared, batch).await;
-                    return;
+                    return apply_one_by_one(shared, batch).await;
                 }
             }
         }
@@ -183,24 +200,45 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
 }
 
-/// The last resort for a batch the database keeps refusing: each write on its own, skipping
-/// the ones it still refuses (an event skipped is recorded as a gap).
-async fn apply_one_by_one(shared: &Shared, batch: &[Op]) {
-    for op in batch {
-        if let Err(e) = apply(shared, std::slice::from_ref(op)).await {
-            let (kind, user, run) = match op {
-                Op::Accepted(a) => ("run_accepted", &a.user_id, &a.run_id),
-                Op::Event(e) => ("event", &e.user_id, &e.run_id),
-                Op::Ended(e, _) => ("run_ended", &e.user_id, &e.run_id),
-                Op::Gap(u, r, ..) => ("gap", u, r),
-                Op::Flush(_) => continue,
-            };
-            tracing::error!(kind, user_id = %user, run_id = %run, error = %cause_of(&e), "run store refused a write; it is skipped");
-            if let Op::Event(ev) = op {
-                shared.lose(&ev.user_id, &ev.run_id, ev.seq);
+/// The last resort for a batch the database keeps refusing: each write on its own (a fault
+/// of the connection is retried as for a batch), skipping only the writes the database itself
+/// refuses; an event skipped is recorded as a gap. Returns the indices skipped.
+async fn apply_one_by_one(shared: &Shared, batch: &[Op]) -> Vec<usize> {
+    let mut skipped = Vec::new();
+    for (i, op) in batch.iter().enumerate() {
+        let mut attempt: u32 = 0;
+        let refusal = loop {
+            match within(BATCH_TIMEOUT, apply(shared, std::slice::from_ref(op))).await {
+                Ok(()) => break None,
+                Err(e) if is_transient(&e) => {
+                    shared.counters.up.store(false, Ordering::Relaxed);
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(e) => break Some(e),
             }
+        };
+        let Some(e) = refusal else { continue };
+        let (kind, user, run) = match op {
+            Op::Accepted(a) => ("run_accepted", &a.user_id, &a.run_id),
+            Op::Event(e) => ("event", &e.user_id, &e.run_id),
+            Op::Ended(e, _) => ("run_ended", &e.user_id, &e.run_id),
+            Op::Gap(u, r, ..) => ("gap", u, r),
+            Op::Flush(_) => continue,
+        };
+        tracing::error!(kind, user_id = %user, run_id = %run, error = %cause_of(&e), "run store refused a write; it is skipped");
+        if let Op::Event(ev) = op {
+            shared.lose(&ev.user_id, &ev.run_id, ev.seq);
         }
+        skipped.push(i);
     }
+    skipped
+}
+
+/// `text` as a database can keep it: Postgres refuses a NUL character in TEXT, so it becomes
+/// U+FFFD (the one change made to stored text).
+pub(crate) fn text(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
 }
 
 /// Rows of an event insert: user, run, seq, request, timestamp, body.
@@ -220,7 +258,9 @@ async fn apply(shared: &Shared, batch: &[Op]) -> Result<(), sqlx::Error> {
                     // Keep order with the run's other events of this batch.
                     insert_events(&mut tx, &events).await?;
                     events.clear();
-                    terminal_event(&mut tx, event).await?;
+                    if terminal_event(&mut tx, event).await? {
+                        end_from_terminal(&mut tx, event).await?;
+                    }
                 } else {
                     approval(&mut tx, event).await?;
                     events.push(event);
@@ -271,7 +311,7 @@ async fn accepted(
     .bind(run.request_id.as_str())
     .bind(&*run.agent_name)
     .bind(node)
-    .bind(run.input.as_str())
+    .bind(text(&run.input))
     .bind(at)
     .execute(&mut **tx)
     .await?;
@@ -286,7 +326,7 @@ async fn accepted(
     .bind(run.user_id.as_str())
     .bind(run.thread_id.as_str())
     .bind(at)
-    .bind(preview(&run.input))
+    .bind(text(&preview(&run.input)))
     .execute(&mut **tx)
     .await?;
     sqlx::query(
@@ -296,7 +336,7 @@ async fn accepted(
     .bind(run.user_id.as_str())
     .bind(run.thread_id.as_str())
     .bind(run.run_id.as_str())
-    .bind(run.input.as_str())
+    .bind(text(&run.input))
     .bind(at)
     .execute(&mut **tx)
     .await?;
@@ -304,7 +344,6 @@ async fn accepted(
 }
 
 async fn ended(tx: &mut Transaction<'static, Any>, end: &RunEnded) -> Result<(), sqlx::Error> {
-    let at = i64_of(end.ended_at_us);
     let steps = if end.steps.is_empty() {
         None
     } else {
@@ -317,59 +356,154 @@ async fn ended(tx: &mut Transaction<'static, Any>, end: &RunEnded) -> Result<(),
             .collect();
         Some(serde_json::Value::Array(steps).to_string())
     };
-    // Exactly one terminal record: only a run still `running` takes its end (one already
-    // marked `interrupted` by another node keeps that).
-    let updated = sqlx::query(
-        "UPDATE runs SET status = $3, result = $4, error = $5, prompt_tokens = $6, completion_tokens = $7, \
-         queue_ms = $8, execution_ms = $9, steps = $10, ended_us = $11 \
-         WHERE user_id = $1 AND run_id = $2 AND status = 'running'",
+    let (user, run) = (end.user_id.as_str(), end.run_id.as_str());
+    // The end, unless the run already has one: its stored terminal event (batch durability),
+    // or the `interrupted` mark of a node that took it for dead. Exactly one terminal record.
+    let ended = mark_ended(
+        tx,
+        user,
+        run,
+        end.status,
+        end.result.as_deref(),
+        end.error.as_deref(),
+        end.ended_at_us,
     )
-    .bind(end.user_id.as_str())
-    .bind(end.run_id.as_str())
-    .bind(end.status.as_str())
-    .bind(end.result.as_deref())
-    .bind(end.error.as_deref())
+    .await?;
+    if ended {
+        after_end(
+            tx,
+            user,
+            &end.thread_id,
+            run,
+            end.result.as_deref(),
+            end.ended_at_us,
+        )
+        .await?;
+        if let Some(terminal) = &end.terminal {
+            // Sync durability: the terminal event with its record (the live one, same seq,
+            // finds it there).
+            terminal_event(tx, terminal).await?;
+        }
+    }
+    // What only the outcome knows (usage, timings, steps), for an end recorded either way,
+    // but never over an `interrupted` mark.
+    sqlx::query(
+        "UPDATE runs SET prompt_tokens = $3, completion_tokens = $4, queue_ms = $5, execution_ms = $6, steps = $7 \
+         WHERE user_id = $1 AND run_id = $2 AND status = $8",
+    )
+    .bind(user)
+    .bind(run)
     .bind(i64_of(end.usage.prompt_tokens))
     .bind(i64_of(end.usage.completion_tokens))
     .bind(i64_of(end.queue_ms))
     .bind(i64_of(end.execution_ms))
     .bind(steps)
-    .bind(at)
+    .bind(end.status.as_str())
     .execute(&mut **tx)
     .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// Ends a `running` run: `true` if this call ended it.
+async fn mark_ended(
+    tx: &mut Transaction<'static, Any>,
+    user: &str,
+    run: &str,
+    status: RunStatus,
+    result: Option<&str>,
+    error: Option<&str>,
+    at: u64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE runs SET status = $3, result = $4, error = $5, ended_us = $6 \
+         WHERE user_id = $1 AND run_id = $2 AND status = 'running'",
+    )
+    .bind(user)
+    .bind(run)
+    .bind(status.as_str())
+    .bind(result.map(text))
+    .bind(error.map(text))
+    .bind(i64_of(at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// What follows a run's end: its pending approvals time out, its answer is the thread's next
+/// message.
+async fn after_end(
+    tx: &mut Transaction<'static, Any>,
+    user: &str,
+    thread: &ThreadId,
+    run: &str,
+    answer: Option<&str>,
+    at: u64,
+) -> Result<(), sqlx::Error> {
+    let at = i64_of(at);
     sqlx::query(
         "UPDATE approvals SET status = 'timed_out', decided_us = $3 \
          WHERE user_id = $1 AND run_id = $2 AND status = 'pending'",
     )
-    .bind(end.user_id.as_str())
-    .bind(end.run_id.as_str())
+    .bind(user)
+    .bind(run)
     .bind(at)
     .execute(&mut **tx)
     .await?;
-    if let Some(answer) = &end.result {
+    if let Some(answer) = answer {
         sqlx::query(
             "INSERT INTO messages (user_id, thread_id, run_id, role, content, created_us) \
              VALUES ($1, $2, $3, 'assistant', $4, $5)",
         )
-        .bind(end.user_id.as_str())
-        .bind(end.thread_id.as_str())
-        .bind(end.run_id.as_str())
-        .bind(answer.as_str())
+        .bind(user)
+        .bind(thread.as_str())
+        .bind(run)
+        .bind(text(answer))
         .bind(at)
         .execute(&mut **tx)
         .await?;
         sqlx::query(
             "UPDATE threads SET updated_us = $3, preview = $4 WHERE user_id = $1 AND thread_id = $2",
         )
-        .bind(end.user_id.as_str())
-        .bind(end.thread_id.as_str())
+        .bind(user)
+        .bind(thread.as_str())
         .bind(at)
-        .bind(preview(answer))
+        .bind(text(&preview(answer)))
         .execute(&mut **tx)
         .await?;
+    }
+    Ok(())
+}
+
+/// A stored terminal event ends its run in the same transaction (batch durability: the run's
+/// end record comes later, with what only the outcome knows), so no crash can leave a run with
+/// a terminal event and a `running` record, or the other way round.
+async fn end_from_terminal(
+    tx: &mut Transaction<'static, Any>,
+    event: &EventEnvelope,
+) -> Result<(), sqlx::Error> {
+    let AgentEvent::AgentCompleted {
+        status,
+        result,
+        error,
+        ..
+    } = &event.event
+    else {
+        return Ok(());
+    };
+    let (user, run) = (event.user_id.as_str(), event.run_id.as_str());
+    let at = event.timestamp_us;
+    if mark_ended(
+        tx,
+        user,
+        run,
+        *status,
+        result.as_deref(),
+        error.as_deref(),
+        at,
+    )
+    .await?
+    {
+        after_end(tx, user, &event.thread_id, run, result.as_deref(), at).await?;
     }
     Ok(())
 }
@@ -422,12 +556,13 @@ async fn approval(
 }
 
 /// A run's terminal event, unless the run was already marked `interrupted` (whose terminal
-/// event was written with the mark): a run has one terminal event in the store.
+/// event was written with the mark): a run has one terminal event in the store. `true` when
+/// this call stored it.
 async fn terminal_event(
     tx: &mut Transaction<'static, Any>,
     event: &EventEnvelope,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
         "INSERT INTO events (user_id, run_id, seq, request_id, timestamp_us, body) \
          SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS \
          (SELECT 1 FROM runs WHERE user_id = $1 AND run_id = $2 AND status = 'interrupted') \
@@ -441,7 +576,7 @@ async fn terminal_event(
     .bind(body(event))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(inserted.rows_affected() == 1)
 }
 
 /// The stored form of an event: the event alone (the ids are columns).

@@ -105,11 +105,14 @@ fn crash_with_runs_in_flight(dir: &tempfile::TempDir) -> Vec<engine_core::UserEx
             }
         }
         store.flush().await;
-        std::mem::forget(eve); // no orderly close: the process dies
-        std::mem::forget(factory);
-        runs
+        (runs, eve, factory, store)
     });
+    // The process dies: its tasks end where they are (no terminal event, no record), and only
+    // then are its engine, factory and store dropped (as the OS frees a killed process's files,
+    // the SQLite lock included).
     rt.shutdown_background();
+    let (runs, eve, factory, store) = runs;
+    drop((eve, factory, store));
     runs
 }
 
@@ -163,11 +166,20 @@ async fn after_the_crash(
     // Again: nothing more to mark, however often.
     assert_eq!(store.sweep_interrupted(None).await.unwrap(), 0);
     drop(store);
-    let again = open(dir, "third-node").await;
+    // The file is free again only once the store is gone (the writer drained).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match SqlStore::open(StoreConfig::new(url(dir)).with_node_id("third-node")).await {
+            Ok(store) => break store,
+            Err(OpenError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     assert_eq!(again.health().runs_interrupted, 0);
     for c in in_flight {
-        let events = stored_events(&again, c).await;
-        assert_eq!(events.iter().filter(|e| e.event.is_terminal()).count(), 1);
+        common::assert_interrupted_once(&again, c).await;
     }
     // The pending approval ended `timed_out` with its run.
     let pending: i64 = {
@@ -366,4 +378,138 @@ async fn two_hundred_turns_of_a_thread_store_linearly() {
     assert!(messages[19].content.starts_with("echo: turn 199"));
     drop(handle);
     factory.shutdown().await;
+}
+
+/// Writes a run's acceptance and events straight through the store API, as an engine's sink
+/// does, ending with `terminal` (and `ended` when given), then drops everything as a crash.
+fn crash_after(
+    dir: &tempfile::TempDir,
+    durability: Durability,
+    write_end: bool,
+    write_terminal: bool,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(async {
+        let store = SqlStore::open(
+            StoreConfig::new(url(dir))
+                .with_node_id("dying")
+                .with_durability(durability),
+        )
+        .await
+        .unwrap();
+        let c = ctx("ivy", "t", "the-run");
+        store.run_accepted(engine_factory::RunAccepted::new(
+            &c,
+            "talker",
+            "hello\0there",
+        ));
+        let terminal = common::envelope(
+            &c,
+            2,
+            AgentEvent::AgentCompleted {
+                agent_name: "talker".into(),
+                status: RunStatus::Completed,
+                success: true,
+                result: Some("answer with a \0 NUL".into()),
+                error: None,
+                duration_ms: 1,
+            },
+        );
+        store.event(&common::envelope(
+            &c,
+            1,
+            AgentEvent::AgentStarted {
+                agent_name: "talker".into(),
+            },
+        ));
+        if write_end {
+            let mut end = engine_factory::RunEnded::new(&c, RunStatus::Completed);
+            end.result = Some("answer with a \0 NUL".into());
+            if durability == Durability::Sync {
+                end.terminal = Some(terminal.clone());
+            }
+            store.run_ended(end).await.unwrap();
+        }
+        if write_terminal {
+            store.event(&terminal);
+        }
+        store.flush().await;
+        store
+    });
+    rt.shutdown_background();
+    drop(store);
+}
+
+async fn reopen(dir: &tempfile::TempDir) -> SqlStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SqlStore::open(StoreConfig::new(url(dir)).with_node_id("next")).await {
+            Ok(store) => return store,
+            Err(OpenError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Batch durability: the terminal event is stored, the end record (written later) is not when
+/// the process dies. The run is ended by its own terminal event, not marked interrupted too.
+#[test]
+fn a_crash_between_the_terminal_event_and_the_record_leaves_one_end() {
+    let dir = tempfile::tempdir().unwrap();
+    crash_after(&dir, Durability::Batch, false, true);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = reopen(&dir).await;
+        assert_eq!(store.health().runs_interrupted, 0);
+        let c = ctx("ivy", "t", "the-run");
+        let record = store.run(c.user_id(), c.run_id()).await.unwrap().unwrap();
+        assert_eq!(record.status, Some(RunStatus::Completed));
+        assert_eq!(
+            record.input, "hello\u{fffd}there",
+            "a NUL is kept as U+FFFD"
+        );
+        let events = stored_events(&store, &c).await;
+        assert_eq!(events.iter().filter(|e| e.event.is_terminal()).count(), 1);
+        let messages = store
+            .thread_messages(c.user_id(), c.thread_id(), 10)
+            .await
+            .unwrap();
+        assert_eq!(messages.len(), 2, "input and answer, once each");
+    });
+}
+
+/// Sync durability: the record is committed before the terminal event is emitted; the process
+/// dies in between. The record carried the terminal event: the run has its end and its event.
+#[test]
+fn a_crash_between_a_sync_record_and_its_terminal_event_leaves_both() {
+    let dir = tempfile::tempdir().unwrap();
+    crash_after(&dir, Durability::Sync, true, false);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = reopen(&dir).await;
+        assert_eq!(store.health().runs_interrupted, 0);
+        let c = ctx("ivy", "t", "the-run");
+        let record = store.run(c.user_id(), c.run_id()).await.unwrap().unwrap();
+        assert_eq!(record.status, Some(RunStatus::Completed));
+        let events = stored_events(&store, &c).await;
+        let terminal: Vec<_> = events.iter().filter(|e| e.event.is_terminal()).collect();
+        assert_eq!(terminal.len(), 1);
+        assert_eq!(terminal[0].seq, 2);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(&dir, "first").await;
+    let err = SqlStore::open(StoreConfig::new(url(&dir)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("gateway.db"), "{err}");
+    drop(first);
 }

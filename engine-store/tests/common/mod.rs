@@ -272,7 +272,8 @@ pub(crate) async fn adversarial_ids_read_back(store: &SqlStore) {
 }
 
 /// `run` was marked `interrupted` exactly once: its record says so, and its stored events end
-/// with exactly one terminal event (status `interrupted`), their seqs contiguous.
+/// with exactly one terminal event (status `interrupted`), their seqs contiguous up to one gap
+/// just before it: the room left for events the dead process may have delivered unstored.
 pub(crate) async fn assert_interrupted_once(store: &SqlStore, run: &UserExecutionContext) {
     let record = store
         .run(run.user_id(), run.run_id())
@@ -286,7 +287,18 @@ pub(crate) async fn assert_interrupted_once(store: &SqlStore, run: &UserExecutio
         run.run_id()
     );
     assert_eq!(record.error.as_deref(), Some(INTERRUPTED));
-    let events = stored_events(store, run).await;
+    let page = store
+        .events_after(run.user_id(), run.run_id(), 0, 100_000)
+        .await
+        .expect("a read")
+        .expect("the user's run");
+    let events = page.events;
+    let before_last = events.len() as u64 - 1;
+    assert_eq!(
+        page.gaps,
+        vec![(before_last + 1, events.last().expect("events").seq - 1)],
+        "one gap, just before the interrupted terminal event"
+    );
     let terminal: Vec<_> = events.iter().filter(|e| e.event.is_terminal()).collect();
     assert_eq!(terminal.len(), 1, "one terminal event for {}", run.run_id());
     assert_eq!(
@@ -294,7 +306,13 @@ pub(crate) async fn assert_interrupted_once(store: &SqlStore, run: &UserExecutio
         events.last().expect("events").seq,
         "and it is last"
     );
-    assert_eq!(terminal[0].seq, events.len() as u64, "contiguous seq");
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == i as u64 + 1),
+        "contiguous seq before the gap"
+    );
     assert!(matches!(
         terminal[0].event,
         AgentEvent::AgentCompleted {
@@ -330,4 +348,21 @@ pub(crate) async fn threads_page_most_recent_first(store: &SqlStore) {
     assert_eq!(seen, ["t6", "t5", "t4", "t3", "t2", "t1", "t0"]);
     drop(handle);
     factory.shutdown().await;
+}
+
+/// An envelope of `ctx`'s run, as the engine stamps them.
+pub(crate) fn envelope(
+    ctx: &UserExecutionContext,
+    seq: u64,
+    event: engine_core::AgentEvent,
+) -> EventEnvelope {
+    EventEnvelope {
+        user_id: ctx.user_id().clone(),
+        thread_id: ctx.thread_id().clone(),
+        run_id: ctx.run_id().clone(),
+        request_id: ctx.request_id().clone(),
+        seq,
+        timestamp_us: seq,
+        event,
+    }
 }
