@@ -6,56 +6,18 @@
 
 use std::time::{Duration, Instant};
 
-use engine_core::UserId;
-use engine_gateway::TokenKeys;
 use engine_redis::testing::RedisServer;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 mod common;
 
-use common::{start_gateway, Running, SECRET};
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::{connect, next, send, start_gateway, Running, Ws, SECRET};
 
 async fn node(redis: &RedisServer, name: &str, extra: &[&str]) -> Running {
     let url = redis.url();
     let mut args = vec!["--redis-url", url.as_str(), "--node-id", name];
     args.extend_from_slice(extra);
     start_gateway(&args).await
-}
-
-async fn connect(addr: &str, user: &str) -> Ws {
-    let token = TokenKeys::new(SECRET.as_bytes())
-        .issue(&UserId::new(user).unwrap(), 600)
-        .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
-        .await
-        .expect("upgrade");
-    let welcome = next(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    ws
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("a frame within 20 s")
-            .expect("socket open")
-            .expect("no socket error");
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(t.as_str()).unwrap();
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
 }
 
 /// Sends a message and returns the run id from `run_accepted` (other frames before it are

@@ -5,48 +5,11 @@
 
 use std::time::Duration;
 
-use engine_core::UserId;
-use engine_gateway::TokenKeys;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 mod common;
 
-use common::SECRET;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("a frame within 30 s")
-            .expect("the socket is open")
-            .expect("a frame");
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(t.as_str()).unwrap();
-        }
-    }
-}
-
-async fn connect(addr: &str, user: &str) -> Ws {
-    let token = TokenKeys::new(SECRET.as_bytes())
-        .issue(&UserId::new(user).unwrap(), 600)
-        .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
-        .await
-        .expect("upgrade");
-    assert_eq!(next(&mut ws).await["type"], "welcome");
-    ws
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-}
+use common::{connect, next, send, Ws};
 
 /// Sends a message and returns its run id, keeping the frames seen on the way.
 async fn start(ws: &mut Ws, frame: Value, seen: &mut Vec<Value>) -> String {

@@ -167,16 +167,7 @@ async fn after_the_crash(
     assert_eq!(store.sweep_interrupted(None).await.unwrap(), 0);
     drop(store);
     // The file is free again only once the store is gone (the writer drained).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let again = loop {
-        match SqlStore::open(StoreConfig::new(url(dir)).with_node_id("third-node")).await {
-            Ok(store) => break store,
-            Err(OpenError::InUse { .. }) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let again = reopen(dir, "third-node").await;
     assert_eq!(again.health().runs_interrupted, 0);
     for c in in_flight {
         common::assert_interrupted_once(&again, c).await;
@@ -444,10 +435,11 @@ fn crash_after(
     drop(store);
 }
 
-async fn reopen(dir: &tempfile::TempDir) -> SqlStore {
+/// Opens the file again as `node` once the dropped store's writer has let it go (10 s at most).
+async fn reopen(dir: &tempfile::TempDir, node: &str) -> SqlStore {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match SqlStore::open(StoreConfig::new(url(dir)).with_node_id("next")).await {
+        match SqlStore::open(StoreConfig::new(url(dir)).with_node_id(node)).await {
             Ok(store) => return store,
             Err(OpenError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -464,7 +456,7 @@ fn a_crash_between_the_terminal_event_and_the_record_leaves_one_end() {
     let dir = tempfile::tempdir().unwrap();
     crash_after(&dir, Durability::Batch, false, true);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = reopen(&dir).await;
+        let store = reopen(&dir, "next").await;
         assert_eq!(store.health().runs_interrupted, 0);
         let c = ctx("ivy", "t", "the-run");
         let record = store.run(c.user_id(), c.run_id()).await.unwrap().unwrap();
@@ -490,7 +482,7 @@ fn a_crash_between_a_sync_record_and_its_terminal_event_leaves_both() {
     let dir = tempfile::tempdir().unwrap();
     crash_after(&dir, Durability::Sync, true, false);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = reopen(&dir).await;
+        let store = reopen(&dir, "next").await;
         assert_eq!(store.health().runs_interrupted, 0);
         let c = ctx("ivy", "t", "the-run");
         let record = store.run(c.user_id(), c.run_id()).await.unwrap().unwrap();

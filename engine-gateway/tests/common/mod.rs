@@ -90,3 +90,45 @@ pub(crate) async fn http_get(addr: &str, path: &str, extra: &str) -> (u16, Strin
     let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
+
+/// A client's WebSocket.
+pub(crate) type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a socket as `user` (a token signed with [`SECRET`]) and reads its `welcome`.
+pub(crate) async fn connect(addr: &str, user: &str) -> Ws {
+    let token = engine_gateway::TokenKeys::new(SECRET.as_bytes())
+        .issue(&engine_core::UserId::new(user).unwrap(), 600)
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .expect("upgrade");
+    let welcome = next(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    ws
+}
+
+/// The next text frame, as JSON (20 s at most; the socket must stay open).
+pub(crate) async fn next(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame within 20 s")
+            .expect("socket open")
+            .expect("no socket error");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+/// Sends one JSON frame.
+pub(crate) async fn send(ws: &mut Ws, frame: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        frame.to_string().into(),
+    ))
+    .await
+    .unwrap();
+}
