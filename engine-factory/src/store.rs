@@ -376,7 +376,7 @@ pub struct StoreHealth {
     pub up: bool,
     /// The backend (`sqlite`, `postgres`).
     pub backend: &'static str,
-    /// Writes waiting in the buffer.
+    /// Writes of every kind (run records, events) queued and not yet taken by the writer.
     pub buffered: usize,
     /// Batches committed since start.
     pub batches: u64,

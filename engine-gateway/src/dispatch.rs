@@ -205,7 +205,8 @@ impl Gateway {
         // A run that ended is whole in the store (its events were queued before its end); one
         // that ended `interrupted` (its node died) has its terminal event only there.
         if let Some(store) = store {
-            if let Ok(Some(record)) = store.run(&session.user, run).await {
+            let record = tokio::time::timeout(STORE_READ_TIMEOUT, store.run(&session.user, run));
+            if let Ok(Ok(Some(record))) = record.await {
                 if record.status.is_some() {
                     return resume_from_store(&**store, &session.user, run, after_seq).await;
                 }
@@ -394,9 +395,13 @@ fn unknown_run(run: &RunId) -> ServerFrame {
     )
 }
 
-/// Events read from the store per page, and pages per resume at most.
+/// Events read from the store per page, and pages per resume at most (a longer run resumes in
+/// several `resume`s, each from the last seq it got).
 const STORE_PAGE: usize = 500;
 const STORE_PAGES: usize = 40;
+/// Longest one read of the store may take before `resume` answers `store_unavailable` (the
+/// socket's other frames wait behind it).
+const STORE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A run's stored events after `after_seq`, with a `gap` frame before each stretch of sequence
 /// numbers that was not stored.
@@ -408,9 +413,14 @@ async fn resume_from_store(
 ) -> Result<Vec<ServerFrame>, ServerFrame> {
     let mut frames = Vec::new();
     for _ in 0..STORE_PAGES {
-        let page = store
-            .events_after(user, run, after_seq, STORE_PAGE)
+        let read = store.events_after(user, run, after_seq, STORE_PAGE);
+        let page = tokio::time::timeout(STORE_READ_TIMEOUT, read)
             .await
+            .unwrap_or_else(|_| {
+                Err(engine_factory::StoreError::Unavailable(format!(
+                    "no answer within {STORE_READ_TIMEOUT:?}"
+                )))
+            })
             .map_err(|e| {
                 tracing::warn!(run_id = %run, error = %e, "resume: the run store could not be read");
                 ServerFrame::error(

@@ -333,7 +333,7 @@ impl Collector for StoreCollector {
             ),
             (
                 "store_buffered_writes",
-                "Run store: events waiting to be written",
+                "Run store: writes (run records, events) queued and not yet taken by the writer",
                 i64::try_from(h.buffered).unwrap_or(i64::MAX),
             ),
         ];

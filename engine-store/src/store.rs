@@ -78,6 +78,7 @@ impl SqlStore {
             batch_size: config.batch_size,
             buffer: config.buffer,
             buffered: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             lost: Mutex::new(std::collections::HashMap::new()),
             counters: Counters::default(),
         });
@@ -199,7 +200,13 @@ impl SqlStore {
     }
 
     fn send(&self, op: Op) -> bool {
-        self.inner.tx.send(op).is_ok()
+        let queued = &self.inner.shared.queued;
+        queued.fetch_add(1, Ordering::Relaxed);
+        let sent = self.inner.tx.send(op).is_ok();
+        if !sent {
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
     }
 }
 
@@ -553,7 +560,7 @@ impl RunStore for SqlStore {
         let mut health = StoreHealth::default();
         health.up = c.up.load(Ordering::Relaxed);
         health.backend = shared.backend.name();
-        health.buffered = shared.buffered.load(Ordering::Relaxed);
+        health.buffered = shared.queued.load(Ordering::Relaxed);
         health.batches = c.batches.load(Ordering::Relaxed);
         health.write_errors = c.write_errors.load(Ordering::Relaxed);
         health.events_dropped = c.events_dropped.load(Ordering::Relaxed);

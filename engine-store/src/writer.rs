@@ -78,8 +78,10 @@ pub(crate) struct Shared {
     pub(crate) node_id: String,
     pub(crate) batch_size: usize,
     pub(crate) buffer: usize,
-    /// Events queued and not yet committed.
+    /// Events queued and not yet committed (bounded by `buffer`).
     pub(crate) buffered: AtomicUsize,
+    /// Writes of every kind queued and not yet taken by the writer (run records included).
+    pub(crate) queued: AtomicUsize,
     /// Gaps of events refused by a full buffer, not yet queued for writing: per user, runs
     /// and their merged ranges `from..=to`.
     pub(crate) lost: Mutex<HashMap<UserId, Vec<LostRange>>>,
@@ -117,6 +119,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
                 Err(_) => break,
             }
         }
+        shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         let lost = std::mem::take(&mut *shared.lost.lock().unwrap_or_else(|p| p.into_inner()));
         for (user, ranges) in lost {
             for (run, from, to) in ranges {
@@ -316,7 +319,18 @@ async fn accepted(
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Ok(()); // written before (a retried batch)
+        // Written before (a retried batch), or a run id used again after its run ended: the
+        // store keeps the first run under that id.
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM runs WHERE user_id = $1 AND run_id = $2")
+                .bind(run.user_id.as_str())
+                .bind(run.run_id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+        if status.as_deref() != Some("running") {
+            tracing::warn!(user_id = %run.user_id, run_id = %run.run_id, "run id used again: the store keeps its first run; use a new run id per run");
+        }
+        return Ok(());
     }
     sqlx::query(
         "INSERT INTO threads (user_id, thread_id, created_us, updated_us, run_count, preview) \
