@@ -145,7 +145,7 @@ async fn after_the_crash(
     node: &str,
 ) {
     // The next start marks them, once.
-    let store = open(dir, node).await;
+    let store = reopen(dir, node).await;
     assert_eq!(store.health().runs_interrupted, 3);
     for c in in_flight {
         common::assert_interrupted_once(&store, c).await;
