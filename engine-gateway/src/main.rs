@@ -300,6 +300,8 @@ fn registry(
     Ok(model_registry(kit))
 }
 
+const SQLITE_CLUSTER: &str = "a cluster (--redis-url) needs a database every node shares: use --database-url postgres://... (an SQLite file belongs to one process)";
+
 /// The run store the flags ask for (`None`: `memory`). A cluster needs a database every node
 /// shares: SQLite is refused with `--redis-url`.
 async fn open_store(
@@ -331,7 +333,7 @@ async fn open_store(
         return Ok(None);
     };
     if cluster.is_some() && url.starts_with("sqlite:") {
-        return Err("a cluster (--redis-url) needs a database every node shares: use --database-url postgres://... (an SQLite file belongs to one process)".into());
+        return Err(SQLITE_CLUSTER.into());
     }
     let node_id = cluster
         .map(|c| c.config().node_id().to_owned())
@@ -367,6 +369,15 @@ async fn run(args: Args) -> Result<(), String> {
         config.messages_per_minute,
         config.max_connections_per_user,
     );
+    // Refused before anything connects: a cluster needs a database every node shares.
+    if args.redis_url.is_some()
+        && args
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("sqlite:"))
+    {
+        return Err(SQLITE_CLUSTER.into());
+    }
     let cluster = match &args.redis_url {
         None => None,
         Some(url) => {

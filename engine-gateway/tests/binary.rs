@@ -86,6 +86,16 @@ fn the_command_line_helps_and_refuses_bad_input_by_name() {
             &[],
             &["cannot open the database postgres://app:***@127.0.0.1:1/db"],
         ),
+        (
+            &[
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--database-url",
+                "sqlite:///tmp/x.db",
+            ],
+            &[],
+            &["--redis-url", "postgres://", "one process"],
+        ),
     ];
     for (args, env, words) in cases {
         let (code, out, err) = run_cli(args, env);

@@ -144,6 +144,33 @@ async fn a_killed_gateway_restarts_with_every_run_ended_once_and_the_history_int
         assert_eq!(status, 200, "{body}");
         let health: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(health["store"]["backend"], "sqlite", "{health}");
+        assert_eq!(health["store"]["status"], "ok", "{health}");
+        // A run on the restarted gateway is written in batches too.
+        let mut seen = Vec::new();
+        let after = start(
+            &mut ws,
+            json!({"type":"user_message","thread_id":format!("t-after-{restart}"),"text":"what is 1 + 1?"}),
+            &mut seen,
+        )
+        .await;
+        wait_for(&mut ws, &after, |e| e["type"] == "agent_completed").await;
+        let (status, _, metrics) = common::http_get(&gw.addr, "/metrics", "").await;
+        let interrupted = if restart == 0 { 2 } else { 0 };
+        assert!(
+            metrics.contains(&format!(
+                "engine_gateway_store_runs_interrupted_total {interrupted}"
+            )),
+            "{metrics}"
+        );
+        assert_eq!(status, 200);
+        assert!(metrics.contains("engine_gateway_store_up 1"), "{metrics}");
+        let batches = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("engine_gateway_store_batches_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("the batch counter");
+        assert!(batches > 0, "the store wrote batches: {metrics}");
+        assert!(metrics.contains("engine_gateway_store_batch_seconds_bucket{le=\"+Inf\"}"));
         common::terminate(&gw.child);
         let mut child = gw.child;
         tokio::time::timeout(Duration::from_secs(20), child.wait())
@@ -161,12 +188,16 @@ async fn a_killed_gateway_restarts_with_every_run_ended_once_and_the_history_int
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        rows.len(),
+        5,
+        "three before the kill, one after each restart: {rows:?}"
+    );
     for (run, status) in &rows {
-        let want = if *run == done {
-            "completed"
-        } else {
+        let want = if *run == waiting || *run == slow {
             "interrupted"
+        } else {
+            "completed"
         };
         assert_eq!(status, want, "{run}");
     }
