@@ -167,6 +167,15 @@ impl UserChannel {
     }
 }
 
+/// The wait before the next attach attempt: 100 ms doubling up to 5 s, with up to half of it
+/// random (nodes that lost the store together do not come back in step).
+fn attach_backoff(attempt: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let jitter = std::collections::hash_map::RandomState::new().hash_one(attempt) % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
 /// Offers `event` to one subscriber's queue: buffered, or kept for a waiting send when full.
 #[inline]
 fn offer(
@@ -268,7 +277,10 @@ impl EventHub {
         Subscription { queue, id, channel }
     }
 
-    /// Asks the bus, once per channel, to feed this user's events into it.
+    /// Asks the bus, once per channel, to feed this user's events into it; a failed attach
+    /// (the cluster's store unreachable) is retried with backoff and jitter for as long as
+    /// the channel lives, so a user who first subscribed during an outage gets events once it
+    /// is over, without reconnecting.
     fn attach(bus: &Arc<dyn EventBus>, channel: &Arc<UserChannel>) {
         let Some(attach) = &channel.attach else {
             return; // a channel made before the bus: never (the bus is fixed at creation)
@@ -283,27 +295,47 @@ impl EventHub {
         if !first {
             return;
         }
-        let attaching = bus.attach(UserFeed {
-            user: channel.user.clone(),
-            channel: Arc::downgrade(channel),
-        });
         let state = attach.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    // `send_replace`: `send` would drop the value while nobody waits yet.
-                    state.send_replace(match attaching.await {
-                        Ok(()) => Attach::Ready,
-                        Err(e) => Attach::Failed(e),
-                    });
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            state.send_replace(Attach::Failed(BusError::Unavailable(
+                "subscribing through the event bus needs a tokio runtime".into(),
+            )));
+            return;
+        };
+        let bus = Arc::clone(bus);
+        let weak = Arc::downgrade(channel);
+        let user = channel.user.clone();
+        rt.spawn(async move {
+            let mut attempt: u32 = 0;
+            loop {
+                // Only while the channel lives (a subscriber or an engine of the user).
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                let attaching = bus.attach(UserFeed {
+                    user: user.clone(),
+                    channel: weak.clone(),
                 });
+                // `send_replace`: `send` would drop the value while nobody waits yet.
+                match attaching.await {
+                    Ok(()) => {
+                        if attempt > 0 {
+                            tracing::info!(user_id = %user, attempts = attempt + 1, "event bus feed attached after an outage");
+                        }
+                        state.send_replace(Attach::Ready);
+                        return;
+                    }
+                    Err(e) => {
+                        if attempt == 0 {
+                            tracing::warn!(user_id = %user, error = %e, "event bus feed not attached; retrying with backoff");
+                        }
+                        state.send_replace(Attach::Failed(e));
+                    }
+                }
+                tokio::time::sleep(attach_backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
             }
-            Err(_) => {
-                state.send_replace(Attach::Failed(BusError::Unavailable(
-                    "subscribing through the event bus needs a tokio runtime".into(),
-                )));
-            }
-        }
+        });
     }
 
     /// The sink an engine of `user` delivers through. Crate-private: only the factory hands

@@ -161,3 +161,73 @@ async fn redis_killed_mid_run_and_restarted() {
     assert!(cluster.metrics().reconnects >= 1);
     drop(engine);
 }
+
+/// A user whose first subscription comes while Redis is down gets events once it is back, on
+/// the same subscription, without reconnecting (the failed attach is retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_first_seen_during_an_outage_gets_events_once_redis_is_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (cluster, factory) = node(redis.url()).await;
+    redis.kill();
+    let user = UserId::new("late-joiner").unwrap();
+    let sub = factory.subscribe(&user);
+    let ready = tokio::time::timeout(Duration::from_secs(10), sub.ready())
+        .await
+        .expect("ready answers during the outage");
+    assert!(ready.is_err(), "no feed while Redis is down");
+    redis.restart();
+    let mut back = false;
+    for _ in 0..100 {
+        if cluster.ping().await {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the node reconnects");
+    let mut sub = sub;
+    let engine = factory
+        .create(&UserExecutionContext::new("late-joiner", "thread-1", "root").unwrap())
+        .await
+        .expect("admission works again");
+    // The retry attaches within its backoff; runs started meanwhile may not reach the feed, so
+    // run until one does (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let run = UserExecutionContext::new("late-joiner", "thread-1", format!("run-{n}")).unwrap();
+        engine.execute(&run, "ticker", "2").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await;
+        if let Ok(Some(e)) = got {
+            assert_eq!(e.user_id, user);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event reached the subscription within 20 s of Redis coming back"
+        );
+    }
+    // From then on every run's events arrive, in order, terminal included.
+    let run = UserExecutionContext::new("late-joiner", "thread-1", "run-last").unwrap();
+    engine.execute(&run, "ticker", "3").await.unwrap();
+    let mut seqs = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("the run's events arrive")
+            .unwrap();
+        if e.run_id != *run.run_id() {
+            continue;
+        }
+        seqs.push(e.seq);
+        if e.event.is_terminal() {
+            break;
+        }
+    }
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    drop(engine);
+    factory.shutdown().await;
+}
