@@ -255,13 +255,22 @@ impl std::fmt::Debug for RunsAcrossUsers {
 impl RunsAcrossUsers {
     /// `users` users, each with an engine and a subscriber task counting its events.
     pub fn new(users: usize) -> Self {
+        Self::with_factory(users, |_| bench_factory(4096))
+    }
+
+    /// As [`new`](Self::new), with the factory `make` builds on the runtime the runs will use
+    /// (a factory whose seams have a run store, which needs the runtime to open).
+    pub fn with_factory(
+        users: usize,
+        make: impl FnOnce(&tokio::runtime::Runtime) -> ExecutionEngineFactory,
+    ) -> Self {
         use std::sync::atomic::{AtomicU64, Ordering};
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let factory = bench_factory(4096);
+        let factory = make(&rt);
         let users = bench_users(users);
         let received = Arc::new(AtomicU64::new(0));
         for c in &users {
@@ -281,6 +290,26 @@ impl RunsAcrossUsers {
             engines,
             received,
         }
+    }
+
+    /// The runtime the runs run on (2 workers).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// The factory.
+    pub fn factory(&self) -> &ExecutionEngineFactory {
+        &self.factory
+    }
+
+    /// The users' root contexts.
+    pub fn users(&self) -> &[UserExecutionContext] {
+        &self.users
+    }
+
+    /// The users' engines (same index as [`users`](Self::users)).
+    pub fn engines(&self) -> Arc<Vec<(UserId, EngineHandle)>> {
+        Arc::clone(&self.engines)
     }
 
     /// `rounds` batches of `runs` six-event runs (run `i` for user `i % users`, contexts made

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: builds the benchmarks once, measures every comparison as interleaved
 //! rounds of ours and its baselines (see [`pairs`]), then runs the benchmarks that print their
-//! own rows (tail latency, allocations, memory, Redis latency) and prints one table.
+//! own rows (tail latency, allocations, memory, Redis latency, the run store's thread reads and
+//! capacity) and prints one table.
 
 pub mod pairs;
 
@@ -299,6 +300,8 @@ fn own_lines(stdout: &str) -> String {
                 || l.starts_with("allocations ")
                 || l.starts_with("memory_")
                 || l.starts_with("latency")
+                || l.starts_with("thread_read")
+                || l.starts_with("store_capacity")
                 || l.contains("p99/p50")
         })
         .fold(String::new(), |mut s, l| {
@@ -326,11 +329,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<u8, XtaskError> {
         rows.extend(measure(&exes, c, c.rounds(opts.rounds), &criterion)?);
     }
     let mut own = String::new();
-    let singles: [(&str, &[&str]); 4] = [
+    let singles: [(&str, &[&str]); 5] = [
         ("tail", &[]),
         ("allocs", &[]),
         ("footprint", &[]),
         ("redis", &["--exact", "redis_latency"]),
+        ("store", &["--exact", "store_probes"]),
     ];
     for (name, args) in singles {
         if opts.selects(name) {

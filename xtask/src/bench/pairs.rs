@@ -45,6 +45,24 @@ pub const COMPARISONS: &[Comparison] = &[
     noisy(cmp("redis", "redis_admission", "op", &["raw_evalsha"])),
     noisy(cmp("llm", "llm_tokens", "token", &["baseline"])),
     noisy(cmp("llm", "llm_tool_round", "round", &["baseline"])),
+    // Both sides write a database file (SQLite) or go through a server sharing the two cores
+    // (Postgres): single rounds scatter.
+    noisy(cmp("store", "store_events_sqlite", "event", &["raw_sqlx"])),
+    noisy(cmp(
+        "store",
+        "store_events_postgres",
+        "event",
+        &["raw_sqlx"],
+    )),
+    Comparison {
+        bench: "store",
+        group: "runs_1000_users_store",
+        unit: "run",
+        ours: "ours",
+        baselines: &["memory"],
+        baseline_bench: None,
+        noisy: false,
+    },
     Comparison {
         bench: "allocator_mimalloc",
         group: "allocator",
@@ -218,6 +236,23 @@ mod tests {
         assert_eq!(a.bench_of("mimalloc"), "allocator_mimalloc");
         assert_eq!(a.bench_of("system"), "allocator_system");
         assert_eq!(a.row_name("system"), "allocator: mimalloc vs system");
+    }
+
+    #[test]
+    fn the_store_rows_are_selected_by_store() {
+        let selected: Vec<_> = COMPARISONS
+            .iter()
+            .filter(|c| c.group.contains("store"))
+            .map(|c| (c.bench, c.row_name(c.baselines[0])))
+            .collect();
+        assert_eq!(
+            selected,
+            [
+                ("store", "store_events_sqlite vs raw_sqlx".to_owned()),
+                ("store", "store_events_postgres vs raw_sqlx".to_owned()),
+                ("store", "runs_1000_users_store vs memory".to_owned()),
+            ]
+        );
     }
 
     #[test]
