@@ -126,5 +126,5 @@ pub use outcome::{EngineStats, RunEnd, RunOutcome, StepOutcome, TokenUsage};
 pub use pipeline::{Pipeline, PipelineStep, StepInput};
 pub use registry::{AgentRegistry, AgentRegistryBuilder, RegistryError};
 pub use run::{RunContext, SubAgentCall, SubAgentError, ToolDispatcher};
-pub use sink::{Delivery, DeliveryError, EventSink};
+pub use sink::{Delivery, DeliveryError, EventSink, RunEnding};
 pub use tool::{Tool, ToolContext, ToolPermissionPolicy, ToolSpec};

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use crate::context::UserExecutionContext;
 use crate::event::EventEnvelope;
 use crate::ids::UserId;
-use crate::outcome::RunOutcome;
+use crate::outcome::{RunEnd, RunOutcome};
 
 /// Why a sink could not deliver one event. The engine counts it as dropped; the run goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +73,21 @@ impl Future for Delivery<'_> {
     }
 }
 
+/// A run about to emit its terminal event, as [`EventSink::run_ending`] sees it: how it ended
+/// and what its terminal event will carry.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RunEnding<'a> {
+    /// The agent (or pipeline) that ran.
+    pub agent_name: &'a str,
+    /// How it ended, with its answer or error.
+    pub end: &'a RunEnd,
+    /// The terminal event's sequence number (every earlier event was delivered or dropped).
+    pub seq: u64,
+    /// The terminal event's `duration_ms`: from acceptance to the end.
+    pub duration_ms: u64,
+}
+
 /// A destination for the events of exactly ONE user.
 ///
 /// An engine checks when it is built that its sink's [`user_id`](Self::user_id) is its own user,
@@ -117,12 +132,13 @@ pub trait EventSink: Send + Sync + 'static {
         let _ = (context, agent_name, input);
     }
 
-    /// The run has ended with `outcome` and its terminal event is about to be emitted. The
-    /// engine awaits the returned delivery (without the delivery timeout: the sink bounds its
-    /// own wait) before it emits the terminal event, so a sink that must record the end before
-    /// anyone is told of it (a store with `sync` durability) does it here. Default: ready.
-    fn run_ending(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
-        let _ = (context, outcome);
+    /// The run has ended as `ending` says and its terminal event (sequence number
+    /// `ending.seq`) is about to be emitted. The engine awaits the returned delivery (without
+    /// the delivery timeout: the sink bounds its own wait) before it emits the terminal event,
+    /// so a sink that must record the end before anyone is told of it (a store with `sync`
+    /// durability) does it here. Default: ready.
+    fn run_ending(&self, context: &UserExecutionContext, ending: &RunEnding<'_>) -> Delivery<'_> {
+        let _ = (context, ending);
         Delivery::ready(Ok(()))
     }
 

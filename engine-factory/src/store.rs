@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use engine_core::{
-    Delivery, EventEnvelope, EventSink, RequestId, RunId, RunOutcome, RunStatus, ThreadId,
-    TokenUsage, UserExecutionContext, UserId,
+    Delivery, EventEnvelope, EventSink, RequestId, RunEnding, RunId, RunOutcome, RunStatus,
+    ThreadId, TokenUsage, UserExecutionContext, UserId,
 };
 
 use crate::cluster::BoxFuture;
@@ -159,26 +159,28 @@ impl RunEnded {
         }
     }
 
-    /// As [`from_outcome`](Self::from_outcome), with the terminal event the engine is about to
-    /// emit: its sequence number is the next of the run (every event so far was delivered or
-    /// dropped), its timestamp now.
-    pub fn with_terminal(context: &UserExecutionContext, outcome: &RunOutcome) -> Self {
-        let mut end = Self::from_outcome(context, outcome);
-        let status = outcome.status();
+    /// The end of `context`'s run as the engine is about to emit its terminal event
+    /// ([`Durability::Sync`]), with that event: its sequence number is `ending.seq`, its
+    /// timestamp now. Usage, timings and steps follow with [`from_outcome`](Self::from_outcome).
+    pub fn ending(context: &UserExecutionContext, ending: &RunEnding<'_>) -> Self {
+        let status = ending.end.status();
+        let mut end = Self::new(context, status);
+        end.result = ending.end.answer().map(str::to_owned);
+        end.error = ending.end.error().map(str::to_owned);
         end.terminal = Some(EventEnvelope {
             user_id: context.user_id().clone(),
             thread_id: context.thread_id().clone(),
             run_id: context.run_id().clone(),
             request_id: context.request_id().clone(),
-            seq: outcome.events_delivered + outcome.events_dropped + 1,
+            seq: ending.seq,
             timestamp_us: end.ended_at_us,
             event: engine_core::AgentEvent::AgentCompleted {
-                agent_name: Arc::clone(&outcome.agent_name),
+                agent_name: Arc::from(ending.agent_name),
                 status,
                 success: status == RunStatus::Completed,
                 result: end.result.clone(),
                 error: end.error.clone(),
-                duration_ms: millis(outcome.queue_wait + outcome.execution_time),
+                duration_ms: ending.duration_ms,
             },
         });
         end
@@ -493,18 +495,17 @@ impl EventSink for StoreSink {
             .run_accepted(RunAccepted::new(context, agent_name, input));
     }
 
-    fn run_ending(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
+    fn run_ending(&self, context: &UserExecutionContext, ending: &RunEnding<'_>) -> Delivery<'_> {
         match self.store.durability() {
-            Durability::Sync => self.commit(RunEnded::with_terminal(context, outcome)),
+            Durability::Sync => self.commit(RunEnded::ending(context, ending)),
             _ => Delivery::ready(Ok(())),
         }
     }
 
     fn run_ended(&self, context: &UserExecutionContext, outcome: &RunOutcome) -> Delivery<'_> {
-        match self.store.durability() {
-            Durability::Batch => self.commit(RunEnded::from_outcome(context, outcome)),
-            _ => Delivery::ready(Ok(())),
-        }
+        // Both durabilities: under `batch` this is the end record; under `sync` it adds what
+        // only the outcome knows (usage, timings, steps) to the record written at `run_ending`.
+        self.commit(RunEnded::from_outcome(context, outcome))
     }
 }
 

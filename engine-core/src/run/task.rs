@@ -25,8 +25,10 @@ use crate::run::control::{Cleanup, RunControl};
 use crate::run::emit::{millis, within};
 use crate::run::guard::{guarded, Guarded};
 use crate::run::RunContext;
-use crate::sink::Delivery;
+use crate::sink::{Delivery, DeliveryError, RunEnding};
 use crate::sync::lock;
+use std::future::Future;
+use std::pin::Pin;
 
 /// One accepted run, moved into its task.
 pub(crate) struct Run {
@@ -71,10 +73,18 @@ impl Run {
     pub(crate) fn execute(self) -> impl std::future::Future<Output = RunOutcome> + Send + 'static {
         // An `async move` block, not an `async fn`: the run is held once in the future's state
         // (an `async fn` keeps its argument twice, as argument and as local).
-        async move { self.run_to_end().await }
+        async move {
+            let (outcome, ended) = self.run_to_end().await;
+            // Awaited here, where the run's own future is already done: it costs the run's
+            // task no state.
+            if let Some(wait) = ended {
+                settle(wait).await;
+            }
+            outcome
+        }
     }
 
-    async fn run_to_end(&self) -> RunOutcome {
+    async fn run_to_end(&self) -> (RunOutcome, Option<Waiting<'_>>) {
         let engine = &self.engine;
         let accepted = self.accepted;
         self.wait_for_earlier_runs().await;
@@ -146,6 +156,32 @@ impl Run {
                     .await;
             }
         }
+        // The sink hears of the end first (a sync store commits it here). Only a delivery
+        // that waits is awaited, and the terminal event is built after it: nothing of the end
+        // but `end` itself is held across the wait, so the run's future keeps its size.
+        let duration_ms = millis(finished.saturating_duration_since(accepted));
+        let ending = {
+            let view = RunEnding {
+                agent_name: &self.agent_name,
+                end: &end,
+                seq: emitter.delivered + emitter.dropped + 1,
+                duration_ms,
+            };
+            hook(|| engine.sink.run_ending(&self.context, &view))
+        };
+        if let Some(wait) = ending {
+            settle(wait).await;
+        }
+        emitter
+            .emit(AgentEvent::AgentCompleted {
+                agent_name: Arc::clone(&self.agent_name),
+                status,
+                success: status == RunStatus::Completed,
+                result: end.answer().map(str::to_owned),
+                error: end.error().map(str::to_owned),
+                duration_ms,
+            })
+            .await;
         let mut steps = std::mem::take(&mut *lock(&self.control.steps));
         if let RunKind::Pipeline(pipeline) = &self.kind {
             // Steps the run never reached (cancelled or timed out first).
@@ -153,15 +189,7 @@ impl Run {
                 steps.push(StepOutcome::new(Arc::from(step.agent()), None));
             }
         }
-        let terminal = AgentEvent::AgentCompleted {
-            agent_name: Arc::clone(&self.agent_name),
-            status,
-            success: status == RunStatus::Completed,
-            result: end.answer().map(str::to_owned),
-            error: end.error().map(str::to_owned),
-            duration_ms: millis(finished.saturating_duration_since(accepted)),
-        };
-        let mut outcome = RunOutcome {
+        let outcome = RunOutcome {
             run_id: self.context.run_id().clone(),
             thread_id: self.context.thread_id().clone(),
             agent_name: Arc::clone(&self.agent_name),
@@ -173,16 +201,12 @@ impl Run {
             steps,
             usage: self.control.usage(),
         };
-        let sink = &*engine.sink;
-        settle(|| sink.run_ending(&self.context, &outcome)).await;
-        emitter.emit(terminal).await;
-        outcome.events_delivered = emitter.delivered;
-        outcome.events_dropped = emitter.dropped;
         drop(emitter);
         self.finish(&outcome, finished);
-        settle(|| sink.run_ended(&self.context, &outcome)).await;
         tracing::debug!(status = status.as_str(), "run ended");
-        outcome
+        // The sink's record of the end is awaited by `execute`, after this future is done.
+        let ended = hook(|| engine.sink.run_ended(&self.context, &outcome));
+        (outcome, ended)
     }
 
     /// Waits until the thread's earlier runs (those this run must follow) have ended, or until
@@ -315,18 +339,28 @@ impl Run {
     }
 }
 
-/// Awaits one of the sink's run hooks ([`EventSink::run_ending`], [`EventSink::run_ended`]):
-/// ready at once by default; a panic in the sink is logged and the run ends as it would have.
-async fn settle<'a>(hook: impl FnOnce() -> Delivery<'a>) {
-    match std::panic::catch_unwind(AssertUnwindSafe(hook)) {
-        Ok(Delivery::Ready(_)) => {}
-        Ok(Delivery::Pending(wait)) => match AssertUnwindSafe(wait).catch_unwind().await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "the sink could not record the run's end"),
-            Err(panic) => {
-                tracing::warn!(panic = %panic_message(&*panic), "the sink panicked recording the run's end");
-            }
-        },
+/// A sink hook's delivery that waits.
+type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
+
+/// Calls one of the sink's run hooks ([`EventSink::run_ending`], [`EventSink::run_ended`]):
+/// `None` when it is done at once (the default), the wait otherwise. A panic in the sink is
+/// logged and the run ends as it would have.
+fn hook<'a>(call: impl FnOnce() -> Delivery<'a>) -> Option<Waiting<'a>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(Delivery::Ready(_)) => None,
+        Ok(Delivery::Pending(wait)) => Some(wait),
+        Err(panic) => {
+            tracing::warn!(panic = %panic_message(&*panic), "the sink panicked recording the run's end");
+            None
+        }
+    }
+}
+
+/// Awaits a hook's wait; its error or panic is logged.
+async fn settle(wait: Waiting<'_>) {
+    match AssertUnwindSafe(wait).catch_unwind().await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "the sink could not record the run's end"),
         Err(panic) => {
             tracing::warn!(panic = %panic_message(&*panic), "the sink panicked recording the run's end");
         }
