@@ -38,16 +38,21 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return {1, held + 1}
 ";
 
-/// KEYS[1] leases; ARGV member. Returns the leases left.
+/// KEYS[1] leases, KEYS[2] released; ARGV member, tombstone_ms. Returns the leases left. The
+/// member is remembered as released for `tombstone_ms` (a renewal snapshot taken before this
+/// release must not restore it).
 const RELEASE: &str = r"
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
 local left = redis.call('ZCARD', KEYS[1])
 if left == 0 then redis.call('DEL', KEYS[1]) end
 return left
 ";
 
-/// KEYS[1] leases; ARGV ttl_ms, limit, members... Renews each held lease; one that expired is
-/// restored only while the user is under the limit. Returns {renewed, restored, lost}.
+/// KEYS[1] leases, KEYS[2] released; ARGV ttl_ms, limit, members... Renews each held lease; one
+/// that expired (Redis lost it) is restored only while the user is under the limit, and one
+/// released since the node's snapshot is never restored. Returns {renewed, restored, lost}.
 const RENEW: &str = r"
 local ttl = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -56,6 +61,8 @@ for i = 3, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
     renewed = renewed + 1
+  elseif redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 1 then
+    -- released after the snapshot: gone for good
   elseif redis.call('ZCARD', KEYS[1]) < limit then
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
     restored = restored + 1
@@ -140,6 +147,7 @@ impl RedisAdmission {
         for (user, members, limit) in snapshot {
             let mut conn = self.conn.clone();
             let mut inv = self.renew.key(self.keys.leases(&user));
+            inv.key(self.keys.released(&user));
             inv.arg(self.ttl_ms()).arg(limit);
             for m in &members {
                 inv.arg(m);
@@ -246,7 +254,9 @@ impl Admission for RedisAdmission {
             let answer = self
                 .release
                 .key(self.keys.leases(user))
+                .key(self.keys.released(user))
                 .arg(&member)
+                .arg(self.ttl_ms().saturating_mul(2))
                 .invoke_async::<u64>(&mut conn)
                 .await;
             match answer {
@@ -260,5 +270,80 @@ impl Admission for RedisAdmission {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    async fn admission(redis: &RedisServer) -> (RedisAdmission, ConnectionManager) {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let conn = ConnectionManager::new(client).await.unwrap();
+        let admission = RedisAdmission::new(
+            conn.clone(),
+            Keys::new("t"),
+            "node-a".into(),
+            Duration::from_secs(30),
+            Arc::new(Health::new()),
+        );
+        (admission, conn)
+    }
+
+    /// The heartbeat's snapshot is taken before a release and its renewal runs after it: the
+    /// released lease must stay released (no phantom slot), 1,000 times over.
+    #[tokio::test]
+    async fn a_renewal_never_restores_a_released_lease() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let (admission, mut conn) = admission(&redis).await;
+        let user = UserId::new("racer").unwrap();
+        let leases = admission.keys.leases(&user);
+        for i in 0..1_000 {
+            let engine = format!("engine-{i}");
+            admission.reserve(&user, &engine, 2).await.unwrap();
+            // The renewal's snapshot, as `renew_all` takes it, before the release.
+            let snapshot: Vec<String> = held(&admission.held)[&user].keys().cloned().collect();
+            admission.release(&user, &engine).await.unwrap();
+            let mut inv = admission.renew.key(&leases);
+            inv.key(admission.keys.released(&user)).arg(30_000).arg(2);
+            for m in &snapshot {
+                inv.arg(m);
+            }
+            let (renewed, restored, lost): (u64, u64, u64) =
+                inv.invoke_async(&mut conn).await.unwrap();
+            assert_eq!((renewed, restored, lost), (0, 0, 0), "round {i}");
+            let held: u64 = redis::cmd("ZCARD")
+                .arg(&leases)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(held, 0, "round {i}: a phantom lease");
+        }
+    }
+
+    /// A lease Redis lost (a restart without persistence) is still restored by the heartbeat.
+    #[tokio::test]
+    async fn a_lease_redis_lost_is_restored() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let (admission, mut conn) = admission(&redis).await;
+        let user = UserId::new("survivor").unwrap();
+        admission.reserve(&user, "engine-1", 2).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(admission.keys.leases(&user))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(admission.renew_all().await, 1);
+        let held: u64 = redis::cmd("ZCARD")
+            .arg(admission.keys.leases(&user))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(held, 1);
     }
 }

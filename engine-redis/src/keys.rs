@@ -40,6 +40,13 @@ impl Keys {
         format!("{}:leases", self.user(user))
     }
 
+    /// The set of the user's lease members released lately (tombstones, so that a renewal
+    /// sent before a release cannot bring its lease back; expires twice the lease TTL after
+    /// the last release). Same hash slot as the leases.
+    pub(crate) fn released(&self, user: &UserId) -> String {
+        format!("{}:released", self.user(user))
+    }
+
     /// The user's event stream.
     pub(crate) fn events(&self, user: &UserId) -> String {
         format!("{}:events", self.user(user))
