@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// `user_message` frames allowed per user per minute.
     pub messages_per_minute: usize,
+    /// `resume` frames allowed per user per minute (each reads a run's events back).
+    pub resumes_per_minute: usize,
     /// Open WebSockets allowed per user.
     pub max_connections_per_user: usize,
     /// Events kept per user for `resume`.
@@ -80,6 +82,8 @@ impl GatewayConfig {
     pub const MAX_FRAME_BYTES: RangeInclusive<usize> = 256..=1 << 20;
     /// Allowed range of [`messages_per_minute`](Self::messages_per_minute).
     pub const MESSAGES_PER_MINUTE: RangeInclusive<usize> = 1..=10_000;
+    /// Allowed range of [`resumes_per_minute`](Self::resumes_per_minute).
+    pub const RESUMES_PER_MINUTE: RangeInclusive<usize> = 1..=100_000;
     /// Allowed range of [`max_connections_per_user`](Self::max_connections_per_user).
     pub const MAX_CONNECTIONS_PER_USER: RangeInclusive<usize> = 1..=100;
     /// Allowed range of [`replay_buffer`](Self::replay_buffer).
@@ -123,6 +127,11 @@ impl GatewayConfig {
             Self::MESSAGES_PER_MINUTE,
         )?;
         check_range(
+            "resumes_per_minute",
+            self.resumes_per_minute,
+            Self::RESUMES_PER_MINUTE,
+        )?;
+        check_range(
             "max_connections_per_user",
             self.max_connections_per_user,
             Self::MAX_CONNECTIONS_PER_USER,
@@ -155,6 +164,7 @@ impl GatewayConfig {
             development: true,
             max_frame_bytes: 16 * 1024,
             messages_per_minute: 30,
+            resumes_per_minute: 120,
             max_connections_per_user: 5,
             replay_buffer: 1000,
             connection_queue: 1024,

@@ -128,8 +128,23 @@ impl Gateway {
                         format!("no run {run_id} of yours to resume"),
                     ));
                 };
+                let cfg = &self.inner.config;
+                if !session.allow_resume(cfg.resumes_per_minute) {
+                    GatewayMetrics::refused(
+                        &self.inner.metrics.limit_hits,
+                        ErrorCode::RateLimited.as_str(),
+                    );
+                    return Some(ServerFrame::error(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "at most {} resumes per minute; wait and retry",
+                            cfg.resumes_per_minute
+                        ),
+                    ));
+                }
                 match self.resume(session, &run, after_seq).await {
                     Ok(frames) => {
+                        let frames = fit(frames, session.room(conn), &run);
                         for f in frames {
                             session.send_to(conn, Outgoing::plain(f.to_json()));
                         }
@@ -393,6 +408,37 @@ fn unknown_run(run: &RunId) -> ServerFrame {
         ErrorCode::UnknownRun,
         format!("no active run {run} of yours"),
     )
+}
+
+/// The frames of a replay that fit in `room` places of the connection's queue: when they do
+/// not all fit, the last place goes to a `gap` frame naming the events not sent (the client
+/// resumes again from the last seq it got), never a silent cut.
+fn fit(mut frames: Vec<ServerFrame>, room: usize, run: &RunId) -> Vec<ServerFrame> {
+    if frames.len() <= room {
+        return frames;
+    }
+    let keep = room.saturating_sub(1);
+    let seq_of = |f: &ServerFrame| match f {
+        ServerFrame::Event { envelope } => Some(envelope.seq),
+        ServerFrame::Gap { from_seq, .. } => Some(*from_seq),
+        _ => None,
+    };
+    let last_of = |f: &ServerFrame| match f {
+        ServerFrame::Event { envelope } => Some(envelope.seq),
+        ServerFrame::Gap { to_seq, .. } => Some(*to_seq),
+        _ => None,
+    };
+    let cut = frames.split_off(keep);
+    let from_seq = cut.iter().find_map(seq_of);
+    let to_seq = cut.iter().rev().find_map(last_of);
+    if let (Some(from_seq), Some(to_seq)) = (from_seq, to_seq) {
+        frames.push(ServerFrame::Gap {
+            run_id: run.clone(),
+            from_seq,
+            to_seq,
+        });
+    }
+    frames
 }
 
 /// Events read from the store per page, and pages per resume at most (a longer run resumes in

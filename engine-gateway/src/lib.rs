@@ -63,7 +63,9 @@
 //!   `approval_requested` again;
 //! - `{"type":"gap","run_id":..,"from_seq":1,"to_seq":40}` when a `resume` asks for events
 //!   already evicted from the per-user replay buffer (or, from the run store, events that were
-//!   not stored);
+//!   not stored), and at the end of a replay larger than the connection's free queue (resume
+//!   again from the last seq received); `resume` frames count against `resumes_per_minute`
+//!   (`rate_limited` past it);
 //! - `{"type":"error","code":"bad_frame","message":".."}` — codes: `bad_frame`,
 //!   `frame_too_large`, `rate_limited`, `too_many_runs`, `too_many_engines`, `thread_busy`,
 //!   `unknown_run`, `cluster_unavailable`, `store_unavailable`,

@@ -51,6 +51,9 @@ struct Args {
     /// Messages allowed per user per minute.
     #[arg(long, env = "GATEWAY_MESSAGES_PER_MINUTE", default_value_t = 30)]
     messages_per_minute: usize,
+    /// `resume` frames allowed per user per minute.
+    #[arg(long, env = "GATEWAY_RESUMES_PER_MINUTE", default_value_t = 120)]
+    resumes_per_minute: usize,
     /// Open WebSockets allowed per user.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
     max_connections_per_user: usize,
@@ -165,6 +168,7 @@ impl Args {
         config.development |= self.dev_tokens;
         config.max_frame_bytes = self.max_frame_bytes;
         config.messages_per_minute = self.messages_per_minute;
+        config.resumes_per_minute = self.resumes_per_minute;
         config.max_connections_per_user = self.max_connections_per_user;
         config.replay_buffer = self.replay_buffer;
         config.connection_queue = self.connection_queue;

@@ -138,6 +138,8 @@ pub(crate) struct UserSession {
     connections: Mutex<Vec<(u64, mpsc::Sender<Outgoing>)>>,
     next_conn: AtomicU64,
     rate: Mutex<VecDeque<Instant>>,
+    /// `resume` frames of the last minute.
+    resumes: Mutex<VecDeque<Instant>>,
     last_seen: Mutex<Instant>,
     /// Stops this user's event pump when the session is swept.
     pub pump_stop: tokio_util::sync::CancellationToken,
@@ -155,6 +157,7 @@ impl UserSession {
             connections: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(VecDeque::new()),
+            resumes: Mutex::new(VecDeque::new()),
             last_seen: Mutex::new(Instant::now()),
             pump_stop: tokio_util::sync::CancellationToken::new(),
             live: tokio::sync::watch::Sender::new(false),
@@ -231,21 +234,43 @@ impl UserSession {
 
     /// Records one message; `false` if the user exceeded `per_minute`.
     pub(crate) fn allow_message(&self, per_minute: usize) -> bool {
-        let mut window = lock(&self.rate);
-        let now = Instant::now();
-        while window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            window.pop_front();
+        let allowed = allow(&self.rate, per_minute);
+        if allowed {
+            self.touch();
         }
-        if window.len() >= per_minute {
-            return false;
-        }
-        window.push_back(now);
-        self.touch();
-        true
+        allowed
     }
+
+    /// Records one `resume`; `false` if the user exceeded `per_minute`.
+    pub(crate) fn allow_resume(&self, per_minute: usize) -> bool {
+        allow(&self.resumes, per_minute)
+    }
+
+    /// Room left in connection `id`'s queue (0 for an unknown connection).
+    pub(crate) fn room(&self, id: u64) -> usize {
+        lock(&self.connections)
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map_or(0, |(_, tx)| tx.capacity())
+    }
+}
+
+/// Records one use in a sliding one-minute `window`; `false` (nothing recorded) when it already
+/// holds `per_minute`.
+fn allow(window: &Mutex<VecDeque<Instant>>, per_minute: usize) -> bool {
+    let mut window = lock(window);
+    let now = Instant::now();
+    while window
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+    {
+        window.pop_front();
+    }
+    if window.len() >= per_minute {
+        return false;
+    }
+    window.push_back(now);
+    true
 }
 
 #[cfg(test)]
