@@ -21,7 +21,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::connection::connection;
 use crate::metrics::GatewayMetrics;
-use crate::session::{lock, Outgoing, UserSession};
+use crate::session::{lock, AttachRefused, Outgoing, UserSession};
 use crate::Gateway;
 
 const PAGE: &str = include_str!("../static/index.html");
@@ -91,9 +91,18 @@ async fn ws_handler(
             return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
         }
     };
-    let session = gw.session(&user);
     let (tx, rx) = mpsc::channel::<Outgoing>(gw.inner.config.connection_queue);
-    let Some(conn_id) = session.try_attach(gw.inner.config.max_connections_per_user, tx) else {
+    // A session swept between `session()` and the attach is taken again (a new one).
+    let mut attached = Err(AttachRefused::Swept);
+    let mut session = gw.session(&user);
+    for _ in 0..3 {
+        attached = session.try_attach(gw.inner.config.max_connections_per_user, tx.clone());
+        if attached != Err(AttachRefused::Swept) {
+            break;
+        }
+        session = gw.session(&user);
+    }
+    let Ok(conn_id) = attached else {
         GatewayMetrics::refused(&metrics.upgrades_refused, "too_many_connections");
         tracing::warn!(user_id = %user, limit = gw.inner.config.max_connections_per_user, "upgrade refused: connection limit");
         return (

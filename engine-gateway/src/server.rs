@@ -258,10 +258,13 @@ impl Gateway {
                 .filter(|(_, s)| s.is_idle(idle))
                 .map(|(u, _)| u.clone())
                 .collect();
-            idle_users
-                .iter()
-                .filter_map(|u| sessions.remove(u))
-                .collect()
+            // Removed only if still without a connection, marked under its connections lock:
+            // a socket that got this session just before cannot attach to it afterwards.
+            let swept: Vec<UserId> = idle_users
+                .into_iter()
+                .filter(|u| sessions.get(u).is_some_and(|s| s.sweep_if_unattached()))
+                .collect();
+            swept.iter().filter_map(|u| sessions.remove(u)).collect()
         };
         for s in &gone {
             s.pump_stop.cancel();

@@ -2,7 +2,7 @@
 //! Everything here is keyed by the authenticated user; no structure is shared across users.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,15 @@ impl DeliveryHold<'_> {
     }
 }
 
+/// Why a connection could not attach to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttachRefused {
+    /// The user already has the most connections allowed.
+    Full,
+    /// The session was swept meanwhile: take the user's session again.
+    Swept,
+}
+
 /// One user's live state in the gateway.
 pub(crate) struct UserSession {
     pub user: UserId,
@@ -140,6 +149,9 @@ pub(crate) struct UserSession {
     rate: Mutex<VecDeque<Instant>>,
     /// `resume` frames of the last minute.
     resumes: Mutex<VecDeque<Instant>>,
+    /// Set (under the connections lock) when the idle sweep removed the session: its pump is
+    /// stopping, so no connection may attach to it any more.
+    swept: AtomicBool,
     last_seen: Mutex<Instant>,
     /// Stops this user's event pump when the session is swept.
     pub pump_stop: tokio_util::sync::CancellationToken,
@@ -158,6 +170,7 @@ impl UserSession {
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(VecDeque::new()),
             resumes: Mutex::new(VecDeque::new()),
+            swept: AtomicBool::new(false),
             last_seen: Mutex::new(Instant::now()),
             pump_stop: tokio_util::sync::CancellationToken::new(),
             live: tokio::sync::watch::Sender::new(false),
@@ -189,16 +202,37 @@ impl UserSession {
         lock(&self.connections).is_empty() && !busy && lock(&self.last_seen).elapsed() >= idle
     }
 
-    /// Adds a connection unless the user already has `max`; returns its id.
-    pub(crate) fn try_attach(&self, max: usize, tx: mpsc::Sender<Outgoing>) -> Option<u64> {
+    /// Adds a connection unless the user already has `max` or the session was swept; returns
+    /// its id.
+    pub(crate) fn try_attach(
+        &self,
+        max: usize,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Result<u64, AttachRefused> {
         let mut conns = lock(&self.connections);
+        // Read under the connections lock, which the sweep takes to set it.
+        if self.swept.load(Ordering::Acquire) {
+            return Err(AttachRefused::Swept);
+        }
         if conns.len() >= max {
-            return None;
+            return Err(AttachRefused::Full);
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         conns.push((id, tx));
         self.touch();
-        Some(id)
+        Ok(id)
+    }
+
+    /// Marks the session swept if it has no connection (checked and set under the connections
+    /// lock, so a connection attaching at the same time either lands before, and the session
+    /// stays, or sees the mark and takes a new session). `true` if it was marked.
+    pub(crate) fn sweep_if_unattached(&self) -> bool {
+        let conns = lock(&self.connections);
+        if !conns.is_empty() {
+            return false;
+        }
+        self.swept.store(true, Ordering::Release);
+        true
     }
 
     pub(crate) fn detach(&self, id: u64) {
@@ -290,6 +324,20 @@ mod tests {
                 reasoning: "x".into(),
             },
         })
+    }
+
+    #[test]
+    fn a_swept_session_refuses_new_connections_and_an_attached_one_is_not_swept() {
+        let s = UserSession::new(UserId::new("alice").unwrap(), 10);
+        let (tx, _rx) = mpsc::channel(1);
+        let id = s.try_attach(5, tx.clone()).unwrap();
+        assert!(
+            !s.sweep_if_unattached(),
+            "a session with a connection stays"
+        );
+        s.detach(id);
+        assert!(s.sweep_if_unattached());
+        assert_eq!(s.try_attach(5, tx), Err(AttachRefused::Swept));
     }
 
     #[test]
