@@ -210,6 +210,9 @@ impl HistoryStore for InMemoryHistory {
     }
 }
 
+/// Longest [`StoreHistory`] waits for the store before the run goes on without the history.
+const STORE_HISTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// History read from the run store's thread messages (`engine_store::SqlStore` or any
 /// [`RunStore`]): the store records each run's input and answer itself, so a model remembers a
 /// thread across restarts and on every node sharing the database. [`append`](HistoryStore::append)
@@ -237,10 +240,18 @@ impl HistoryStore for StoreHistory {
             if turns == 0 {
                 return Ok(Vec::new());
             }
-            let messages = self
-                .store
-                .thread_messages(user, thread, turns.saturating_mul(2).saturating_add(1))
+            // Bounded: a model run answers without the history rather than wait on a database
+            // that does not answer.
+            let read =
+                self.store
+                    .thread_messages(user, thread, turns.saturating_mul(2).saturating_add(1));
+            let messages = tokio::time::timeout(STORE_HISTORY_TIMEOUT, read)
                 .await
+                .map_err(|_| {
+                    HistoryError::Unavailable(format!(
+                        "the run store did not answer within {STORE_HISTORY_TIMEOUT:?}"
+                    ))
+                })?
                 .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
             // A turn is a run's input followed by its answer; a run without an answer (still
             // going, as the one asking now, or failed) is not a turn.
