@@ -134,29 +134,23 @@ impl RunEnded {
 
     /// The record of `outcome`, a run of `context`'s user.
     pub fn from_outcome(context: &UserExecutionContext, outcome: &RunOutcome) -> Self {
-        Self {
-            user_id: context.user_id().clone(),
-            thread_id: outcome.thread_id.clone(),
-            run_id: outcome.run_id.clone(),
-            status: outcome.status(),
-            result: outcome.end.answer().map(str::to_owned),
-            error: outcome.end.error().map(str::to_owned),
-            usage: outcome.usage,
-            queue_ms: millis(outcome.queue_wait),
-            execution_ms: millis(outcome.execution_time),
-            steps: outcome
-                .steps
-                .iter()
-                .map(|s| {
-                    (
-                        Arc::clone(&s.agent_name),
-                        s.end.as_ref().map(|e| e.status()),
-                    )
-                })
-                .collect(),
-            ended_at_us: now_us(),
-            terminal: None,
-        }
+        let mut end = Self::new(context, outcome.status());
+        end.result = outcome.end.answer().map(str::to_owned);
+        end.error = outcome.end.error().map(str::to_owned);
+        end.usage = outcome.usage;
+        end.queue_ms = millis(outcome.queue_wait);
+        end.execution_ms = millis(outcome.execution_time);
+        end.steps = outcome
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    Arc::clone(&s.agent_name),
+                    s.end.as_ref().map(|e| e.status()),
+                )
+            })
+            .collect();
+        end
     }
 
     /// The end of `context`'s run as the engine is about to emit its terminal event

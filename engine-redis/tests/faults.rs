@@ -5,7 +5,7 @@ use std::time::Duration;
 use engine_core::{
     async_trait, Agent, AgentRegistry, BoxError, RunContext, UserExecutionContext, UserId,
 };
-use engine_factory::{ExecutionEngineFactory, FactoryConfig, FactoryError};
+use engine_factory::{ExecutionEngineFactory, FactoryConfig, FactoryError, Subscription};
 use engine_redis::testing::RedisServer;
 use engine_redis::{ClusterConfig, ClusterError, RedisCluster};
 
@@ -128,35 +128,14 @@ async fn redis_killed_mid_run_and_restarted() {
 
     // Redis comes back: the same node serves again without a restart.
     redis.restart();
-    let mut back = false;
-    for _ in 0..100 {
-        if cluster.ping().await {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "the node reconnects");
+    reconnected(&cluster).await;
     let engine2 = factory
         .create(&UserExecutionContext::new("ivy", "thread-1", "root-3").unwrap())
         .await
         .expect("admission works again");
     let run2 = UserExecutionContext::new("ivy", "thread-1", "run-after").unwrap();
     engine2.execute(&run2, "ticker", "3").await.unwrap();
-    let mut after = Vec::new();
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-            .await
-            .expect("events flow again through the restarted Redis")
-            .unwrap();
-        if e.run_id != *run2.run_id() {
-            continue;
-        }
-        after.push(e.seq);
-        if e.event.is_terminal() {
-            break;
-        }
-    }
+    let after = run_seqs(&mut sub, &run2).await;
     assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>());
     assert!(cluster.metrics().reconnects >= 1);
     drop(engine);
@@ -178,15 +157,7 @@ async fn a_user_first_seen_during_an_outage_gets_events_once_redis_is_back() {
         .expect("ready answers during the outage");
     assert!(ready.is_err(), "no feed while Redis is down");
     redis.restart();
-    let mut back = false;
-    for _ in 0..100 {
-        if cluster.ping().await {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "the node reconnects");
+    reconnected(&cluster).await;
     let mut sub = sub;
     let engine = factory
         .create(&UserExecutionContext::new("late-joiner", "thread-1", "root").unwrap())
@@ -213,6 +184,25 @@ async fn a_user_first_seen_during_an_outage_gets_events_once_redis_is_back() {
     // From then on every run's events arrive, in order, terminal included.
     let run = UserExecutionContext::new("late-joiner", "thread-1", "run-last").unwrap();
     engine.execute(&run, "ticker", "3").await.unwrap();
+    let seqs = run_seqs(&mut sub, &run).await;
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    drop(engine);
+    factory.shutdown().await;
+}
+
+/// Waits (10 s at most) until the node reaches Redis again.
+async fn reconnected(cluster: &RedisCluster) {
+    for _ in 0..100 {
+        if cluster.ping().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the node did not reconnect within 10 s");
+}
+
+/// The sequence numbers `sub` receives of `run`, up to its terminal event (10 s per event).
+async fn run_seqs(sub: &mut Subscription, run: &UserExecutionContext) -> Vec<u64> {
     let mut seqs = Vec::new();
     loop {
         let e = tokio::time::timeout(Duration::from_secs(10), sub.recv())
@@ -224,10 +214,7 @@ async fn a_user_first_seen_during_an_outage_gets_events_once_redis_is_back() {
         }
         seqs.push(e.seq);
         if e.event.is_terminal() {
-            break;
+            return seqs;
         }
     }
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    drop(engine);
-    factory.shutdown().await;
 }
