@@ -364,6 +364,33 @@ pub struct StoredEvents {
     pub more: bool,
 }
 
+/// A webhook delivery of a run's end that the store keeps until it is delivered or given up
+/// (see [`RunStore::claim_webhooks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WebhookDue {
+    /// The run's user.
+    pub user_id: UserId,
+    /// The ended run's record.
+    pub run: RunRecord,
+    /// Attempts so far, this claim included (1 on the first).
+    pub attempts: u32,
+    /// When the run's end enqueued it, microseconds since the Unix epoch.
+    pub enqueued_at_us: u64,
+}
+
+impl WebhookDue {
+    /// A delivery of `run`, a run of `user_id`.
+    pub fn new(user_id: UserId, run: RunRecord, attempts: u32, enqueued_at_us: u64) -> Self {
+        Self {
+            user_id,
+            run,
+            attempts,
+            enqueued_at_us,
+        }
+    }
+}
+
 /// What the store can tell of its health, for `/healthz` and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
@@ -455,6 +482,36 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
         after_seq: u64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Option<StoredEvents>, StoreError>>;
+
+    /// Deletes `user`'s thread `thread`: its messages, runs, events, gaps, approvals and pending
+    /// webhook deliveries. Every write buffered before the call is committed first, so nothing
+    /// of the thread queued earlier comes back; a run still going on the thread should be
+    /// cancelled and ended before (its later events would be stored again). `true` if the
+    /// thread existed.
+    fn delete_thread<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Takes up to `limit` webhook deliveries that are due (the store enqueues one per ended
+    /// run when it is configured to), oldest first, and holds each for `lease`: a process that
+    /// dies while delivering leaves them due again after it (at least once; a delivery can be
+    /// sent twice, never lost). Every claim counts an attempt.
+    fn claim_webhooks(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Vec<WebhookDue>, StoreError>>;
+
+    /// Settles a claimed delivery: `retry_at_us: None` removes it (delivered or given up),
+    /// `Some(t)` makes it due again at `t` (microseconds since the Unix epoch).
+    fn settle_webhook<'a>(
+        &'a self,
+        user: &'a UserId,
+        run: &'a RunId,
+        retry_at_us: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Waits until every write buffered so far is committed (or could not be); the gateway's
     /// shutdown calls it within its deadline.

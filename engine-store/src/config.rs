@@ -24,6 +24,7 @@ pub struct StoreConfig {
     pub(crate) heartbeat: Duration,
     pub(crate) node_lease: Duration,
     pub(crate) max_connections: u32,
+    pub(crate) webhooks: bool,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -37,6 +38,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("commit_timeout", &self.commit_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("node_lease", &self.node_lease)
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -56,6 +58,7 @@ impl StoreConfig {
             heartbeat: Duration::from_secs(2),
             node_lease: Duration::from_secs(10),
             max_connections: 4,
+            webhooks: false,
         }
     }
 
@@ -99,6 +102,19 @@ impl StoreConfig {
     pub fn with_node_lease(mut self, heartbeat: Duration, lease: Duration) -> Self {
         self.heartbeat = heartbeat.max(Duration::from_millis(10));
         self.node_lease = lease.max(self.heartbeat * 2);
+        self
+    }
+
+    /// Whether each run's end enqueues a webhook delivery (default off), in the transaction
+    /// that records the end (also for runs a sweep marks `interrupted`): the deliveries wait in
+    /// the store, across restarts, until [`RunStore::claim_webhooks`] takes them and
+    /// [`RunStore::settle_webhook`] removes them.
+    ///
+    /// [`RunStore::claim_webhooks`]: engine_factory::RunStore::claim_webhooks
+    /// [`RunStore::settle_webhook`]: engine_factory::RunStore::settle_webhook
+    #[must_use]
+    pub fn with_webhooks(mut self, on: bool) -> Self {
+        self.webhooks = on;
         self
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use engine_core::{AgentEvent, RunStatus};
 use sqlx::Row;
 
-use crate::writer::{i64_of, Shared};
+use crate::writer::{enqueue_webhook, i64_of, time_out_approvals, Shared};
 
 /// The error of an interrupted run, as its record and terminal event carry it.
 pub const INTERRUPTED: &str = "the server stopped while this run was in progress";
@@ -122,15 +122,10 @@ pub(crate) async fn interrupt(shared: &Shared, sweep: Sweep) -> Result<u64, sqlx
         .bind(body)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE approvals SET status = 'timed_out', decided_us = $3 \
-             WHERE user_id = $1 AND run_id = $2 AND status = 'pending'",
-        )
-        .bind(user.as_str())
-        .bind(run.as_str())
-        .bind(ended)
-        .execute(&mut *tx)
-        .await?;
+        time_out_approvals(&mut tx, &user, &run, ended).await?;
+        if shared.webhooks {
+            enqueue_webhook(&mut tx, &user, &run, ended).await?;
+        }
     }
     tx.commit().await?;
     let n = marked.len() as u64;

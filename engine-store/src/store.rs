@@ -9,7 +9,7 @@ use engine_core::{
 };
 use engine_factory::{
     BoxFuture, Durability, Role, RunAccepted, RunEnded, RunRecord, RunStore, StoreError,
-    StoreHealth, StoredEvents, ThreadMessage, ThreadSummary,
+    StoreHealth, StoredEvents, ThreadMessage, ThreadSummary, WebhookDue,
 };
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -77,6 +77,7 @@ impl SqlStore {
             node_id: config.node_id.clone(),
             batch_size: config.batch_size,
             buffer: config.buffer,
+            webhooks: config.webhooks,
             buffered: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             lost: Mutex::new(std::collections::HashMap::new()),
@@ -239,6 +240,42 @@ async fn heartbeat_loop(shared: std::sync::Weak<Shared>, period: Duration, sweep
             }
         }
     }
+}
+
+/// Longest a write made outside the writer (a deletion, a webhook claim) may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deletes `user`'s thread and everything of its runs, in one transaction; `true` if it
+/// existed.
+async fn delete_thread(
+    shared: &Shared,
+    user: &UserId,
+    thread: &ThreadId,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = shared.pool.begin().await?;
+    for table in ["events", "gaps", "approvals", "webhooks"] {
+        let sql = format!(
+            "DELETE FROM {table} WHERE user_id = $1 AND run_id IN \
+             (SELECT run_id FROM runs WHERE user_id = $1 AND thread_id = $2)"
+        );
+        sqlx::query(&sql)
+            .bind(user.as_str())
+            .bind(thread.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut found = 0;
+    for table in ["messages", "runs", "threads"] {
+        let sql = format!("DELETE FROM {table} WHERE user_id = $1 AND thread_id = $2");
+        found += sqlx::query(&sql)
+            .bind(user.as_str())
+            .bind(thread.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(found > 0)
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -531,6 +568,90 @@ impl RunStore for SqlStore {
                 });
             }
             Ok(Some(found))
+        })
+    }
+
+    fn delete_thread<'a>(
+        &'a self,
+        user: &'a UserId,
+        thread: &'a ThreadId,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            // What was queued for the thread before is committed first, then deleted with it.
+            self.flush().await;
+            within(WRITE_TIMEOUT, delete_thread(&self.inner.shared, user, thread))
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn claim_webhooks(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<WebhookDue>, StoreError>> {
+        Box::pin(async move {
+            let now = engine_factory::now_us();
+            let until = now.saturating_add(u64::try_from(lease.as_micros()).unwrap_or(u64::MAX));
+            // The outer `due_us <= $2` is checked again on a row another node claimed meanwhile
+            // (Postgres re-reads it): a delivery is claimed once per lease.
+            let claimed = within(
+                WRITE_TIMEOUT,
+                sqlx::query(
+                    "UPDATE webhooks SET due_us = $1, attempts = attempts + 1 \
+                     WHERE due_us <= $2 AND (user_id, run_id) IN \
+                     (SELECT user_id, run_id FROM webhooks WHERE due_us <= $2 ORDER BY due_us LIMIT $3) \
+                     RETURNING user_id, run_id, attempts, enqueued_us",
+                )
+                .bind(i64_of(until))
+                .bind(i64_of(now))
+                .bind(i64_of(limit as u64))
+                .fetch_all(&self.inner.shared.pool),
+            )
+            .await
+            .map_err(unavailable)?;
+            let mut due = Vec::with_capacity(claimed.len());
+            for row in &claimed {
+                let user: String = row.try_get(0).map_err(unavailable)?;
+                let run: String = row.try_get(1).map_err(unavailable)?;
+                let user = id(&user, UserId::new)?;
+                let run = id(&run, RunId::new)?;
+                let attempts = u32::try_from(row.try_get::<i64, _>(2).map_err(unavailable)?)
+                    .unwrap_or(u32::MAX);
+                let enqueued = u64_of(row.try_get(3).map_err(unavailable)?);
+                match self.run(&user, &run).await? {
+                    Some(record) => due.push(WebhookDue::new(user, record, attempts, enqueued)),
+                    // The run is gone (its thread was deleted): nothing to deliver.
+                    None => self.settle_webhook(&user, &run, None).await?,
+                }
+            }
+            Ok(due)
+        })
+    }
+
+    fn settle_webhook<'a>(
+        &'a self,
+        user: &'a UserId,
+        run: &'a RunId,
+        retry_at_us: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let pool = &self.inner.shared.pool;
+            let query = match retry_at_us {
+                None => sqlx::query("DELETE FROM webhooks WHERE user_id = $1 AND run_id = $2")
+                    .bind(user.as_str())
+                    .bind(run.as_str()),
+                Some(at) => sqlx::query(
+                    "UPDATE webhooks SET due_us = $3 WHERE user_id = $1 AND run_id = $2",
+                )
+                .bind(user.as_str())
+                .bind(run.as_str())
+                .bind(i64_of(at)),
+            };
+            within(WRITE_TIMEOUT, query.execute(pool))
+                .await
+                .map_err(unavailable)?;
+            Ok(())
         })
     }
 

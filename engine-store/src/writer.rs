@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) node_id: String,
     pub(crate) batch_size: usize,
     pub(crate) buffer: usize,
+    /// Whether a run's end enqueues a webhook delivery.
+    pub(crate) webhooks: bool,
     /// Events queued and not yet committed (bounded by `buffer`).
     pub(crate) buffered: AtomicUsize,
     /// Writes of every kind queued and not yet taken by the writer (run records included).
@@ -262,14 +264,14 @@ async fn apply(shared: &Shared, batch: &[Op]) -> Result<(), sqlx::Error> {
                     insert_events(&mut tx, &events).await?;
                     events.clear();
                     if terminal_event(&mut tx, event).await? {
-                        end_from_terminal(&mut tx, event).await?;
+                        end_from_terminal(&mut tx, event, shared.webhooks).await?;
                     }
                 } else {
                     approval(&mut tx, event).await?;
                     events.push(event);
                 }
             }
-            Op::Ended(end, _) => ended(&mut tx, end).await?,
+            Op::Ended(end, _) => ended(&mut tx, end, shared.webhooks).await?,
             Op::Gap(user, run, from, to) => {
                 sqlx::query(
                     "INSERT INTO gaps (user_id, run_id, from_seq, to_seq) VALUES ($1, $2, $3, $4) \
@@ -357,7 +359,11 @@ async fn accepted(
     Ok(())
 }
 
-async fn ended(tx: &mut Transaction<'static, Any>, end: &RunEnded) -> Result<(), sqlx::Error> {
+async fn ended(
+    tx: &mut Transaction<'static, Any>,
+    end: &RunEnded,
+    webhooks: bool,
+) -> Result<(), sqlx::Error> {
     let steps = if end.steps.is_empty() {
         None
     } else {
@@ -391,6 +397,7 @@ async fn ended(tx: &mut Transaction<'static, Any>, end: &RunEnded) -> Result<(),
             run,
             end.result.as_deref(),
             end.ended_at_us,
+            webhooks,
         )
         .await?;
         if let Some(terminal) = &end.terminal {
@@ -444,7 +451,7 @@ async fn mark_ended(
 }
 
 /// What follows a run's end: its pending approvals time out, its answer is the thread's next
-/// message.
+/// message, its webhook delivery is enqueued (when `webhooks`).
 async fn after_end(
     tx: &mut Transaction<'static, Any>,
     user: &str,
@@ -452,17 +459,13 @@ async fn after_end(
     run: &str,
     answer: Option<&str>,
     at: u64,
+    webhooks: bool,
 ) -> Result<(), sqlx::Error> {
     let at = i64_of(at);
-    sqlx::query(
-        "UPDATE approvals SET status = 'timed_out', decided_us = $3 \
-         WHERE user_id = $1 AND run_id = $2 AND status = 'pending'",
-    )
-    .bind(user)
-    .bind(run)
-    .bind(at)
-    .execute(&mut **tx)
-    .await?;
+    time_out_approvals(tx, user, run, at).await?;
+    if webhooks {
+        enqueue_webhook(tx, user, run, at).await?;
+    }
     if let Some(answer) = answer {
         sqlx::query(
             "INSERT INTO messages (user_id, thread_id, run_id, role, content, created_us) \
@@ -488,12 +491,52 @@ async fn after_end(
     Ok(())
 }
 
+/// The pending approvals of an ended run time out.
+pub(crate) async fn time_out_approvals(
+    tx: &mut Transaction<'static, Any>,
+    user: &str,
+    run: &str,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE approvals SET status = 'timed_out', decided_us = $3 \
+         WHERE user_id = $1 AND run_id = $2 AND status = 'pending'",
+    )
+    .bind(user)
+    .bind(run)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Enqueues the webhook delivery of an ended run, due at once (in the transaction of its end:
+/// an end is never committed without its delivery).
+pub(crate) async fn enqueue_webhook(
+    tx: &mut Transaction<'static, Any>,
+    user: &str,
+    run: &str,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO webhooks (user_id, run_id, due_us, attempts, enqueued_us) VALUES ($1, $2, $3, 0, $3) \
+         ON CONFLICT (user_id, run_id) DO NOTHING",
+    )
+    .bind(user)
+    .bind(run)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// A stored terminal event ends its run in the same transaction (batch durability: the run's
 /// end record comes later, with what only the outcome knows), so no crash can leave a run with
 /// a terminal event and a `running` record, or the other way round.
 async fn end_from_terminal(
     tx: &mut Transaction<'static, Any>,
     event: &EventEnvelope,
+    webhooks: bool,
 ) -> Result<(), sqlx::Error> {
     let AgentEvent::AgentCompleted {
         status,
@@ -517,7 +560,16 @@ async fn end_from_terminal(
     )
     .await?
     {
-        after_end(tx, user, &event.thread_id, run, result.as_deref(), at).await?;
+        after_end(
+            tx,
+            user,
+            &event.thread_id,
+            run,
+            result.as_deref(),
+            at,
+            webhooks,
+        )
+        .await?;
     }
     Ok(())
 }

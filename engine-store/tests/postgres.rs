@@ -76,6 +76,20 @@ fn runs_threads_and_events_are_kept_and_read_back_exactly_on_postgres() {
 }
 
 #[test]
+fn a_deleted_thread_is_gone_whole_and_webhook_deliveries_wait_on_postgres() {
+    let Some(server) = server("delete and webhooks") else {
+        return;
+    };
+    let url = server.create_database("delete_webhooks");
+    runtime().block_on(async {
+        let store = SqlStore::open(StoreConfig::new(url).with_node_id("n1").with_webhooks(true))
+            .await
+            .unwrap();
+        common::deletes_threads_and_keeps_webhook_deliveries(&store).await;
+    });
+}
+
+#[test]
 fn adversarial_ids_are_stored_and_read_back_exactly_on_postgres() {
     let Some(server) = server("adversarial ids") else {
         return;

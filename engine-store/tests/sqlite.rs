@@ -188,6 +188,19 @@ async fn sqlx_pool(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_thread_is_gone_whole_and_webhook_deliveries_wait_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open(
+        StoreConfig::new(url(&dir))
+            .with_node_id("n1")
+            .with_webhooks(true),
+    )
+    .await
+    .unwrap();
+    common::deletes_threads_and_keeps_webhook_deliveries(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_ids_are_stored_and_read_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, "n1").await;

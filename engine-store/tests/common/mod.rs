@@ -366,3 +366,116 @@ pub(crate) fn envelope(
         event,
     }
 }
+
+/// Deleting a thread takes its messages, runs, events and webhook deliveries and nothing of
+/// another thread or user (bob's thread has the same id); webhook deliveries are enqueued one
+/// per ended run, claimed once per lease, retried when settled with a time, gone when settled
+/// without. `store` has webhooks on.
+pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStore) {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    let factory = factory(store);
+    let mut contexts = Vec::new();
+    for (user, thread, run) in [
+        ("alice", "t1", "a1"),
+        ("alice", "t1", "a2"),
+        ("alice", "t2", "a3"),
+        ("bob", "t1", "b1"),
+    ] {
+        let c = ctx(user, thread, run);
+        let handle = factory.create_for_user(&c).unwrap();
+        handle.execute(&c, "talker", run).await.unwrap();
+        contexts.push(c);
+    }
+    store.flush().await;
+
+    let lease = Duration::from_secs(600);
+    let claimed = store.claim_webhooks(100, lease).await.unwrap();
+    let got: BTreeSet<(String, String)> = claimed
+        .iter()
+        .map(|d| (d.user_id.to_string(), d.run.run_id.to_string()))
+        .collect();
+    let want: BTreeSet<(String, String)> = contexts
+        .iter()
+        .map(|c| (c.user_id().to_string(), c.run_id().to_string()))
+        .collect();
+    assert_eq!(got, want, "one delivery per ended run");
+    for d in &claimed {
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.run.status, Some(RunStatus::Completed));
+        assert_eq!(
+            d.run.result.as_deref(),
+            Some(format!("echo: {}", d.run.run_id).as_str()),
+            "the delivery carries its own user's run record"
+        );
+    }
+    assert!(
+        store.claim_webhooks(100, lease).await.unwrap().is_empty(),
+        "a claimed delivery is held for its lease"
+    );
+    // One retried (due again now), one delivered.
+    let (a1, b1) = (&contexts[0], &contexts[3]);
+    store
+        .settle_webhook(a1.user_id(), a1.run_id(), Some(0))
+        .await
+        .unwrap();
+    store
+        .settle_webhook(b1.user_id(), b1.run_id(), None)
+        .await
+        .unwrap();
+    let again = store.claim_webhooks(100, lease).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].run.run_id, *a1.run_id());
+    assert_eq!(again[0].attempts, 2);
+
+    let alice = UserId::new("alice").unwrap();
+    let t1 = ThreadId::new("t1").unwrap();
+    assert!(store.delete_thread(&alice, &t1).await.unwrap());
+    assert!(
+        !store.delete_thread(&alice, &t1).await.unwrap(),
+        "a deleted thread is not found again"
+    );
+    assert!(store.thread_messages(&alice, &t1, 50).await.unwrap().is_empty());
+    assert!(store.thread_runs(&alice, &t1).await.unwrap().is_empty());
+    for c in &contexts[..2] {
+        assert_eq!(store.run(&alice, c.run_id()).await.unwrap(), None);
+        assert_eq!(
+            store.events_after(&alice, c.run_id(), 0, 10).await.unwrap(),
+            None
+        );
+    }
+    // Alice's other thread and bob's thread of the same id stay whole.
+    let t2 = ThreadId::new("t2").unwrap();
+    assert_eq!(store.thread_messages(&alice, &t2, 50).await.unwrap().len(), 2);
+    let bob = UserId::new("bob").unwrap();
+    assert_eq!(store.thread_messages(&bob, &t1, 50).await.unwrap().len(), 2);
+    assert!(stored_events(store, b1).await.len() > 2);
+    let listed: Vec<String> = store
+        .threads(&alice, 10, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.thread_id.to_string())
+        .collect();
+    assert_eq!(listed, ["t2"]);
+    // The deleted runs' deliveries went with them: making every delivery due again yields
+    // alice's t2 run only (bob's was delivered).
+    let a3 = &contexts[2];
+    store
+        .settle_webhook(a3.user_id(), a3.run_id(), Some(0))
+        .await
+        .unwrap();
+    store
+        .settle_webhook(a1.user_id(), a1.run_id(), Some(0))
+        .await
+        .unwrap();
+    let left: Vec<String> = store
+        .claim_webhooks(100, lease)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.run.run_id.to_string())
+        .collect();
+    assert_eq!(left, ["a3"]);
+    factory.shutdown().await;
+}
