@@ -158,7 +158,11 @@ impl Gateway {
 
     /// Cancels one of the user's runs: on this node's engine, or in cluster mode on the node
     /// that runs it.
-    async fn cancel(&self, session: &UserSession, run: &RunId) -> Result<(), ServerFrame> {
+    pub(crate) async fn cancel(
+        &self,
+        session: &UserSession,
+        run: &RunId,
+    ) -> Result<(), ServerFrame> {
         let local = session.engine.lock().await.as_ref().map(|e| e.cancel(run));
         match (local, &self.inner.cluster) {
             (Some(Ok(())), _) => Ok(()),
@@ -171,7 +175,7 @@ impl Gateway {
     }
 
     /// Decides a tool call of one of the user's runs, wherever it runs.
-    async fn approve(
+    pub(crate) async fn approve(
         &self,
         session: &UserSession,
         run: &RunId,
@@ -200,7 +204,7 @@ impl Gateway {
     /// The frames that bring a client up to date on one of the user's runs: from this node's
     /// replay buffer, or in cluster mode from the user's Redis stream (any node's runs), and
     /// else from the run store (runs of an earlier process or evicted from both).
-    async fn resume(
+    pub(crate) async fn resume(
         &self,
         session: &UserSession,
         run: &RunId,
@@ -260,14 +264,25 @@ impl Gateway {
         Ok(frames)
     }
 
-    /// Starts a run; answers `run_accepted` itself (before any event of the run reaches the
-    /// connection), or returns the error frame.
+    /// Starts a run for a socket; answers `run_accepted` itself (before any event of the run
+    /// reaches the connection), or returns the error frame.
     async fn start_run(
         &self,
         session: &UserSession,
         conn: u64,
         start: Start,
     ) -> Option<ServerFrame> {
+        self.launch(session, start, Origin::Socket(conn)).await.err()
+    }
+
+    /// Starts a run with the socket's admission, limits and multitask policy: for a socket
+    /// (`run_accepted` goes to it before any event of the run), or for the HTTP API.
+    pub(crate) async fn launch(
+        &self,
+        session: &UserSession,
+        start: Start,
+        origin: Origin,
+    ) -> Result<Launched, ServerFrame> {
         let Start {
             thread_id,
             text,
@@ -283,7 +298,7 @@ impl Gateway {
                 ErrorCode::RateLimited.as_str(),
             );
             tracing::warn!(user_id = %session.user, limit = cfg.messages_per_minute, "message refused: rate limit");
-            return Some(ServerFrame::error(
+            return Err(ServerFrame::error(
                 ErrorCode::RateLimited,
                 format!(
                     "at most {} messages per minute; wait and retry",
@@ -292,17 +307,20 @@ impl Gateway {
             ));
         }
         if let Err(e) = ThreadId::new(thread_id) {
-            return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string()));
+            return Err(ServerFrame::error(ErrorCode::BadRequest, e.to_string()));
         }
         let ctx = match UserExecutionContext::builder()
             .user_id(&session.user)
             .thread_id(thread_id)
             .run_id(RunId::generate())
-            .connection_id(format!("conn-{conn}"))
+            .connection_id(match origin {
+                Origin::Socket(conn) => format!("conn-{conn}"),
+                Origin::Http => "http".to_owned(),
+            })
             .build()
         {
             Ok(c) => c,
-            Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
+            Err(e) => return Err(ServerFrame::error(ErrorCode::BadRequest, e.to_string())),
         };
         session.wait_live().await;
         let mut engine = session.engine.lock().await;
@@ -317,35 +335,48 @@ impl Gateway {
                         FactoryError::Admission(_) => ErrorCode::ClusterUnavailable,
                         _ => ErrorCode::Internal,
                     };
-                    return Some(ServerFrame::error(code, e.to_string()));
+                    return Err(ServerFrame::error(code, e.to_string()));
                 }
             }
         }
         let Some(engine) = engine.as_ref() else {
-            return Some(ServerFrame::error(ErrorCode::Internal, "no engine"));
+            return Err(ServerFrame::error(ErrorCode::Internal, "no engine"));
         };
         // Registered before the run starts so its first event finds it; forgotten again if the
         // engine refuses the run.
         lock(&session.replay).register(ctx.run_id());
         let hold = session.hold_delivery();
+        let launched = Launched {
+            context: ctx.clone(),
+            agent_name: match &work {
+                Work::Agent(agent) => agent.clone(),
+                Work::Pipeline(_) => "pipeline".to_owned(),
+            },
+            input: text.clone(),
+            accepted_at_us: engine_factory::now_us(),
+        };
         let spawned = match work {
             Work::Agent(agent) => engine.spawn_with(&ctx, &agent, text, options),
             Work::Pipeline(pipeline) => engine.spawn_pipeline(&ctx, pipeline, text, options),
         };
         match spawned {
             Ok(run) => {
-                let accepted = ServerFrame::RunAccepted {
-                    run_id: ctx.run_id().clone(),
-                    client_request_id,
-                };
-                hold.send_to(conn, Outgoing::plain(accepted.to_json()));
+                if let Origin::Socket(conn) = origin {
+                    let accepted = ServerFrame::RunAccepted {
+                        run_id: ctx.run_id().clone(),
+                        client_request_id,
+                    };
+                    hold.send_to(conn, Outgoing::plain(accepted.to_json()));
+                }
                 drop(hold);
                 // The run goes on by itself; this only records how it ends.
                 let gw = self.clone();
                 let user = session.user.clone();
                 tokio::spawn(async move {
                     let run_id = run.run_id().clone();
-                    match run.outcome().await {
+                    let outcome = run.outcome().await;
+                    gw.run_ended();
+                    match outcome {
                         Ok(outcome) => {
                             gw.inner.metrics.run_ended(&outcome);
                             let total = outcome.queue_wait + outcome.execution_time;
@@ -362,7 +393,7 @@ impl Gateway {
                         }
                     }
                 });
-                None
+                Ok(launched)
             }
             Err(e) => {
                 lock(&session.replay).forget(ctx.run_id());
@@ -379,27 +410,45 @@ impl Gateway {
                     GatewayMetrics::refused(&self.inner.metrics.limit_hits, code.as_str());
                     tracing::warn!(user_id = %session.user, run_id = %ctx.run_id(), code = code.as_str(), "message refused: {e}");
                 }
-                Some(ServerFrame::error(code, e.to_string()))
+                Err(ServerFrame::error(code, e.to_string()))
             }
         }
     }
 }
 
-/// What a `user_message` or `pipeline` frame asks to start.
-struct Start {
-    thread_id: String,
-    text: String,
-    client_request_id: Option<String>,
-    options: RunOptions,
-    work: Work,
+/// What a `user_message` or `pipeline` frame (or `POST /v1/threads/{id}/runs`) asks to start.
+pub(crate) struct Start {
+    pub(crate) thread_id: String,
+    pub(crate) text: String,
+    pub(crate) client_request_id: Option<String>,
+    pub(crate) options: RunOptions,
+    pub(crate) work: Work,
 }
 
-enum Work {
+/// An agent's run or a pipeline's.
+pub(crate) enum Work {
     Agent(String),
     Pipeline(Pipeline),
 }
 
-fn options(multitask: Option<MultitaskPolicy>) -> RunOptions {
+/// Who asked for a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin {
+    /// A socket's frame: `run_accepted` goes to that connection.
+    Socket(u64),
+    /// The HTTP API: the caller gets the run record in the response.
+    Http,
+}
+
+/// A run [`Gateway::launch`] started.
+pub(crate) struct Launched {
+    pub(crate) context: UserExecutionContext,
+    pub(crate) agent_name: String,
+    pub(crate) input: String,
+    pub(crate) accepted_at_us: u64,
+}
+
+pub(crate) fn options(multitask: Option<MultitaskPolicy>) -> RunOptions {
     multitask.map_or_else(RunOptions::new, |p| RunOptions::new().multitask(p))
 }
 

@@ -80,6 +80,7 @@
 //! user's run id is `unknown_run`. After `resume`, live events continue; a client drops
 //! duplicates by `(run_id, seq)`.
 
+pub mod api;
 pub mod auth;
 mod config;
 mod connection;
@@ -90,8 +91,10 @@ pub mod protocol;
 mod routes;
 mod server;
 mod session;
+mod webhook;
 
 pub use auth::{AuthError, Claims, TokenKeys};
 pub use config::{GatewayConfig, GatewayConfigError};
 pub use protocol::{ClientFrame, ErrorCode, ServerFrame};
 pub use server::{Backends, Gateway, GatewayError};
+pub use webhook::{WebhookConfig, WebhookConfigError};

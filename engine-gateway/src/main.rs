@@ -12,7 +12,7 @@ use engine_core::{EngineConfig, UserId};
 use engine_factory::Durability;
 use engine_factory::FactoryConfig;
 use engine_gateway::demo::{demo_registry, model_registry};
-use engine_gateway::{Backends, Gateway, GatewayConfig};
+use engine_gateway::{Backends, Gateway, GatewayConfig, WebhookConfig};
 use engine_llm::{
     ApiKey, HistoryStore, InMemoryHistory, LlmAgentKit, LlmConfig, RedisHistory, StoreHistory,
 };
@@ -116,6 +116,24 @@ struct Args {
     /// or `sync` (before its terminal event is sent to anyone).
     #[arg(long, env = "GATEWAY_DURABILITY", value_enum, default_value_t = DurabilityArg::Batch)]
     durability: DurabilityArg,
+    /// POST each ended run's record to this URL (Standard Webhooks signatures, at least once,
+    /// retried with backoff; needs a run store, so not with `--database-url memory`).
+    #[arg(long, env = "GATEWAY_WEBHOOK_URL", requires = "webhook_secret")]
+    webhook_url: Option<String>,
+    /// The webhooks' signing secret: `whsec_` and the base64 of 24 to 64 random bytes
+    /// (`echo whsec_$(openssl rand -base64 32)`).
+    #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, requires = "webhook_url")]
+    webhook_secret: Option<String>,
+    /// Longest one webhook attempt may take, in milliseconds (then it is retried).
+    #[arg(long, env = "GATEWAY_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    webhook_timeout_ms: u64,
+    /// The first webhook retry's delay in milliseconds, doubling per attempt up to 10 minutes.
+    #[arg(long, env = "GATEWAY_WEBHOOK_RETRY_MS", default_value_t = 1_000)]
+    webhook_retry_ms: u64,
+    /// How long a failing webhook delivery is retried before it is given up, in seconds
+    /// (then: an error log line and `engine_gateway_webhook_deliveries_total{result="given_up"}`).
+    #[arg(long, env = "GATEWAY_WEBHOOK_GIVE_UP_SECS", default_value_t = 86_400)]
+    webhook_give_up_secs: u64,
     /// Keep `/dev/token` and the printed development token while using `--jwt-secret` (for
     /// several development nodes sharing one secret; never in production).
     #[arg(long, env = "GATEWAY_DEV_TOKENS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -348,7 +366,8 @@ async fn open_store(
             DurabilityArg::Batch => Durability::Batch,
             DurabilityArg::Sync => Durability::Sync,
         })
-        .with_node_lease(lease / 5, lease);
+        .with_node_lease(lease / 5, lease)
+        .with_webhooks(args.webhook_url.is_some());
     if let Some(node) = node_id {
         config = config.with_node_id(node);
     }
@@ -404,6 +423,24 @@ async fn run(args: Args) -> Result<(), String> {
     config
         .validate(&registry(&args, cluster.as_ref(), None)?)
         .map_err(|e| format!("invalid configuration: {e}"))?;
+    let hooks = match (&args.webhook_url, &args.webhook_secret) {
+        (Some(url), Some(secret)) => {
+            let hooks = WebhookConfig::new(url, secret)
+                .map_err(|e| format!("--webhook-url/--webhook-secret: {e}"))?
+                .with_timeout(Duration::from_millis(args.webhook_timeout_ms))
+                .with_retry(
+                    Duration::from_millis(args.webhook_retry_ms),
+                    Duration::from_secs(600),
+                )
+                .with_give_up_after(Duration::from_secs(args.webhook_give_up_secs));
+            if args.database_url.as_deref() == Some("memory") {
+                return Err("webhooks need a run store: drop --database-url memory".into());
+            }
+            tracing::info!(url = hooks.url(), give_up_after_s = args.webhook_give_up_secs, "webhooks on run end");
+            Some(hooks)
+        }
+        _ => None,
+    };
     let store = open_store(&args, cluster.as_ref()).await?;
     let registry = registry(&args, cluster.as_ref(), store.as_ref())?;
     if args.llm_base_url.is_some() {
@@ -415,6 +452,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if let Some(store) = store {
         backends = backends.with_store(store);
+    }
+    if let Some(hooks) = hooks {
+        backends = backends.with_webhooks(hooks);
     }
     let gateway = Gateway::with_backends(config, registry, backends).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(args.addr)

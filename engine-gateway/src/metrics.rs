@@ -39,6 +39,12 @@ pub(crate) struct ReasonLabel {
     pub(crate) reason: &'static str,
 }
 
+/// `result` of a webhook delivery attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabel {
+    pub(crate) result: &'static str,
+}
+
 /// The factory's counters, mirrored at each scrape.
 #[derive(Debug, Default)]
 struct FactoryMirror {
@@ -80,6 +86,8 @@ pub(crate) struct GatewayMetrics {
     pub(crate) limit_hits: Family<ReasonLabel, Counter>,
     /// Model tokens of ended runs, by kind (`prompt`, `completion`).
     pub(crate) tokens: Family<KindLabel, Counter>,
+    /// Webhook delivery attempts by result (`delivered`, `failed`, `gone`, `given_up`).
+    pub(crate) webhooks: Family<ResultLabel, Counter>,
     factory: FactoryMirror,
     cluster: ClusterMirror,
     /// Connections currently open (also the gauge), for the JSON view.
@@ -113,6 +121,7 @@ impl GatewayMetrics {
             upgrades_refused: Family::default(),
             limit_hits: Family::default(),
             tokens: Family::default(),
+            webhooks: Family::default(),
             factory: FactoryMirror::default(),
             cluster: ClusterMirror::default(),
             open_connections: AtomicU64::new(0),
@@ -169,6 +178,12 @@ impl GatewayMetrics {
                 "model_tokens",
                 "Model tokens of ended runs, by kind (prompt, completion)",
                 m.tokens.clone(),
+            );
+            r.register(
+                "webhook_deliveries",
+                "Webhook delivery attempts of ended runs, by result (delivered, failed and \
+                 retried, gone: the receiver answered 410, given_up: retried past the limit)",
+                m.webhooks.clone(),
             );
             let f = &m.factory;
             r.register(

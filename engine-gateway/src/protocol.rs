@@ -116,6 +116,10 @@ pub enum ErrorCode {
     TooManyEngines,
     /// The run store (the database) cannot be read right now; retry.
     StoreUnavailable,
+    /// HTTP API: no valid bearer token (`401`).
+    Unauthorized,
+    /// HTTP API: the caller has no thread with that id (`404`).
+    UnknownThread,
 }
 
 impl ErrorCode {
@@ -135,6 +139,8 @@ impl ErrorCode {
             Self::ClusterUnavailable => "cluster_unavailable",
             Self::TooManyEngines => "too_many_engines",
             Self::StoreUnavailable => "store_unavailable",
+            Self::Unauthorized => "unauthorized",
+            Self::UnknownThread => "unknown_thread",
         }
     }
 }

@@ -60,6 +60,7 @@ impl Gateway {
             .route("/healthz", get(health))
             .route("/metrics", get(metrics))
             .route("/metrics.json", get(metrics_json))
+            .merge(crate::api::routes())
             .with_state(self.clone())
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

@@ -18,6 +18,7 @@ use crate::auth::{AuthError, TokenKeys};
 use crate::metrics::GatewayMetrics;
 use crate::protocol::ServerFrame;
 use crate::session::{lock, Outgoing, UserSession};
+use crate::webhook::{WebhookConfig, Webhooks};
 use crate::{GatewayConfig, GatewayConfigError};
 
 /// What a gateway keeps beyond its process and shares with other nodes: both optional.
@@ -28,6 +29,9 @@ pub struct Backends {
     pub cluster: Option<RedisCluster>,
     /// The run store (SQLite for one node, Postgres for a cluster).
     pub store: Option<SqlStore>,
+    /// Webhooks on run end (needs `store`, opened with
+    /// [`StoreConfig::with_webhooks`](engine_store::StoreConfig::with_webhooks)).
+    pub webhooks: Option<WebhookConfig>,
 }
 
 impl Backends {
@@ -41,6 +45,12 @@ impl Backends {
     #[must_use]
     pub fn with_store(mut self, store: SqlStore) -> Self {
         self.store = Some(store);
+        self
+    }
+    /// With webhooks on run end, as `config` says.
+    #[must_use]
+    pub fn with_webhooks(mut self, config: WebhookConfig) -> Self {
+        self.webhooks = Some(config);
         self
     }
 }
@@ -59,6 +69,8 @@ pub(crate) struct Inner {
     pub(crate) cluster: Option<RedisCluster>,
     /// Where runs, events and threads are kept (`None`: in memory only, as before).
     pub(crate) store: Option<SqlStore>,
+    /// The webhook dispatcher's state, when webhooks are on.
+    pub(crate) webhooks: Option<Arc<Webhooks>>,
     pub(crate) sessions: Mutex<HashMap<UserId, Arc<UserSession>>>,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) shutting_down: AtomicBool,
@@ -99,7 +111,24 @@ impl Gateway {
         backends: Backends,
     ) -> Result<Self, GatewayError> {
         config.validate(&registry)?;
-        let Backends { cluster, store } = backends;
+        let Backends {
+            cluster,
+            store,
+            webhooks,
+        } = backends;
+        let webhooks = match (webhooks, &store) {
+            (None, _) => None,
+            (Some(hooks), Some(store)) if store.webhooks() => Some(Arc::new(
+                Webhooks::new(hooks).map_err(|e| GatewayError::Webhooks(e.to_string()))?,
+            )),
+            (Some(_), _) => {
+                return Err(GatewayError::Webhooks(
+                    "webhooks need a run store opened with StoreConfig::with_webhooks(true) \
+                     (the gateway binary: --database-url other than `memory`)"
+                        .to_owned(),
+                ))
+            }
+        };
         let mut seams = cluster
             .as_ref()
             .map(RedisCluster::seams)
@@ -112,10 +141,11 @@ impl Gateway {
             cluster.serve(&factory);
         }
         let clustered = cluster.is_some();
-        let gateway = Self::assemble(config, factory, cluster, store);
+        let gateway = Self::assemble(config, factory, cluster, store, webhooks);
         if clustered {
             gateway.watch_cluster();
         }
+        gateway.start_webhooks();
         Ok(gateway)
     }
 
@@ -139,6 +169,7 @@ impl Gateway {
         factory: ExecutionEngineFactory,
         cluster: Option<RedisCluster>,
         store: Option<SqlStore>,
+        webhooks: Option<Arc<Webhooks>>,
     ) -> Self {
         let metrics = GatewayMetrics::new();
         if let Some(store) = &store {
@@ -147,6 +178,7 @@ impl Gateway {
         Self {
             inner: Arc::new(Inner {
                 store,
+                webhooks,
                 keys: TokenKeys::new(&config.jwt_secret),
                 config,
                 factory,
@@ -359,6 +391,7 @@ impl Gateway {
                     }
                 }
                 lock(&s.replay).push(Arc::clone(&e));
+                s.notify_watchers(&e);
                 let emitted_us = e.timestamp_us;
                 let frame = Outgoing {
                     text: ServerFrame::Event { envelope: e }.to_json().into(),
@@ -397,4 +430,7 @@ pub enum GatewayError {
     /// The engine factory could not be created.
     #[error(transparent)]
     Factory(#[from] FactoryError),
+    /// Webhooks cannot start as configured.
+    #[error("cannot start webhooks: {0}")]
+    Webhooks(String),
 }

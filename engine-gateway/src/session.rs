@@ -39,6 +39,8 @@ impl Outgoing {
 struct RunInfo {
     /// Highest sequence number evicted from the buffer (0: none).
     evicted_through: u64,
+    /// The sequence number of the run's terminal event, once seen.
+    terminal_seq: Option<u64>,
 }
 
 /// A bounded per-user replay buffer.
@@ -83,6 +85,11 @@ impl Replay {
 
     pub(crate) fn push(&mut self, e: Arc<EventEnvelope>) {
         self.register(&e.run_id);
+        if e.event.is_terminal() {
+            if let Some(info) = self.runs.get_mut(&e.run_id) {
+                info.terminal_seq = Some(e.seq);
+            }
+        }
         self.events.push_back(e);
         while self.events.len() > self.capacity {
             if let Some(old) = self.events.pop_front() {
@@ -91,6 +98,11 @@ impl Replay {
                 }
             }
         }
+    }
+
+    /// The sequence number of `run`'s terminal event, if this buffer saw it.
+    pub(crate) fn terminal_seq(&self, run: &RunId) -> Option<u64> {
+        self.runs.get(run).and_then(|i| i.terminal_seq)
     }
 
     /// The frames that bring a client from `after_seq` up to date on `run`, or `None` if the
@@ -158,7 +170,35 @@ pub(crate) struct UserSession {
     /// Set once the pump receives every event published from then on (at once on one node;
     /// in cluster mode once the Redis stream position is fixed).
     live: tokio::sync::watch::Sender<bool>,
+    /// Streams of one run each (the HTTP API's Server-Sent Events), fed by the pump.
+    watchers: Mutex<Vec<Watcher>>,
 }
+
+/// One stream's interest in one of the user's runs.
+struct Watcher {
+    id: u64,
+    run: RunId,
+    tx: mpsc::Sender<Arc<EventEnvelope>>,
+}
+
+/// Live events of one of the user's runs, as the pump receives them; unregistered when
+/// dropped. An event that finds the queue full is not queued: the reader sees the jump in
+/// sequence numbers and reads the missing events back.
+pub(crate) struct RunWatch {
+    session: Arc<UserSession>,
+    id: u64,
+    pub(crate) rx: mpsc::Receiver<Arc<EventEnvelope>>,
+}
+
+impl Drop for RunWatch {
+    fn drop(&mut self) {
+        lock(&self.session.watchers).retain(|w| w.id != self.id);
+        self.session.touch();
+    }
+}
+
+/// Events queued per run stream before it reads the rest back.
+const WATCH_QUEUE: usize = 256;
 
 impl UserSession {
     pub(crate) fn new(user: UserId, replay_capacity: usize) -> Self {
@@ -174,6 +214,33 @@ impl UserSession {
             last_seen: Mutex::new(Instant::now()),
             pump_stop: tokio_util::sync::CancellationToken::new(),
             live: tokio::sync::watch::Sender::new(false),
+            watchers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts receiving the live events of `run` (one of this user's runs: the pump only
+    /// carries this user's events).
+    pub(crate) fn watch(self: &Arc<Self>, run: &RunId) -> RunWatch {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        lock(&self.watchers).push(Watcher {
+            id,
+            run: run.clone(),
+            tx,
+        });
+        self.touch();
+        RunWatch {
+            session: Arc::clone(self),
+            id,
+            rx,
+        }
+    }
+
+    /// Hands `event` to the streams watching its run (never waits: a full stream misses it).
+    pub(crate) fn notify_watchers(&self, event: &Arc<EventEnvelope>) {
+        let watchers = lock(&self.watchers);
+        for w in watchers.iter().filter(|w| w.run == event.run_id) {
+            let _ = w.tx.try_send(Arc::clone(event));
         }
     }
 
@@ -199,7 +266,10 @@ impl UserSession {
         let busy = self.engine.try_lock().map_or(true, |e| {
             e.as_ref().is_some_and(|e| e.active_run_count() > 0)
         });
-        lock(&self.connections).is_empty() && !busy && lock(&self.last_seen).elapsed() >= idle
+        lock(&self.connections).is_empty()
+            && lock(&self.watchers).is_empty()
+            && !busy
+            && lock(&self.last_seen).elapsed() >= idle
     }
 
     /// Adds a connection unless the user already has `max` or the session was swept; returns

@@ -150,6 +150,12 @@ impl SqlStore {
         &self.inner.url
     }
 
+    /// Whether each run's end enqueues a webhook delivery
+    /// ([`StoreConfig::with_webhooks`](crate::StoreConfig::with_webhooks)).
+    pub fn webhooks(&self) -> bool {
+        self.inner.shared.webhooks
+    }
+
     /// This node's id, as its runs are recorded.
     pub fn node_id(&self) -> &str {
         &self.inner.shared.node_id
