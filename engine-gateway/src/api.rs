@@ -48,7 +48,10 @@ pub(crate) fn routes() -> Router<Gateway> {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/v1/threads", get(list_threads))
-        .route("/v1/threads/{thread_id}", get(get_thread).delete(delete_thread))
+        .route(
+            "/v1/threads/{thread_id}",
+            get(get_thread).delete(delete_thread),
+        )
         .route(
             "/v1/threads/{thread_id}/runs",
             get(thread_runs).post(start_run),
@@ -600,9 +603,7 @@ impl Gateway {
 }
 
 /// `call` within [`STORE_TIMEOUT`], a store error or timeout as `503`.
-async fn read<T>(
-    call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> ApiResult<T> {
+async fn read<T>(call: impl std::future::Future<Output = Result<T, StoreError>>) -> ApiResult<T> {
     match tokio::time::timeout(STORE_TIMEOUT, call).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ApiError::store(&e)),
@@ -949,7 +950,9 @@ async fn start_run(
         .await
         .map_err(ApiError::from_frame)?;
     let run = launched.context.run_id().clone();
-    Ok(event_stream(gw.clone(), session, run, 0).await?.into_response())
+    Ok(event_stream(gw.clone(), session, run, 0)
+        .await?
+        .into_response())
 }
 
 /// The run's record.
@@ -1314,9 +1317,11 @@ async fn event_stream(
             };
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok(e), rx))
-    });
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

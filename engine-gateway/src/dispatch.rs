@@ -272,7 +272,9 @@ impl Gateway {
         conn: u64,
         start: Start,
     ) -> Option<ServerFrame> {
-        self.launch(session, start, Origin::Socket(conn)).await.err()
+        self.launch(session, start, Origin::Socket(conn))
+            .await
+            .err()
     }
 
     /// Starts a run with the socket's admission, limits and multitask policy: for a socket

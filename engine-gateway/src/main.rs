@@ -122,7 +122,12 @@ struct Args {
     webhook_url: Option<String>,
     /// The webhooks' signing secret: `whsec_` and the base64 of 24 to 64 random bytes
     /// (`echo whsec_$(openssl rand -base64 32)`).
-    #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, requires = "webhook_url")]
+    #[arg(
+        long,
+        env = "GATEWAY_WEBHOOK_SECRET",
+        hide_env_values = true,
+        requires = "webhook_url"
+    )]
     webhook_secret: Option<String>,
     /// Longest one webhook attempt may take, in milliseconds (then it is retried).
     #[arg(long, env = "GATEWAY_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
@@ -436,7 +441,11 @@ async fn run(args: Args) -> Result<(), String> {
             if args.database_url.as_deref() == Some("memory") {
                 return Err("webhooks need a run store: drop --database-url memory".into());
             }
-            tracing::info!(url = hooks.url(), give_up_after_s = args.webhook_give_up_secs, "webhooks on run end");
+            tracing::info!(
+                url = hooks.url(),
+                give_up_after_s = args.webhook_give_up_secs,
+                "webhooks on run end"
+            );
             Some(hooks)
         }
         _ => None,

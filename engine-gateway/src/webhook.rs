@@ -96,11 +96,12 @@ impl WebhookConfig {
             .ok_or_else(|| WebhookConfigError::BadUrl {
                 url: url.to_owned(),
             })?;
-        let encoded = secret
-            .strip_prefix("whsec_")
-            .ok_or_else(|| WebhookConfigError::BadSecret {
-                reason: "it does not start with `whsec_`".to_owned(),
-            })?;
+        let encoded =
+            secret
+                .strip_prefix("whsec_")
+                .ok_or_else(|| WebhookConfigError::BadSecret {
+                    reason: "it does not start with `whsec_`".to_owned(),
+                })?;
         let key = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .map_err(|e| WebhookConfigError::BadSecret {
@@ -266,10 +267,9 @@ impl Webhooks {
             Ok(r) if r.status().is_success() => Attempt::Delivered,
             Ok(r) if r.status() == reqwest::StatusCode::GONE => Attempt::Gone,
             Ok(r) => Attempt::Failed(format!("the receiver answered {}", r.status())),
-            Err(e) if e.is_timeout() => Attempt::Failed(format!(
-                "no answer within {:?}",
-                self.config.timeout
-            )),
+            Err(e) if e.is_timeout() => {
+                Attempt::Failed(format!("no answer within {:?}", self.config.timeout))
+            }
             Err(e) => Attempt::Failed(format!("cannot reach the receiver: {e}")),
         }
     }
@@ -338,7 +338,8 @@ async fn dispatch(weak: Weak<Inner>, hooks: Arc<Webhooks>) {
 /// One attempt of `due`, settled in the store.
 async fn deliver(inner: &Inner, hooks: &Webhooks, store: &dyn RunStore, due: &WebhookDue) {
     let (user, run) = (&due.user_id, &due.run.run_id);
-    let span = tracing::info_span!("webhook", user_id = %user, run_id = %run, attempt = due.attempts);
+    let span =
+        tracing::info_span!("webhook", user_id = %user, run_id = %run, attempt = due.attempts);
     let _enter = span.enter();
     let outcome = hooks.attempt(due).await;
     let now = engine_factory::now_us();

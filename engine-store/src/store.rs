@@ -585,9 +585,12 @@ impl RunStore for SqlStore {
         Box::pin(async move {
             // What was queued for the thread before is committed first, then deleted with it.
             self.flush().await;
-            within(WRITE_TIMEOUT, delete_thread(&self.inner.shared, user, thread))
-                .await
-                .map_err(unavailable)
+            within(
+                WRITE_TIMEOUT,
+                delete_thread(&self.inner.shared, user, thread),
+            )
+            .await
+            .map_err(unavailable)
         })
     }
 

@@ -435,7 +435,11 @@ pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStor
         !store.delete_thread(&alice, &t1).await.unwrap(),
         "a deleted thread is not found again"
     );
-    assert!(store.thread_messages(&alice, &t1, 50).await.unwrap().is_empty());
+    assert!(store
+        .thread_messages(&alice, &t1, 50)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(store.thread_runs(&alice, &t1).await.unwrap().is_empty());
     for c in &contexts[..2] {
         assert_eq!(store.run(&alice, c.run_id()).await.unwrap(), None);
@@ -446,7 +450,10 @@ pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStor
     }
     // Alice's other thread and bob's thread of the same id stay whole.
     let t2 = ThreadId::new("t2").unwrap();
-    assert_eq!(store.thread_messages(&alice, &t2, 50).await.unwrap().len(), 2);
+    assert_eq!(
+        store.thread_messages(&alice, &t2, 50).await.unwrap().len(),
+        2
+    );
     let bob = UserId::new("bob").unwrap();
     assert_eq!(store.thread_messages(&bob, &t1, 50).await.unwrap().len(), 2);
     assert!(stored_events(store, b1).await.len() > 2);
