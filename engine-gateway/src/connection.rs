@@ -94,8 +94,10 @@ impl Activity {
             message_ms: AtomicU64::new(0),
         }
     }
+    /// Rounded up: a pong that arrives within the millisecond its ping left still counts as
+    /// after it.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.opened.elapsed().as_millis() + 1).unwrap_or(u64::MAX)
     }
     fn received(&self, message: bool) {
         let now = self.now_ms();
@@ -209,7 +211,9 @@ pub(crate) async fn connection(
         }
         let mut reading = true;
         let mut ping_sent: Option<Instant> = None;
-        let timer = tokio::time::sleep_until(Instant::now() + reaping.ping_interval);
+        // Wakes at once, then at the next deadline `Reaping::due` names (a ping, a pong's
+        // timeout, the token's expiry, idleness).
+        let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
         loop {
             tokio::select! {

@@ -34,8 +34,11 @@ pub(crate) async fn start_gateway(extra: &[&str]) -> Running {
     if let Some(dir) = &data {
         command.arg("--data-dir").arg(dir.path());
     }
+    if !extra.contains(&"--addr") {
+        command.args(["--addr", "127.0.0.1:0"]);
+    }
     let mut child = command
-        .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--log-format", "json"])
         .args(extra)
         .env("GATEWAY_JWT_SECRET", SECRET)
         .env("RUST_LOG", "info")
