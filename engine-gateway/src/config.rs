@@ -1,4 +1,5 @@
-//! [`GatewayConfig`]: the gateway's limits, keys and served agent, checked before it starts.
+//! [`GatewayConfig`]: the gateway's limits, keys, timeouts and served agent, checked before it
+//! starts. Its `Debug` output never shows the secret.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -32,13 +33,42 @@ pub enum GatewayConfigError {
     },
 }
 
-/// Gateway limits and keys.
-#[derive(Debug, Clone)]
+/// Gateway limits, keys and timeouts.
+#[derive(Clone)]
 pub struct GatewayConfig {
-    /// HS256 secret for bearer tokens.
+    /// HS256 secret for bearer tokens, at least [`MIN_SECRET_BYTES`](Self::MIN_SECRET_BYTES)
+    /// in every mode.
     pub jwt_secret: Vec<u8>,
-    /// Whether `/dev/token` hands out tokens (never in production).
+    /// Whether `/dev/token` hands out tokens, to loopback callers only (a peer address in
+    /// `127.0.0.0/8` or `::1`). Never relaxes any other check.
     pub development: bool,
+    /// Required `iss` claim (`None`: not checked).
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim (`None`: a token with an `aud` claim is refused).
+    pub jwt_audience: Option<String>,
+    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without `iat`).
+    pub max_token_lifetime: Duration,
+    /// Clock difference tolerated on `exp`, `nbf` and `iat`.
+    pub token_leeway: Duration,
+    /// Whether `GET /ws?token=<jwt>` is accepted (proxies log query strings: off by default;
+    /// browsers use the `bearer.<jwt>` subprotocol or a one-time ticket instead).
+    pub query_token: bool,
+    /// How long a one-time ticket from `POST /ws/ticket` stays valid.
+    pub ticket_ttl: Duration,
+    /// How often the server pings each socket.
+    pub ping_interval: Duration,
+    /// How long after a ping a socket that sent nothing (no pong, no frame) is closed with
+    /// code 1011; also the read timeout (nothing received for `ping_interval + pong_timeout`).
+    pub pong_timeout: Duration,
+    /// A socket with no message in either direction (pings and pongs aside) for this long is
+    /// closed with code 1000 (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Longest time a client may take to send a request's headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// WebSockets allowed open at once on this gateway (then `503`).
+    pub max_connections: usize,
+    /// WebSockets allowed open at once from one IP address (then `429`).
+    pub max_connections_per_ip: usize,
     /// Largest accepted text frame, in bytes (larger ones get `frame_too_large`).
     pub max_frame_bytes: usize,
     /// `user_message` frames allowed per user per minute.
@@ -93,10 +123,32 @@ impl GatewayConfig {
     /// Allowed range of [`session_idle`](Self::session_idle).
     pub const SESSION_IDLE: RangeInclusive<Duration> =
         Duration::from_secs(10)..=Duration::from_secs(7 * 24 * 3600);
+    /// Allowed range of [`max_token_lifetime`](Self::max_token_lifetime).
+    pub const MAX_TOKEN_LIFETIME: RangeInclusive<Duration> =
+        Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600);
+    /// Allowed range of [`token_leeway`](Self::token_leeway).
+    pub const TOKEN_LEEWAY: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(300);
+    /// Allowed range of [`ticket_ttl`](Self::ticket_ttl).
+    pub const TICKET_TTL: RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(300);
+    /// Allowed range of [`ping_interval`](Self::ping_interval) and
+    /// [`pong_timeout`](Self::pong_timeout).
+    pub const PING: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(3600);
+    /// Allowed range of [`idle_timeout`](Self::idle_timeout) when set.
+    pub const IDLE_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+    /// Allowed range of [`header_read_timeout`](Self::header_read_timeout).
+    pub const HEADER_READ_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(300);
+    /// Allowed range of [`max_connections`](Self::max_connections) and
+    /// [`max_connections_per_ip`](Self::max_connections_per_ip).
+    pub const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=10_000_000;
 
     /// Checks the configuration against the agents it will serve, with the same care as
-    /// `FactoryConfig`: every limit in range, a production secret of at least
-    /// [`MIN_SECRET_BYTES`](Self::MIN_SECRET_BYTES), a default agent that exists.
+    /// `FactoryConfig`: every limit in range, a secret of at least
+    /// [`MIN_SECRET_BYTES`](Self::MIN_SECRET_BYTES) (also with `/dev/token` on), a default
+    /// agent that exists.
     ///
     /// ```
     /// use engine_gateway::{demo::demo_registry, GatewayConfig};
@@ -104,13 +156,16 @@ impl GatewayConfig {
     /// let weak = GatewayConfig::with_secret("secret");
     /// let err = weak.validate(&demo_registry()).unwrap_err();
     /// assert!(err.to_string().contains("at least 32"));
+    /// let mut dev_tokens = GatewayConfig::with_secret("secret");
+    /// dev_tokens.development = true;
+    /// assert!(dev_tokens.validate(&demo_registry()).is_err(), "/dev/token relaxes nothing");
     /// assert!(GatewayConfig::development().validate(&demo_registry()).is_ok());
     /// ```
     ///
     /// # Errors
     /// [`GatewayConfigError`] naming the first problem.
     pub fn validate(&self, registry: &AgentRegistry) -> Result<(), GatewayConfigError> {
-        if !self.development && self.jwt_secret.len() < Self::MIN_SECRET_BYTES {
+        if self.jwt_secret.len() < Self::MIN_SECRET_BYTES {
             return Err(GatewayConfigError::SecretTooShort {
                 len: self.jwt_secret.len(),
                 min: Self::MIN_SECRET_BYTES,
@@ -143,6 +198,33 @@ impl GatewayConfig {
             Self::CONNECTION_QUEUE,
         )?;
         check_range("session_idle", self.session_idle, Self::SESSION_IDLE)?;
+        check_range(
+            "max_token_lifetime",
+            self.max_token_lifetime,
+            Self::MAX_TOKEN_LIFETIME,
+        )?;
+        check_range("token_leeway", self.token_leeway, Self::TOKEN_LEEWAY)?;
+        check_range("ticket_ttl", self.ticket_ttl, Self::TICKET_TTL)?;
+        check_range("ping_interval", self.ping_interval, Self::PING)?;
+        check_range("pong_timeout", self.pong_timeout, Self::PING)?;
+        if let Some(idle) = self.idle_timeout {
+            check_range("idle_timeout", idle, Self::IDLE_TIMEOUT)?;
+        }
+        check_range(
+            "header_read_timeout",
+            self.header_read_timeout,
+            Self::HEADER_READ_TIMEOUT,
+        )?;
+        check_range(
+            "max_connections",
+            self.max_connections,
+            Self::MAX_CONNECTIONS,
+        )?;
+        check_range(
+            "max_connections_per_ip",
+            self.max_connections_per_ip,
+            Self::MAX_CONNECTIONS,
+        )?;
         if !registry.has_agent(&self.default_agent) {
             return Err(GatewayConfigError::UnknownAgent {
                 agent: self.default_agent.clone(),
@@ -162,6 +244,18 @@ impl GatewayConfig {
         Self {
             jwt_secret: secret.into_bytes(),
             development: true,
+            jwt_issuer: None,
+            jwt_audience: None,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
+            token_leeway: Duration::from_secs(5),
+            query_token: false,
+            ticket_ttl: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(20),
+            idle_timeout: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            max_connections_per_ip: 500,
             max_frame_bytes: 16 * 1024,
             messages_per_minute: 30,
             resumes_per_minute: 120,
@@ -175,6 +269,16 @@ impl GatewayConfig {
         }
     }
 
+    /// The rules tokens are checked against (issuer, audience, lifetime, leeway).
+    pub fn token_rules(&self) -> crate::auth::TokenRules {
+        let mut rules = crate::auth::TokenRules::default();
+        rules.issuer.clone_from(&self.jwt_issuer);
+        rules.audience.clone_from(&self.jwt_audience);
+        rules.max_lifetime = self.max_token_lifetime;
+        rules.leeway = self.token_leeway;
+        rules
+    }
+
     /// Production settings: `secret` required, `/dev/token` disabled.
     pub fn with_secret(secret: impl Into<Vec<u8>>) -> Self {
         Self {
@@ -182,5 +286,55 @@ impl GatewayConfig {
             development: false,
             ..Self::development()
         }
+    }
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    /// Every field but the secret, which shows as `<redacted>` (with its length).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field(
+                "jwt_secret",
+                &format_args!("<redacted, {} bytes>", self.jwt_secret.len()),
+            )
+            .field("development", &self.development)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("max_token_lifetime", &self.max_token_lifetime)
+            .field("token_leeway", &self.token_leeway)
+            .field("query_token", &self.query_token)
+            .field("ticket_ttl", &self.ticket_ttl)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("messages_per_minute", &self.messages_per_minute)
+            .field("resumes_per_minute", &self.resumes_per_minute)
+            .field("max_connections_per_user", &self.max_connections_per_user)
+            .field("replay_buffer", &self.replay_buffer)
+            .field("connection_queue", &self.connection_queue)
+            .field("factory", &self.factory)
+            .field("dev_token_ttl", &self.dev_token_ttl)
+            .field("session_idle", &self.session_idle)
+            .field("default_agent", &self.default_agent)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let config = GatewayConfig::with_secret("a-production-secret-of-at-least-32-bytes!");
+        let text = format!("{config:?}");
+        eprintln!("{text}");
+        assert!(!text.contains("a-production-secret"), "{text}");
+        assert!(text.contains("<redacted, 41 bytes>"), "{text}");
+        assert!(text.contains("max_connections_per_ip"), "{text}");
     }
 }

@@ -86,14 +86,16 @@ mod config;
 mod connection;
 pub mod demo;
 mod dispatch;
+mod listen;
 mod metrics;
 pub mod protocol;
 mod routes;
 mod server;
 mod session;
+mod slots;
 mod webhook;
 
-pub use auth::{AuthError, Claims, TokenKeys};
+pub use auth::{AuthError, Claims, TokenKeys, TokenRules, VerifiedToken};
 pub use config::{GatewayConfig, GatewayConfigError};
 pub use protocol::{ClientFrame, ErrorCode, ServerFrame};
 pub use server::{Backends, Gateway, GatewayError};

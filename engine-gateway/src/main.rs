@@ -35,7 +35,44 @@ struct Args {
     addr: SocketAddr,
     /// HS256 secret for bearer tokens, at least 32 bytes; production mode when set.
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    jwt_secret: Option<Secret>,
+    /// Accept only tokens whose `iss` claim is this issuer.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Accept tokens whose `aud` claim names this audience (without it, a token carrying an
+    /// `aud` claim is refused).
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Longest token lifetime accepted (`exp - iat`), in seconds.
+    #[arg(long, env = "GATEWAY_MAX_TOKEN_LIFETIME_SECS", default_value_t = 24 * 3600)]
+    max_token_lifetime_secs: u64,
+    /// Clock difference tolerated on `exp`, `nbf` and `iat`, in seconds.
+    #[arg(long, env = "GATEWAY_TOKEN_LEEWAY_SECS", default_value_t = 5)]
+    token_leeway_secs: u64,
+    /// Also accept the token as `/ws?token=<jwt>` (proxies and access logs record query
+    /// strings; prefer the `bearer.<jwt>` subprotocol or a ticket from `POST /ws/ticket`).
+    #[arg(long, env = "GATEWAY_ALLOW_QUERY_TOKEN", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_query_token: bool,
+    /// How often the server pings each socket, in milliseconds.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL_MS", default_value_t = 30_000)]
+    ping_interval_ms: u64,
+    /// A socket that sends nothing (no pong) this long after a ping is closed with 1011, in
+    /// milliseconds.
+    #[arg(long, env = "GATEWAY_PONG_TIMEOUT_MS", default_value_t = 20_000)]
+    pong_timeout_ms: u64,
+    /// A socket with no message either way for this long is closed with 1000, in seconds
+    /// (0: never).
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 0)]
+    idle_timeout_secs: u64,
+    /// Longest a client may take to send a request's headers, in milliseconds (slowloris).
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// WebSockets open at once on this gateway; the next upgrade gets 503.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+    /// WebSockets open at once from one IP address; the next upgrade gets 429.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
+    max_connections_per_ip: usize,
     /// Log format on stderr.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -84,7 +121,7 @@ struct Args {
     /// Cluster mode: the Redis shared by every gateway node (`redis://host:port[/db]`). Per-user
     /// limits, event streams, resume, cancel and approvals then span all nodes.
     #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
+    redis_url: Option<Secret>,
     /// Cluster mode: the prefix of every Redis key and channel (several deployments can share
     /// one Redis under different prefixes).
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "engine")]
@@ -106,7 +143,7 @@ struct Args {
     /// cluster, with `--redis-url`), or `memory` (nothing kept across restarts). Default: the
     /// SQLite file in `--data-dir` on one node; `memory` in cluster mode.
     #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    database_url: Option<Secret>,
     /// With a shared database (Postgres): how long after a node's last heartbeat its
     /// unfinished runs are marked `interrupted` by another node, in milliseconds (each node
     /// beats every fifth of it).
@@ -128,7 +165,7 @@ struct Args {
         hide_env_values = true,
         requires = "webhook_url"
     )]
-    webhook_secret: Option<String>,
+    webhook_secret: Option<Secret>,
     /// Longest one webhook attempt may take, in milliseconds (then it is retried).
     #[arg(long, env = "GATEWAY_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     webhook_timeout_ms: u64,
@@ -139,8 +176,9 @@ struct Args {
     /// (then: an error log line and `engine_gateway_webhook_deliveries_total{result="given_up"}`).
     #[arg(long, env = "GATEWAY_WEBHOOK_GIVE_UP_SECS", default_value_t = 86_400)]
     webhook_give_up_secs: u64,
-    /// Keep `/dev/token` and the printed development token while using `--jwt-secret` (for
-    /// several development nodes sharing one secret; never in production).
+    /// Serve `/dev/token?user=<id>` (to loopback callers only: a peer in 127.0.0.0/8 or ::1)
+    /// while using `--jwt-secret`, for several development nodes sharing one secret. It
+    /// relaxes nothing else: the secret still needs 32 bytes, and no token is printed.
     #[arg(long, env = "GATEWAY_DEV_TOKENS", value_parser = clap::builder::BoolishValueParser::new())]
     dev_tokens: bool,
     /// Answer the `assistant` with a model: the base URL of an OpenAI-compatible server (for
@@ -165,6 +203,29 @@ struct Args {
     otlp_endpoint: Option<String>,
 }
 
+/// A flag that holds a secret (a JWT secret, a URL with a password): its `Debug` is redacted.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Secret {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DurabilityArg {
     /// Events written behind in batches; a run's terminal record before it is reported ended.
@@ -185,10 +246,23 @@ impl Args {
     /// The gateway configuration these flags describe (checked by `Gateway::new`).
     fn config(&self) -> Result<GatewayConfig, engine_core::ConfigError> {
         let mut config = match &self.jwt_secret {
-            Some(secret) => GatewayConfig::with_secret(secret.clone().into_bytes()),
+            Some(secret) => GatewayConfig::with_secret(secret.as_str().as_bytes().to_vec()),
             None => GatewayConfig::development(),
         };
+        // Only `/dev/token` (loopback callers); the secret check stays (Gateway::new).
         config.development |= self.dev_tokens;
+        config.jwt_issuer.clone_from(&self.jwt_issuer);
+        config.jwt_audience.clone_from(&self.jwt_audience);
+        config.max_token_lifetime = Duration::from_secs(self.max_token_lifetime_secs);
+        config.token_leeway = Duration::from_secs(self.token_leeway_secs);
+        config.query_token = self.allow_query_token;
+        config.ping_interval = Duration::from_millis(self.ping_interval_ms);
+        config.pong_timeout = Duration::from_millis(self.pong_timeout_ms);
+        config.idle_timeout =
+            (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs));
+        config.header_read_timeout = Duration::from_millis(self.header_read_timeout_ms);
+        config.max_connections = self.max_connections;
+        config.max_connections_per_ip = self.max_connections_per_ip;
         config.max_frame_bytes = self.max_frame_bytes;
         config.messages_per_minute = self.messages_per_minute;
         config.resumes_per_minute = self.resumes_per_minute;
@@ -336,8 +410,8 @@ async fn open_store(
     cluster: Option<&RedisCluster>,
 ) -> Result<Option<SqlStore>, String> {
     let url = match (&args.database_url, cluster) {
-        (Some(url), _) if url == "memory" => None,
-        (Some(url), _) => Some(url.clone()),
+        (Some(url), _) if url.as_str() == "memory" => None,
+        (Some(url), _) => Some(url.as_str().to_owned()),
         (None, Some(_)) => {
             tracing::warn!("cluster mode without --database-url: runs are not kept across restarts (set --database-url postgres://...)");
             None
@@ -388,28 +462,33 @@ async fn run(args: Args) -> Result<(), String> {
     let config = args
         .config()
         .map_err(|e| format!("invalid configuration: {e}"))?;
-    let development = config.development;
+    // Development mode proper: a random secret nobody else holds, so a printed token opens
+    // nothing but this process. `--dev-tokens` with a real secret prints nothing.
+    let random_secret = args.jwt_secret.is_none();
+    let dev_tokens = config.development;
     let limits = format!(
-        "{} engines/user, {} runs at once + {} queued, {} messages/min, {} connections/user",
+        "{} engines/user, {} runs at once + {} queued, {} messages/min, {} connections/user, {} connections, {} per address",
         config.factory.max_engines_per_user(),
         config.factory.engine().max_concurrent_runs(),
         config.factory.engine().max_queued_runs(),
         config.messages_per_minute,
         config.max_connections_per_user,
+        config.max_connections,
+        config.max_connections_per_ip,
     );
     // Refused before anything connects: a cluster needs a database every node shares.
     if args.redis_url.is_some()
         && args
             .database_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("sqlite:"))
+            .as_ref()
+            .is_some_and(|u| u.as_str().starts_with("sqlite:"))
     {
         return Err(SQLITE_CLUSTER.into());
     }
     let cluster = match &args.redis_url {
         None => None,
         Some(url) => {
-            let mut cluster = ClusterConfig::new(url.clone())
+            let mut cluster = ClusterConfig::new(url.as_str().to_owned())
                 .with_prefix(args.redis_prefix.clone())
                 .with_lease_ttl(Duration::from_millis(args.lease_ttl_ms))
                 .with_stream_maxlen(args.stream_maxlen);
@@ -430,7 +509,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("invalid configuration: {e}"))?;
     let hooks = match (&args.webhook_url, &args.webhook_secret) {
         (Some(url), Some(secret)) => {
-            let hooks = WebhookConfig::new(url, secret)
+            let hooks = WebhookConfig::new(url, secret.as_str())
                 .map_err(|e| format!("--webhook-url/--webhook-secret: {e}"))?
                 .with_timeout(Duration::from_millis(args.webhook_timeout_ms))
                 .with_retry(
@@ -438,7 +517,7 @@ async fn run(args: Args) -> Result<(), String> {
                     Duration::from_secs(600),
                 )
                 .with_give_up_after(Duration::from_secs(args.webhook_give_up_secs));
-            if args.database_url.as_deref() == Some("memory") {
+            if args.database_url.as_ref().map(Secret::as_str) == Some("memory") {
                 return Err("webhooks need a run store: drop --database-url memory".into());
             }
             tracing::info!(
@@ -472,13 +551,13 @@ async fn run(args: Args) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    let mode = if development {
-        "development"
-    } else {
-        "production"
+    let mode = match (random_secret, dev_tokens) {
+        (true, _) => "development",
+        (false, true) => "production with /dev/token for loopback callers",
+        (false, false) => "production",
     };
     tracing::info!(addr = %local, mode, agent = %args.agent, %limits, "engine-gateway listening on http://{local}/");
-    if development {
+    if random_secret {
         let alice = UserId::new("alice").map_err(|e| e.to_string())?;
         let token = gateway
             .keys()

@@ -84,6 +84,9 @@ pub(crate) struct GatewayMetrics {
     pub(crate) emit_to_socket: Histogram,
     pub(crate) upgrades_refused: Family<ReasonLabel, Counter>,
     pub(crate) limit_hits: Family<ReasonLabel, Counter>,
+    /// Sockets closed by the server, by reason (`ping_timeout`, `token_expired`, `idle`,
+    /// `protocol_error`, `message_too_big`, `shutdown`).
+    pub(crate) closed: Family<ReasonLabel, Counter>,
     /// Model tokens of ended runs, by kind (`prompt`, `completion`).
     pub(crate) tokens: Family<KindLabel, Counter>,
     /// Webhook delivery attempts by result (`delivered`, `failed`, `gone`, `given_up`).
@@ -120,6 +123,7 @@ impl GatewayMetrics {
             emit_to_socket: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
             upgrades_refused: Family::default(),
             limit_hits: Family::default(),
+            closed: Family::default(),
             tokens: Family::default(),
             webhooks: Family::default(),
             factory: FactoryMirror::default(),
@@ -166,13 +170,18 @@ impl GatewayMetrics {
             );
             r.register(
                 "upgrades_refused",
-                "WebSocket upgrades refused, by reason",
+                "WebSocket upgrades refused, by reason (unauthorized, too_many_connections, server_full, address_full, shutting_down)",
                 m.upgrades_refused.clone(),
             );
             r.register(
                 "limit_hits",
                 "Messages refused by a limit, by reason",
                 m.limit_hits.clone(),
+            );
+            r.register(
+                "connections_closed",
+                "WebSockets closed by the server, by reason (ping_timeout, token_expired, idle, protocol_error, message_too_big, shutdown)",
+                m.closed.clone(),
             );
             r.register(
                 "model_tokens",

@@ -7,17 +7,17 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{header, HeaderMap};
 use engine_core::{AgentRegistry, UserId};
 use engine_factory::{ExecutionEngineFactory, FactoryError};
 use engine_redis::RedisCluster;
 use engine_store::SqlStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, TokenKeys};
+use crate::auth::TokenKeys;
 use crate::metrics::GatewayMetrics;
 use crate::protocol::ServerFrame;
 use crate::session::{lock, Outgoing, UserSession};
+use crate::slots::{ConnectionSlots, Tickets};
 use crate::webhook::{WebhookConfig, Webhooks};
 use crate::{GatewayConfig, GatewayConfigError};
 
@@ -73,6 +73,10 @@ pub(crate) struct Inner {
     pub(crate) webhooks: Option<Arc<Webhooks>>,
     pub(crate) sessions: Mutex<HashMap<UserId, Arc<UserSession>>>,
     pub(crate) metrics: GatewayMetrics,
+    /// Open WebSockets, globally and per address (the caps).
+    pub(crate) slots: Arc<ConnectionSlots>,
+    /// One-time tickets from `POST /ws/ticket`.
+    pub(crate) tickets: Tickets,
     pub(crate) shutting_down: AtomicBool,
     /// Cancelled once runs have ended and their events were forwarded: connections close.
     pub(crate) close_connections: CancellationToken,
@@ -179,12 +183,14 @@ impl Gateway {
             inner: Arc::new(Inner {
                 store,
                 webhooks,
-                keys: TokenKeys::new(&config.jwt_secret),
+                keys: TokenKeys::with_rules(&config.jwt_secret, config.token_rules()),
                 config,
                 factory,
                 cluster,
                 sessions: Mutex::new(HashMap::new()),
                 metrics,
+                slots: Arc::new(ConnectionSlots::default()),
+                tickets: Tickets::default(),
                 shutting_down: AtomicBool::new(false),
                 close_connections: CancellationToken::new(),
                 pumps: tokio_util::task::TaskTracker::new(),
@@ -246,7 +252,11 @@ impl Gateway {
         &self.inner.factory
     }
 
-    /// Serves until `signal` completes, then shuts down gracefully (see [`shutdown`](Self::shutdown)).
+    /// Serves until `signal` completes, then shuts down gracefully (see
+    /// [`shutdown`](Self::shutdown)). Each connection is served by hyper under a timer, so a
+    /// client that does not finish its request headers within
+    /// [`header_read_timeout`](crate::GatewayConfig::header_read_timeout) is cut off; every
+    /// request knows its peer address (for `/dev/token` and the per-address cap).
     ///
     /// # Errors
     /// I/O errors of the listener.
@@ -255,7 +265,6 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let me = self.clone();
         let sweeper = self.clone();
         let idle = self.inner.config.session_idle;
         let sweep = tokio::spawn(async move {
@@ -268,12 +277,7 @@ impl Gateway {
                 sweeper.sweep_idle(idle).await;
             }
         });
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
-                signal.await;
-                me.shutdown().await;
-            })
-            .await;
+        let result = crate::listen::serve_http(self, listener, signal).await;
         sweep.abort();
         result
     }
@@ -404,19 +408,6 @@ impl Gateway {
             }
         });
         session
-    }
-
-    pub(crate) fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-    ) -> Result<UserId, AuthError> {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let token = bearer.or(query).ok_or(AuthError::Missing)?;
-        self.inner.keys.verify(token.trim())
     }
 }
 

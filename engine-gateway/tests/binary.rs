@@ -154,10 +154,9 @@ async fn round(round: usize) {
         let user = UserId::new(format!("round{round}-user{u}")).unwrap();
         let token = keys.issue(&user, 600).unwrap();
         for _ in 0..2 {
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
-                    .await
-                    .expect("upgrade");
+            let (mut ws, _) = tokio_tungstenite::connect_async(common::ws_request(&addr, &token))
+                .await
+                .expect("upgrade");
             assert_eq!(next(&mut ws).await.unwrap()["type"], "welcome");
             sockets.push((user.clone(), ws));
         }

@@ -45,7 +45,7 @@ async fn metrics_are_prometheus_text_without_user_ids() {
         .keys()
         .issue(&UserId::new(user).unwrap(), 600)
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+    let (mut ws, _) = tokio_tungstenite::connect_async(common::ws_request(addr, &token))
         .await
         .unwrap();
     ws.send(Message::Text(
@@ -64,7 +64,7 @@ async fn metrics_are_prometheus_text_without_user_ids() {
             break;
         }
     }
-    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=forged")).await;
+    let refused = tokio_tungstenite::connect_async(common::ws_request(addr, "forged")).await;
     assert!(
         matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status().as_u16() == 401),
         "{refused:?}"

@@ -42,10 +42,9 @@ async fn the_assistant_streams_a_models_answer_and_runs_its_tool_call() {
     let token = TokenKeys::new(common::SECRET.as_bytes())
         .issue(&UserId::new("alice").unwrap(), 600)
         .unwrap();
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", gw.addr))
-            .await
-            .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(common::ws_request(&gw.addr, &token))
+        .await
+        .unwrap();
     ws.send(Message::Text(
         json!({"type":"user_message","thread_id":"t1","text":"what is 6 * 7?"})
             .to_string()

@@ -77,7 +77,7 @@ async fn spans_of_requests_and_runs_reach_an_otlp_endpoint() {
     let token = TokenKeys::new(SECRET.as_bytes())
         .issue(&UserId::new(user).unwrap(), 600)
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+    let (mut ws, _) = tokio_tungstenite::connect_async(common::ws_request(&addr, &token))
         .await
         .unwrap();
     ws.send(Message::Text(

@@ -207,6 +207,25 @@ async fn scenario(
     gateway: &Gateway,
     addr: std::net::SocketAddr,
 ) -> Result<(), String> {
+    // 0. The link connects and fills the message box, and sends nothing by itself.
+    page.wait(
+        "connected as alice",
+        "document.getElementById('status').textContent === 'connected as alice'",
+    )
+    .await?;
+    let prefilled = page.eval("document.getElementById('message').value").await;
+    if prefilled != json!("please remember: what is 6 * 7") {
+        return Err(format!(
+            "the link did not fill the message box: {prefilled}"
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cards = page.eval("document.querySelectorAll('.run').length").await;
+    if cards != json!(0) {
+        return Err(format!("the link sent a message by itself: {cards} run(s)"));
+    }
+    page.eval("document.getElementById('send').click(); true")
+        .await;
     // 1. The message needs `save_note`: the page shows Approve / Deny and no answer yet.
     page.wait(
         "approval buttons",
@@ -338,10 +357,14 @@ async fn scenario(
         .keys()
         .issue(&engine_core::UserId::new("alice").unwrap(), 600)
         .unwrap();
-    let (mut alice_ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={alice}"))
-            .await
-            .unwrap();
+    let mut request = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        format!("ws://{addr}/ws").into_client_request().unwrap()
+    };
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {alice}").parse().unwrap());
+    let (mut alice_ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     alice_ws
         .send(Message::Text(
             json!({"type":"user_message","thread_id":"t","text":"what time is it?"})

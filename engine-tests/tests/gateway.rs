@@ -23,7 +23,7 @@ struct Server {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-const SECRET: &[u8] = b"test-secret-for-gateway-suite";
+const SECRET: &[u8] = b"test-secret-for-the-gateway-suite-32b";
 
 async fn start(tune: impl FnOnce(&mut GatewayConfig)) -> Server {
     let mut config = GatewayConfig::with_secret(SECRET.to_vec());
@@ -58,9 +58,20 @@ impl Server {
     }
     async fn connect(&self, user: &str) -> Ws {
         let token = self.token(user);
-        self.connect_with(&format!("/ws?token={token}"))
-            .await
-            .unwrap()
+        self.connect_token(&token).await.unwrap()
+    }
+    /// Opens `/ws` with `token` in the `Authorization` header.
+    async fn connect_token(&self, token: &str) -> Result<Ws, tungstenite::Error> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}/ws", self.addr).into_client_request()?;
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let welcome = next_json(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome");
+        Ok(ws)
     }
     async fn connect_with(&self, path: &str) -> Result<Ws, tungstenite::Error> {
         let (mut ws, _) =
@@ -185,7 +196,7 @@ async fn bad_and_forged_tokens_get_401_and_no_socket() {
     };
     assert_eq!(status(server.connect_with("/ws").await), 401, "missing");
     assert_eq!(
-        status(server.connect_with("/ws?token=garbage").await),
+        status(server.connect_token("garbage").await),
         401,
         "malformed"
     );
@@ -193,7 +204,7 @@ async fn bad_and_forged_tokens_get_401_and_no_socket() {
         .issue(&UserId::new("alice").unwrap(), 600)
         .unwrap();
     assert_eq!(
-        status(server.connect_with(&format!("/ws?token={forged}")).await),
+        status(server.connect_token(&forged).await),
         401,
         "wrong signature"
     );
@@ -202,20 +213,14 @@ async fn bad_and_forged_tokens_get_401_and_no_socket() {
         &engine_gateway::Claims {
             sub: "alice".into(),
             exp: 1_000,
+            ..Default::default()
         },
         &jsonwebtoken::EncodingKey::from_secret(SECRET),
     )
     .unwrap();
-    assert_eq!(
-        status(server.connect_with(&format!("/ws?token={expired}")).await),
-        401,
-        "expired"
-    );
+    assert_eq!(status(server.connect_token(&expired).await), 401, "expired");
     let good = server.token("alice");
-    assert_eq!(
-        status(server.connect_with(&format!("/ws?token={good}")).await),
-        101
-    );
+    assert_eq!(status(server.connect_token(&good).await), 101);
     server.stop().await;
 }
 
@@ -409,9 +414,7 @@ async fn connection_message_and_run_limits_are_answered() {
     .await;
     let _a = server.connect("frank").await;
     let mut b = server.connect("frank").await;
-    let third = server
-        .connect_with(&format!("/ws?token={}", server.token("frank")))
-        .await;
+    let third = server.connect_token(&server.token("frank")).await;
     assert!(matches!(third, Err(tungstenite::Error::Http(r)) if r.status().as_u16() == 429));
     let mut codes = BTreeMap::new();
     for _ in 0..6 {
@@ -465,9 +468,7 @@ async fn shutdown_delivers_terminal_events_then_closes_sockets() {
     assert_eq!(events.last().unwrap()["event"]["status"], "cancelled");
     assert_eq!(close["type"], "closed");
     assert_eq!(close["code"], 1001);
-    let refused = server
-        .connect_with(&format!("/ws?token={}", server.token("gina")))
-        .await;
+    let refused = server.connect_token(&server.token("gina")).await;
     assert!(refused.is_err(), "no new sockets after shutdown");
     server.stop().await;
 }

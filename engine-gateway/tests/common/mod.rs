@@ -34,8 +34,11 @@ pub(crate) async fn start_gateway(extra: &[&str]) -> Running {
     if let Some(dir) = &data {
         command.arg("--data-dir").arg(dir.path());
     }
+    if !extra.contains(&"--addr") {
+        command.args(["--addr", "127.0.0.1:0"]);
+    }
     let mut child = command
-        .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--log-format", "json"])
         .args(extra)
         .env("GATEWAY_JWT_SECRET", SECRET)
         .env("RUST_LOG", "info")
@@ -95,12 +98,28 @@ pub(crate) async fn http_get(addr: &str, path: &str, extra: &str) -> (u16, Strin
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The upgrade request for `ws://{addr}/ws` with `token` in the `Authorization` header.
+pub(crate) fn ws_request(
+    addr: impl std::fmt::Display,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("a request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a header value"),
+    );
+    request
+}
+
 /// Opens a socket as `user` (a token signed with [`SECRET`]) and reads its `welcome`.
 pub(crate) async fn connect(addr: &str, user: &str) -> Ws {
     let token = engine_gateway::TokenKeys::new(SECRET.as_bytes())
         .issue(&engine_core::UserId::new(user).unwrap(), 600)
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(addr, &token))
         .await
         .expect("upgrade");
     let welcome = next(&mut ws).await;
