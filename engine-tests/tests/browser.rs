@@ -93,10 +93,173 @@ async fn the_page_streams_asks_for_approval_switches_users_and_reconnects() {
         .await
     });
 
-    let profile =
-        std::env::temp_dir().join(format!("engine-gateway-chromium-{}", std::process::id()));
     let page =
         format!("http://{addr}/?user=alice&send=please%20remember%3A%20what%20is%206%20*%207");
+    let (mut child, mut page, profile) = open_browser(&browser, &page, "a").await;
+    let result = scenario(&mut page, &gateway, addr).await;
+    let _ = child.kill().await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&profile);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_remembers_threads_and_a_running_run_across_a_reload() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium (.ci/run installs it)"
+        );
+        eprintln!("skipped: no Chromium found (install Debian's `chromium` or set CHROMIUM)");
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let store = engine_store::SqlStore::open(engine_store::StoreConfig::new(format!(
+        "sqlite://{}",
+        data.path().join("gateway.db").display()
+    )))
+    .await
+    .expect("the store opens");
+    let gateway = Gateway::with_backends(
+        GatewayConfig::development(),
+        demo_registry(),
+        engine_gateway::Backends::default().with_store(store),
+    )
+    .expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let g = gateway.clone();
+    let server = tokio::spawn(async move {
+        g.serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let (mut child, mut page, profile) =
+        open_browser(&browser, &format!("http://{addr}/?user=alice"), "remembers").await;
+    let result = remembers(&mut page).await;
+    let _ = child.kill().await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&profile);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// Sends on two threads (the second a run of 2.5 s), reloads mid-run, finds both threads in
+/// the sidebar and the running run continuing to its end, opens the first thread's past run,
+/// then deletes that thread.
+async fn remembers(page: &mut Page) -> Result<(), String> {
+    page.wait(
+        "connected as alice",
+        "document.getElementById('status').textContent === 'connected as alice'",
+    )
+    .await?;
+    page.eval(
+        "document.getElementById('thread').value = 'math'; \
+         document.getElementById('message').value = 'what is 6 * 7?'; \
+         document.getElementById('send').click(); true",
+    )
+    .await;
+    page.wait(
+        "the math run completes",
+        "document.querySelector('.run') && document.querySelector('.run').dataset.status === 'completed'",
+    )
+    .await?;
+    page.wait(
+        "the sidebar lists the math thread",
+        "document.querySelector('#thread-list li[data-thread=\"math\"]') !== null",
+    )
+    .await?;
+    page.eval(
+        "document.getElementById('thread').value = 'slow'; \
+         document.getElementById('agent').value = 'waiter'; \
+         document.getElementById('message').value = '2500'; \
+         document.getElementById('send').click(); true",
+    )
+    .await;
+    page.wait(
+        "the waiter's card",
+        "document.querySelectorAll('.run').length === 2 && \
+         document.querySelectorAll('.run')[1].querySelector('.thinking') !== null",
+    )
+    .await?;
+    let run_id = page
+        .eval("document.querySelectorAll('.run')[1].dataset.run")
+        .await;
+    // Reload while the run goes on: the page comes back as alice, on the `slow` thread.
+    page.eval("location.reload(); true").await;
+    page.wait(
+        "connected again after the reload",
+        "document.getElementById('status') && \
+         document.getElementById('status').textContent === 'connected as alice'",
+    )
+    .await?;
+    page.wait(
+        "both threads listed",
+        "document.querySelectorAll('#thread-list li').length === 2",
+    )
+    .await?;
+    let card = format!(
+        "document.querySelector('.run[data-run=\"{}\"]')",
+        run_id.as_str().unwrap_or_default()
+    );
+    page.wait(
+        "the running run's card is back",
+        &format!("{card} !== null"),
+    )
+    .await?;
+    page.wait(
+        "the run continues to its end after the reload",
+        &format!("{card}.dataset.status === 'completed' && {card}.querySelector('.answer').textContent === 'waited 2500 ms'"),
+    )
+    .await?;
+    // The old thread: its past run, answer and input, from the API.
+    page.eval("document.querySelector('#thread-list li[data-thread=\"math\"] button.open-thread').click(); true")
+        .await;
+    page.wait(
+        "the math thread's past run",
+        "document.querySelectorAll('.run').length === 1 && \
+         document.querySelector('.run').dataset.status === 'completed' && \
+         document.querySelector('.run .answer').textContent.includes('42') && \
+         document.querySelector('.run .input').textContent === 'you: what is 6 * 7?'",
+    )
+    .await?;
+    // Delete it: gone from the sidebar and from the API.
+    page.eval("document.querySelector('#thread-list li[data-thread=\"math\"] button.delete-thread').click(); true")
+        .await;
+    page.wait(
+        "the math thread is gone from the sidebar",
+        "document.querySelector('#thread-list li[data-thread=\"math\"]') === null && \
+         document.querySelectorAll('#thread-list li').length === 1",
+    )
+    .await?;
+    page.eval(
+        "window.deleted = null; fetch('/v1/threads/math', { headers: { Authorization: 'Bearer ' + token } }) \
+         .then((r) => { window.deleted = r.status; }); true",
+    )
+    .await;
+    page.wait("the API answers 404", "window.deleted === 404")
+        .await?;
+    Ok(())
+}
+
+/// Starts headless Chromium on `url` with a fresh profile named `name`, attached over the
+/// DevTools protocol to its page.
+async fn open_browser(
+    browser: &str,
+    url: &str,
+    name: &str,
+) -> (tokio::process::Child, Page, std::path::PathBuf) {
+    let profile = std::env::temp_dir().join(format!(
+        "engine-gateway-chromium-{}-{name}",
+        std::process::id()
+    ));
     let mut child = tokio::process::Command::new(&browser)
         .args([
             "--headless",
@@ -111,7 +274,7 @@ async fn the_page_streams_asks_for_approval_switches_users_and_reconnects() {
             "--window-size=1000,1800",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(&page)
+        .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -153,15 +316,7 @@ async fn the_page_streams_asks_for_approval_switches_users_and_reconnects() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut page = Page { cdp, session };
-    let result = scenario(&mut page, &gateway, addr).await;
-    let _ = child.kill().await;
-    let _ = stop.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&profile);
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    (child, Page { cdp, session }, profile)
 }
 
 struct Page {
