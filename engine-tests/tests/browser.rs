@@ -260,7 +260,7 @@ async fn open_browser(
         "engine-gateway-chromium-{}-{name}",
         std::process::id()
     ));
-    let mut child = tokio::process::Command::new(&browser)
+    let mut child = tokio::process::Command::new(browser)
         .args([
             "--headless",
             "--no-sandbox",
