@@ -96,6 +96,8 @@ pub(crate) fn routes() -> Router<Gateway> {
         StepView,
         EventPage,
         EventView,
+        StreamData,
+        SseMessage,
         GapView,
         StartRunBody,
         Multitask,
@@ -380,6 +382,29 @@ impl EventView {
             event: serde_json::to_value(&e.event).unwrap_or_default(),
         }
     }
+}
+
+/// One Server-Sent Event of a run's stream, as its fields.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SseMessage {
+    /// The event's `seq` (for a gap: the gap's last seq); a reconnect sends it back as
+    /// `Last-Event-ID`.
+    pub id: Option<String>,
+    /// Absent for an event; `gap` for events that cannot be sent.
+    pub event: Option<String>,
+    /// JSON: a [`StreamData`] (an event of the run, or a gap's `from_seq` and `to_seq`).
+    pub data: String,
+}
+
+/// The data of one Server-Sent Event of a run's stream: an event (`id:` its seq), or, for
+/// `event: gap`, the seqs that cannot be sent.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum StreamData {
+    /// An event of the run.
+    Event(EventView),
+    /// Events `from_seq..=to_seq` not stored or no longer held (`event: gap`).
+    Gap(GapView),
 }
 
 /// Sequence numbers `from_seq..=to_seq` not stored (or evicted).
@@ -706,7 +731,7 @@ struct MessagesQuery {
     path = "/v1/threads/{thread_id}",
     tag = "threads",
     params(
-        ("thread_id" = String, Path, description = "The thread"),
+        ("thread_id" = String, Path, min_length = 1, max_length = 256, description = "The thread: 1 to 256 bytes, no control or invisible characters, no surrounding spaces, not a placeholder such as `undefined`"),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 500, description = "The last this many messages (default 50)")
     ),
     responses(
@@ -752,7 +777,7 @@ async fn get_thread(
     get,
     path = "/v1/threads/{thread_id}/runs",
     tag = "threads",
-    params(("thread_id" = String, Path, description = "The thread")),
+    params(("thread_id" = String, Path, min_length = 1, max_length = 256, description = "The thread: 1 to 256 bytes, no control or invisible characters, no surrounding spaces, not a placeholder such as `undefined`")),
     responses(
         (status = 200, description = "The thread's runs", body = RunList),
         (status = 400, description = "A bad parameter", body = ApiErrorBody),
@@ -785,7 +810,7 @@ async fn thread_runs(
     delete,
     path = "/v1/threads/{thread_id}",
     tag = "threads",
-    params(("thread_id" = String, Path, description = "The thread")),
+    params(("thread_id" = String, Path, min_length = 1, max_length = 256, description = "The thread: 1 to 256 bytes, no control or invisible characters, no surrounding spaces, not a placeholder such as `undefined`")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "A bad parameter", body = ApiErrorBody),
@@ -871,14 +896,14 @@ struct StartQuery {
     path = "/v1/threads/{thread_id}/runs",
     tag = "runs",
     params(
-        ("thread_id" = String, Path, description = "The thread (created by its first run)"),
+        ("thread_id" = String, Path, min_length = 1, max_length = 256, description = "The thread (created by its first run): 1 to 256 bytes, no control or invisible characters, no surrounding spaces, not a placeholder such as `undefined`"),
         ("stream" = Option<bool>, Query, description = "Answer with the run's Server-Sent Events instead of its record")
     ),
     request_body = StartRunBody,
     responses(
         (status = 202, description = "Accepted: the run's record (`running`)", body = RunView),
         (status = 200, description = "With `stream=true`: the run's events until its terminal event",
-         content_type = "text/event-stream", body = String),
+         content_type = "text/event-stream", body = SseMessage),
         (status = 400, description = "A bad parameter, body or agent", body = ApiErrorBody),
         (status = 401, description = "No valid bearer token", body = ApiErrorBody),
         (status = 409, description = "The thread is busy and `multitask` is `reject`", body = ApiErrorBody),
@@ -960,7 +985,7 @@ async fn start_run(
     get,
     path = "/v1/runs/{run_id}",
     tag = "runs",
-    params(("run_id" = String, Path, description = "The run")),
+    params(("run_id" = String, Path, pattern = "^run_[0-9a-f]{32}$", description = "The run (the id the gateway gave it)")),
     responses(
         (status = 200, description = "The run's record", body = RunView),
         (status = 400, description = "A bad parameter", body = ApiErrorBody),
@@ -1000,7 +1025,7 @@ struct EventsQuery {
     path = "/v1/runs/{run_id}/events",
     tag = "runs",
     params(
-        ("run_id" = String, Path, description = "The run"),
+        ("run_id" = String, Path, pattern = "^run_[0-9a-f]{32}$", description = "The run (the id the gateway gave it)"),
         ("after_seq" = Option<u64>, Query, description = "Events after this seq (default 0)"),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Events per page (default 100; JSON only)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Server-Sent Events: resume after this seq (takes precedence over `after_seq`)")
@@ -1009,7 +1034,7 @@ struct EventsQuery {
         (status = 200, description = "The run's events",
          content(
             (EventPage = "application/json"),
-            (String = "text/event-stream")
+            (SseMessage = "text/event-stream")
          )),
         (status = 400, description = "A bad parameter", body = ApiErrorBody),
         (status = 401, description = "No valid bearer token", body = ApiErrorBody),
@@ -1088,7 +1113,7 @@ async fn run_events(
     post,
     path = "/v1/runs/{run_id}/cancel",
     tag = "runs",
-    params(("run_id" = String, Path, description = "The run")),
+    params(("run_id" = String, Path, pattern = "^run_[0-9a-f]{32}$", description = "The run (the id the gateway gave it)")),
     responses(
         (status = 202, description = "Cancel requested: the run ends `cancelled` (its terminal event follows)"),
         (status = 400, description = "A bad parameter", body = ApiErrorBody),
@@ -1117,7 +1142,7 @@ async fn cancel_run(
     path = "/v1/runs/{run_id}/approvals/{call_id}",
     tag = "runs",
     params(
-        ("run_id" = String, Path, description = "The run"),
+        ("run_id" = String, Path, pattern = "^run_[0-9a-f]{32}$", description = "The run (the id the gateway gave it)"),
         ("call_id" = u32, Path, description = "The tool call (`call_id` of its `approval_requested` event)")
     ),
     request_body = ApprovalBody,

@@ -325,6 +325,9 @@ impl Gateway {
             inner.factory.shutdown().await;
             // The hub is closed: every pump forwards what is left and ends.
             inner.pumps.close();
+            // Webhook attempts under way finish and are settled (a claim left unsettled would
+            // wait out its lease after a restart); deliveries still due wait in the store.
+            self.stop_webhooks().await;
         }
         inner.pumps.wait().await;
         inner.close_connections.cancel();

@@ -213,11 +213,12 @@ enum Attempt {
     Failed(String),
 }
 
-/// The dispatcher's shared state: the config, the HTTP client, the wake-up.
+/// The dispatcher's shared state: the config, the HTTP client, the wake-up, its task.
 pub(crate) struct Webhooks {
     config: WebhookConfig,
     client: reqwest::Client,
     wake: Notify,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Deliveries claimed per round.
@@ -237,6 +238,7 @@ impl Webhooks {
             config,
             client,
             wake: Notify::new(),
+            task: std::sync::Mutex::new(None),
         })
     }
 
@@ -286,7 +288,27 @@ impl Gateway {
     /// Starts the dispatcher: it runs until the gateway is dropped or shut down.
     pub(crate) fn start_webhooks(&self) {
         if let Some(hooks) = &self.inner.webhooks {
-            tokio::spawn(dispatch(Arc::downgrade(&self.inner), Arc::clone(hooks)));
+            let task = tokio::spawn(dispatch(Arc::downgrade(&self.inner), Arc::clone(hooks)));
+            *crate::session::lock(&hooks.task) = Some(task);
+        }
+    }
+
+    /// Stops the dispatcher (the gateway is shutting down): the round under way finishes and
+    /// settles its deliveries, within the attempt timeout and a second.
+    pub(crate) async fn stop_webhooks(&self) {
+        let Some(hooks) = &self.inner.webhooks else {
+            return;
+        };
+        hooks.wake.notify_one();
+        let task = crate::session::lock(&hooks.task).take();
+        if let Some(mut task) = task {
+            let limit = hooks.config.timeout + Duration::from_secs(1);
+            if tokio::time::timeout(limit, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!(
+                    "webhook attempts still under way at shutdown: due again after their lease"
+                );
+            }
         }
     }
 }
