@@ -23,7 +23,6 @@ use engine_core::{
 };
 use engine_factory::{RunRecord, RunStore, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{OpenApi, ToSchema};
 
@@ -975,7 +974,7 @@ async fn start_run(
         .await
         .map_err(ApiError::from_frame)?;
     let run = launched.context.run_id().clone();
-    Ok(event_stream(gw.clone(), session, run, 0)
+    Ok(event_stream(gw.clone(), session, run, 0, Source::Live)
         .await?
         .into_response())
 }
@@ -1084,9 +1083,11 @@ async fn run_events(
         )));
     }
     if sse {
-        return Ok(event_stream(gw.clone(), session, run, after_seq)
-            .await?
-            .into_response());
+        return Ok(
+            event_stream(gw.clone(), session, run, after_seq, Source::Any)
+                .await?
+                .into_response(),
+        );
     }
     let store = gw.api_store()?;
     let Some(page) = read(store.events_after(&user, &run, after_seq, limit)).await? else {
@@ -1187,6 +1188,15 @@ struct CaughtUp {
     ended: bool,
 }
 
+/// Where a stream's first read looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Every source (a run of any node or process).
+    Any,
+    /// A run this node just started: its replay buffer has it from its first event.
+    Live,
+}
+
 impl Gateway {
     /// `user`'s run `run` after `after_seq`, from every source: the store (complete up to what
     /// it committed), then this node's replay buffer or the cluster's stream (what is newer).
@@ -1196,12 +1206,17 @@ impl Gateway {
         session: &UserSession,
         run: &RunId,
         after_seq: u64,
+        source: Source,
     ) -> ApiResult<Option<CaughtUp>> {
         let mut last = after_seq;
         let mut frames = Vec::new();
         let mut known = false;
         let mut ended = false;
-        if let Some(store) = self.inner.factory.run_store() {
+        let store = match source {
+            Source::Any => self.inner.factory.run_store(),
+            Source::Live => None,
+        };
+        if let Some(store) = store {
             if let Some(record) = read(store.run(&session.user, run)).await? {
                 known = true;
                 ended = record.status.is_some();
@@ -1283,71 +1298,94 @@ async fn event_stream(
     session: Arc<UserSession>,
     run: RunId,
     after_seq: u64,
+    source: Source,
 ) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>> {
     session.wait_live().await;
     // Watching before the first read: an event between the read and the watch is in one or
     // the other (duplicates are dropped by seq).
-    let mut watch = session.watch(&run);
-    let Some(first) = gw.catch_up(&session, &run, after_seq).await? else {
+    let watch = session.watch(&run);
+    let Some(first) = gw.catch_up(&session, &run, after_seq, source).await? else {
         return Err(ApiError::no_run(run.as_str()));
     };
-    let (tx, rx) = mpsc::channel::<SseEvent>(64);
-    tokio::spawn(async move {
-        let mut last = after_seq;
-        let mut caught = first;
+    let mut streaming = Streaming {
+        gw,
+        session,
+        run,
+        watch,
+        last: after_seq,
+        queue: std::collections::VecDeque::new(),
+        done: false,
+    };
+    streaming.enqueue(first);
+    // Polled by the response body itself (no task between the pump and the socket); dropped,
+    // with its watch, when the client goes away.
+    let stream = futures_util::stream::unfold(streaming, |mut s| async move {
+        s.next().await.map(|e| (Ok(e), s))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One run's event stream: what is read back and not yet sent, then the live events.
+struct Streaming {
+    gw: Gateway,
+    session: Arc<UserSession>,
+    run: RunId,
+    watch: crate::session::RunWatch,
+    /// The last seq sent (or announced in a gap).
+    last: u64,
+    queue: std::collections::VecDeque<SseEvent>,
+    /// The terminal event is queued (or the run cannot be read any more): end after the queue.
+    done: bool,
+}
+
+impl Streaming {
+    fn enqueue(&mut self, caught: CaughtUp) {
+        for frame in &caught.frames {
+            if let Some(event) = sse_of(frame, &mut self.last) {
+                self.queue.push_back(event);
+            }
+        }
+        self.done |= caught.ended;
+    }
+
+    /// The next event to send; `None` once the terminal event was sent.
+    async fn next(&mut self) -> Option<SseEvent> {
         loop {
-            for frame in caught.frames {
-                let Some(event) = sse_of(&frame, &mut last) else {
-                    continue;
-                };
-                if tx.send(event).await.is_err() {
-                    return; // the client went away
-                }
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
             }
-            if caught.ended {
-                return;
+            if self.done {
+                return None;
             }
-            // Live, until a jump in seq or a quiet spell sends us back to the sources.
-            loop {
-                let next = tokio::select! {
-                    e = watch.rx.recv() => e,
-                    () = tokio::time::sleep(STREAM_RECHECK) => None,
-                    () = tx.closed() => return,
-                };
-                let Some(e) = next else { break };
-                if e.seq <= last {
-                    continue;
-                }
-                if e.seq > last + 1 {
-                    break; // missed some: read them back
-                }
-                let terminal = e.event.is_terminal();
-                let frame = ServerFrame::Event { envelope: e };
-                if let Some(event) = sse_of(&frame, &mut last) {
-                    if tx.send(event).await.is_err() {
-                        return;
+            let next = tokio::select! {
+                e = self.watch.rx.recv() => e,
+                () = tokio::time::sleep(STREAM_RECHECK) => None,
+            };
+            match next {
+                Some(e) if e.seq <= self.last => {}
+                Some(e) if e.seq == self.last + 1 => {
+                    self.done = e.event.is_terminal();
+                    let frame = ServerFrame::Event { envelope: e };
+                    if let Some(event) = sse_of(&frame, &mut self.last) {
+                        self.queue.push_back(event);
                     }
                 }
-                if terminal {
-                    return;
-                }
+                // A jump (events this stream missed) or a quiet spell: read the run back.
+                _ => match self
+                    .gw
+                    .catch_up(&self.session, &self.run, self.last, Source::Any)
+                    .await
+                {
+                    Ok(Some(caught)) => self.enqueue(caught),
+                    Ok(None) => self.done = true,
+                    Err(e) => {
+                        tracing::warn!(run_id = %self.run, error = e.message, "event stream: cannot read the run back; ending the stream (reconnect with Last-Event-ID)");
+                        self.done = true;
+                    }
+                },
             }
-            caught = match gw.catch_up(&session, &run, last).await {
-                Ok(Some(c)) => c,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(run_id = %run, error = e.message, "event stream: cannot read the run back; ending the stream (reconnect with Last-Event-ID)");
-                    return;
-                }
-            };
         }
-    });
-    let stream =
-        futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-        );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    }
 }
 
 /// The Server-Sent Event of `frame` (an event with `id:` = its seq, or a `gap`), moving
@@ -1356,7 +1394,8 @@ fn sse_of(frame: &ServerFrame, last: &mut u64) -> Option<SseEvent> {
     match frame {
         ServerFrame::Event { envelope } if envelope.seq > *last => {
             *last = envelope.seq;
-            let data = serde_json::to_string(&EventView::of(envelope)).ok()?;
+            // The envelope's own serialization is exactly an `EventView`.
+            let data = serde_json::to_string(&**envelope).ok()?;
             Some(SseEvent::default().id(envelope.seq.to_string()).data(data))
         }
         ServerFrame::Gap {

@@ -302,6 +302,7 @@ fn own_lines(stdout: &str) -> String {
                 || l.starts_with("latency")
                 || l.starts_with("thread_read")
                 || l.starts_with("store_capacity")
+                || l.starts_with("api_")
                 || l.contains("p99/p50")
         })
         .fold(String::new(), |mut s, l| {
@@ -329,12 +330,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<u8, XtaskError> {
         rows.extend(measure(&exes, c, c.rounds(opts.rounds), &criterion)?);
     }
     let mut own = String::new();
-    let singles: [(&str, &[&str]); 5] = [
+    let singles: [(&str, &[&str]); 6] = [
         ("tail", &[]),
         ("allocs", &[]),
         ("footprint", &[]),
         ("redis", &["--exact", "redis_latency"]),
         ("store", &["--exact", "store_probes"]),
+        ("api", &[]),
     ];
     for (name, args) in singles {
         if opts.selects(name) {
