@@ -21,6 +21,28 @@
 //! - `GET /healthz` — JSON status (with the run store's and Redis's state when present),
 //!   `GET /metrics` — Prometheus text (`GET /metrics.json`: JSON).
 //!
+//! # HTTP API (`/v1`, JSON; see [`api`])
+//! The same bearer JWT (`Authorization: Bearer <jwt>`), the socket's admission, limits and
+//! multitask policy, and only the caller's data: another user's thread or run is `404`, as an
+//! id that does not exist. Errors are `{"error":{"code":"..","message":".."}}` with the codes of
+//! [`ErrorCode`]. The OpenAPI 3.1 document ([`api::ApiDoc`]) is served at `GET /openapi.json`.
+//! - `GET /v1/threads?limit=&cursor=` — the caller's threads, most recently updated first;
+//! - `GET /v1/threads/{thread_id}?limit=` — its last messages; `GET /v1/threads/{thread_id}/runs`
+//!   — its runs' records; `DELETE /v1/threads/{thread_id}` — gone whole (`204`; running runs
+//!   are cancelled first);
+//! - `POST /v1/threads/{thread_id}/runs` `{"text":..,"agent":..,"multitask":..}` — starts a run:
+//!   `202` with its record, or with `?stream=true` its Server-Sent Events;
+//! - `GET /v1/runs/{run_id}` — the run's record; `GET /v1/runs/{run_id}/events?after_seq=&limit=`
+//!   — its stored events, or with `Accept: text/event-stream` Server-Sent Events (`id:` = seq)
+//!   live until the terminal event, resumed after `Last-Event-ID` on any node or after a
+//!   restart (`event: gap` for events that cannot be sent);
+//! - `POST /v1/runs/{run_id}/cancel`; `POST /v1/runs/{run_id}/approvals/{call_id}`
+//!   `{"decision":"approve"|"deny"}`.
+//!
+//! With [`Backends::webhooks`] ([`WebhookConfig`]) every ended run's record is POSTed to one
+//! URL, signed as the Standard Webhooks specification says, at least once (the deliveries wait
+//! in the run store, across restarts).
+//!
 //! # Durable by default
 //! [`Gateway::with_backends`] with a [`Backends::store`] (an `engine_store::SqlStore`) keeps
 //! every run, its events, approvals and the thread's messages in SQLite or Postgres: they
