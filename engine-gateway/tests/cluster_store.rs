@@ -168,3 +168,91 @@ async fn query(database: &str, sql: &str) -> String {
     pool.close().await;
     value
 }
+
+/// A run started over HTTP on node `a` streams on node `b` (Server-Sent Events, resumed there
+/// with `Last-Event-ID`), and a stream on `b` of a run that was going on `a` when `a` was
+/// SIGKILLed ends with the run's one `interrupted` terminal event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_event_stream_resumes_on_another_node_and_ends_when_its_node_dies() {
+    use common::sse::{read_to_end, Sse};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let Some(postgres) = PostgresServer::start() else {
+        return;
+    };
+    let database = postgres.create_database("sse_nodes");
+    let mut a = node(&redis, &database, "sse-a").await;
+    let b = node(&redis, &database, "sse-b").await;
+    let token = engine_gateway::TokenKeys::new(common::SECRET.as_bytes())
+        .issue(&engine_core::UserId::new("alice").unwrap(), 600)
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let start_on_a = |thread: &str, body: Value| {
+        let request = http
+            .post(format!("http://{}/v1/threads/{thread}/runs", a.addr))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            let v: Value = r.json().await.unwrap();
+            v["run_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let stream_on_b = |run: &str, last: Option<u64>| {
+        let mut request = http
+            .get(format!("http://{}/v1/runs/{run}/events", b.addr))
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last {
+            request = request.header("last-event-id", id.to_string());
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            Sse::new(r)
+        }
+    };
+    let words: Vec<String> = (0..60).map(|i| format!("word{i}")).collect();
+    let run = start_on_a("t-long", json!({ "text": words.join(" ") })).await;
+    let mut sse = stream_on_b(&run, None).await;
+    let mut events = Vec::new();
+    for seq in 1..=3 {
+        let f = sse.next().await.expect("an event");
+        assert_eq!(f.id, Some(seq));
+        assert_eq!(f.data["run_id"], run.as_str());
+        events.push(f.data["event"].clone());
+    }
+    drop(sse);
+    let mut sse = stream_on_b(&run, Some(3)).await;
+    events.extend(read_to_end(&mut sse, 3).await);
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "completed", "{last}");
+    let answer: String = events
+        .iter()
+        .filter(|e| e["type"] == "answer_delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(answer, last["result"].as_str().unwrap());
+
+    // A run going on `a` when `a` dies: the stream on `b` ends with its `interrupted` end.
+    let slow = start_on_a("t-slow", json!({"text": "600000", "agent": "waiter"})).await;
+    let mut sse = stream_on_b(&slow, None).await;
+    let first = sse.next().await.expect("the run's first event");
+    assert_eq!(first.data["event"]["type"], "agent_started");
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the batch land
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    let mut terminal = None;
+    while let Some(f) = sse.next().await {
+        if f.data["event"]["type"] == "agent_completed" {
+            terminal = Some(f.data["event"].clone());
+        }
+    }
+    let terminal = terminal.expect("the stream ends with the run's terminal event");
+    assert_eq!(terminal["status"], "interrupted", "{terminal}");
+}

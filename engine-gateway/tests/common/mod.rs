@@ -3,6 +3,8 @@
 // Each test binary uses some of these helpers, not all.
 #![allow(dead_code)]
 
+pub(crate) mod sse;
+
 use std::process::Stdio;
 use std::time::Duration;
 
