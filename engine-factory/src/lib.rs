@@ -63,5 +63,5 @@ pub use factory::{
 pub use hub::Subscription;
 pub use store::{
     now_us, Durability, Role, RunAccepted, RunEnded, RunRecord, RunStore, StoreError, StoreHealth,
-    StoredEvents, ThreadMessage, ThreadSummary, WebhookDue,
+    StoredEvents, ThreadCursor, ThreadMessage, ThreadSummary, WebhookDue,
 };

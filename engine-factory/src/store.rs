@@ -371,8 +371,10 @@ pub struct StoredEvents {
 pub struct WebhookDue {
     /// The run's user.
     pub user_id: UserId,
-    /// The ended run's record.
-    pub run: RunRecord,
+    /// The run.
+    pub run_id: RunId,
+    /// The ended run's record; `None` when it is gone (its thread was deleted since).
+    pub run: Option<RunRecord>,
     /// Attempts so far, this claim included (1 on the first).
     pub attempts: u32,
     /// When the run's end enqueued it, microseconds since the Unix epoch.
@@ -380,13 +382,49 @@ pub struct WebhookDue {
 }
 
 impl WebhookDue {
-    /// A delivery of `run`, a run of `user_id`.
-    pub fn new(user_id: UserId, run: RunRecord, attempts: u32, enqueued_at_us: u64) -> Self {
+    /// A delivery of `run_id`, a run of `user_id`, whose record is `run`.
+    pub fn new(
+        user_id: UserId,
+        run_id: RunId,
+        run: Option<RunRecord>,
+        attempts: u32,
+        enqueued_at_us: u64,
+    ) -> Self {
         Self {
             user_id,
+            run_id,
             run,
             attempts,
             enqueued_at_us,
+        }
+    }
+}
+
+/// Where a page of a user's threads starts: after this thread, as the previous page listed it
+/// (keyset pagination: a thread deleted or updated meanwhile does not move the page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ThreadCursor {
+    /// The listed thread's `updated_at_us`.
+    pub updated_at_us: u64,
+    /// The listed thread.
+    pub thread_id: ThreadId,
+}
+
+impl ThreadCursor {
+    /// The page after `thread`.
+    pub fn after(thread: &ThreadSummary) -> Self {
+        Self {
+            updated_at_us: thread.updated_at_us,
+            thread_id: thread.thread_id.clone(),
+        }
+    }
+
+    /// A cursor at `updated_at_us` and `thread_id` (as read back from a client).
+    pub fn new(updated_at_us: u64, thread_id: ThreadId) -> Self {
+        Self {
+            updated_at_us,
+            thread_id,
         }
     }
 }
@@ -441,13 +479,13 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// once committed, or with [`StoreError::CommitTimeout`] after the store's bound.
     fn run_ended(&self, end: RunEnded) -> BoxFuture<'static, Result<(), StoreError>>;
 
-    /// `user`'s threads, most recently updated first: at most `limit`, after the thread
-    /// `after` of a previous page when given (cursor pagination).
+    /// `user`'s threads, most recently updated first: at most `limit`, after `after` (the last
+    /// thread of a previous page) when given.
     fn threads<'a>(
         &'a self,
         user: &'a UserId,
         limit: usize,
-        after: Option<&'a ThreadId>,
+        after: Option<&'a ThreadCursor>,
     ) -> BoxFuture<'a, Result<Vec<ThreadSummary>, StoreError>>;
 
     /// The last `limit` messages of `user`'s thread, oldest first (empty for an unknown
@@ -483,11 +521,11 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<Option<StoredEvents>, StoreError>>;
 
-    /// Deletes `user`'s thread `thread`: its messages, runs, events, gaps, approvals and pending
-    /// webhook deliveries. Every write buffered before the call is committed first, so nothing
-    /// of the thread queued earlier comes back; a run still going on the thread should be
-    /// cancelled and ended before (its later events would be stored again). `true` if the
-    /// thread existed.
+    /// Deletes `user`'s thread `thread`: its messages, runs, events, gaps and approvals (a
+    /// pending webhook delivery of one of its runs is then claimed without its record). Every
+    /// write buffered before the call is committed first, so nothing of the thread queued
+    /// earlier comes back; a run still going on the thread should be cancelled and ended before
+    /// (its later events would be stored again). `true` if the thread existed.
     fn delete_thread<'a>(
         &'a self,
         user: &'a UserId,
@@ -497,20 +535,21 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// Takes up to `limit` webhook deliveries that are due (the store enqueues one per ended
     /// run when it is configured to), oldest first, and holds each for `lease`: a process that
     /// dies while delivering leaves them due again after it (at least once; a delivery can be
-    /// sent twice, never lost). Every claim counts an attempt.
+    /// sent twice, never lost). Every claim counts an attempt. Times are the database's clock,
+    /// so nodes whose clocks differ claim a delivery once per lease.
     fn claim_webhooks(
         &self,
         limit: usize,
         lease: std::time::Duration,
     ) -> BoxFuture<'_, Result<Vec<WebhookDue>, StoreError>>;
 
-    /// Settles a claimed delivery: `retry_at_us: None` removes it (delivered or given up),
-    /// `Some(t)` makes it due again at `t` (microseconds since the Unix epoch).
+    /// Settles a claimed delivery: `retry_in: None` removes it (delivered or given up),
+    /// `Some(d)` makes it due again `d` from now.
     fn settle_webhook<'a>(
         &'a self,
         user: &'a UserId,
         run: &'a RunId,
-        retry_at_us: Option<u64>,
+        retry_in: Option<std::time::Duration>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Waits until every write buffered so far is committed (or could not be); the gateway's

@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use engine_core::{
     ApprovalDecision, EventEnvelope, MultitaskPolicy, RunId, RunStatus, ThreadId, UserId,
 };
-use engine_factory::{RunRecord, RunStore, StoreError};
+use engine_factory::{RunRecord, RunStore, StoreError, ThreadCursor};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{OpenApi, ToSchema};
@@ -34,13 +34,19 @@ use crate::Gateway;
 
 /// Longest one read of the store may take before the API answers `503 store_unavailable`.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
-/// An event stream with no new event for this long reads the run back from its sources (a
-/// missed event, or an end recorded elsewhere, such as a dead node's `interrupted`).
+/// An event stream with no new event for this long checks whether its run ended where the
+/// stream cannot see it live (a dead node's `interrupted`), and then reads the run back.
 const STREAM_RECHECK: Duration = Duration::from_secs(3);
+/// The longest quiet spell between two such checks (the wait doubles while nothing happens).
+const STREAM_RECHECK_MAX: Duration = Duration::from_secs(30);
 /// Longest `DELETE` waits for the thread's cancelled runs to end.
 const DELETE_WAIT: Duration = Duration::from_secs(10);
 /// Events read per page when a stream catches up.
 const CATCH_UP_PAGE: usize = 500;
+/// The largest sequence number a client may name (the store keeps them as signed 64-bit).
+const MAX_SEQ: u64 = i64::MAX as u64;
+/// Pages read per catch-up at most (the stream reads the rest after sending these).
+const CATCH_UP_PAGES: usize = 8;
 
 /// The routes under `/v1` and `/openapi.json`.
 pub(crate) fn routes() -> Router<Gateway> {
@@ -697,11 +703,15 @@ async fn list_threads(
     let user = gw.caller(&headers)?;
     let q = query(q)?;
     let limit = bounded("limit", q.limit, 20, 1..=100)?;
-    let cursor = q.cursor.as_deref().map(thread_id).transpose()?;
+    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let store = gw.api_store()?;
     let threads = read(store.threads(&user, limit, cursor.as_ref())).await?;
     let next_cursor = (threads.len() == limit)
-        .then(|| threads.last().map(|t| t.thread_id.to_string()))
+        .then(|| {
+            threads
+                .last()
+                .map(|t| encode_cursor(&ThreadCursor::after(t)))
+        })
         .flatten();
     Ok(Json(ThreadPage {
         threads: threads
@@ -716,6 +726,27 @@ async fn list_threads(
             .collect(),
         next_cursor,
     }))
+}
+
+/// The opaque `next_cursor` of a page ending at `cursor`: base64url of `<updated_at_us>:<id>`.
+fn encode_cursor(cursor: &ThreadCursor) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}:{}", cursor.updated_at_us, cursor.thread_id))
+}
+
+fn decode_cursor(raw: &str) -> ApiResult<ThreadCursor> {
+    use base64::Engine as _;
+    let bad = || ApiError::bad_request("`cursor` is not a `next_cursor` of this API");
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let (updated, thread) = text.split_once(':').ok_or_else(bad)?;
+    let updated = updated.parse::<u64>().map_err(|_| bad())?;
+    let thread = ThreadId::new(thread).map_err(|_| bad())?;
+    Ok(ThreadCursor::new(updated, thread))
 }
 
 /// Query of `GET /v1/threads/{thread_id}`.
@@ -828,6 +859,13 @@ async fn delete_thread(
     let raw = path(p)?;
     let thread = thread_id(&raw)?;
     let store = gw.api_store()?;
+    // Every run accepted so far is in the store before its runs are read (a run accepted a
+    // moment ago is cancelled too, not left to write into a deleted thread).
+    read(async {
+        store.flush().await;
+        Ok(())
+    })
+    .await?;
     let runs = read(store.thread_runs(&user, &thread)).await?;
     if runs.is_empty() {
         return Err(ApiError::no_thread(&raw));
@@ -873,6 +911,14 @@ async fn delete_thread(
         .map_err(|e| ApiError::store(&e))?;
     if !deleted {
         return Err(ApiError::no_thread(&raw));
+    }
+    // This node's replay buffer forgets the runs too (a resume or stream of them is `404`).
+    {
+        let session = gw.session(&user);
+        let mut replay = lock(&session.replay);
+        for r in &runs {
+            replay.forget(&r.run_id);
+        }
     }
     tracing::info!(user_id = %user, thread_id = %thread, "thread deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -1025,7 +1071,7 @@ struct EventsQuery {
     tag = "runs",
     params(
         ("run_id" = String, Path, pattern = "^run_[0-9a-f]{32}$", description = "The run (the id the gateway gave it)"),
-        ("after_seq" = Option<u64>, Query, description = "Events after this seq (default 0)"),
+        ("after_seq" = Option<u64>, Query, maximum = 9_223_372_036_854_775_807_u64, description = "Events after this seq (default 0)"),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Events per page (default 100; JSON only)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Server-Sent Events: resume after this seq (takes precedence over `after_seq`)")
     ),
@@ -1067,6 +1113,11 @@ async fn run_events(
         })
         .transpose()?;
     let after_seq = last_event_id.or(q.after_seq).unwrap_or(0);
+    if after_seq > MAX_SEQ {
+        return Err(ApiError::bad_request(format!(
+            "`after_seq` and Last-Event-ID are at most {MAX_SEQ}"
+        )));
+    }
     let session = gw.session(&user);
     let cfg = &gw.inner.config;
     if !session.allow_resume(cfg.resumes_per_minute) {
@@ -1152,6 +1203,7 @@ async fn cancel_run(
         (status = 400, description = "A bad parameter", body = ApiErrorBody),
         (status = 401, description = "No valid bearer token", body = ApiErrorBody),
         (status = 404, description = "No such run, or no such call waiting", body = ApiErrorBody),
+        (status = 413, description = "The body is larger than the server takes", body = ApiErrorBody),
         (status = 415, description = "The body is not JSON", body = ApiErrorBody),
         (status = 422, description = "The body does not have the expected fields", body = ApiErrorBody),
         (status = 503, description = "The cluster cannot reach the run's node", body = ApiErrorBody)
@@ -1186,6 +1238,8 @@ struct CaughtUp {
     frames: Vec<ServerFrame>,
     /// Whether the run has ended (its terminal event is among `frames` or before them).
     ended: bool,
+    /// Whether the store holds more than this read took (read again after sending these).
+    more: bool,
 }
 
 /// Where a stream's first read looks.
@@ -1212,6 +1266,8 @@ impl Gateway {
         let mut frames = Vec::new();
         let mut known = false;
         let mut ended = false;
+        // The store had more than this read took: the stream reads again once it sent them.
+        let mut more = false;
         let store = match source {
             Source::Any => self.inner.factory.run_store(),
             Source::Live => None,
@@ -1220,12 +1276,15 @@ impl Gateway {
             if let Some(record) = read(store.run(&session.user, run)).await? {
                 known = true;
                 ended = record.status.is_some();
-                loop {
+                for page_number in 0..CATCH_UP_PAGES {
                     let Some(page) =
                         read(store.events_after(&session.user, run, last, CATCH_UP_PAGE)).await?
                     else {
                         break;
                     };
+                    if page.more && page_number + 1 == CATCH_UP_PAGES {
+                        more = true;
+                    }
                     let mut gaps = page.gaps.iter().peekable();
                     for e in page.events {
                         while let Some((from_seq, to_seq)) = gaps.next_if(|(_, to)| *to < e.seq) {
@@ -1247,30 +1306,37 @@ impl Gateway {
             }
         }
         // A run that ended is whole in the store; otherwise newer events are in memory or in
-        // the cluster's stream.
-        if !ended {
-            if let Ok(newer) = self.resume(session, run, last).await {
-                known = true;
-                for f in newer {
-                    match f {
-                        ServerFrame::Event { envelope } if envelope.seq > last => {
-                            last = envelope.seq;
-                            frames.push(ServerFrame::Event { envelope });
-                        }
-                        ServerFrame::Gap {
-                            run_id,
-                            from_seq,
-                            to_seq,
-                        } if to_seq > last => {
-                            frames.push(ServerFrame::Gap {
-                                run_id,
-                                from_seq: from_seq.max(last + 1),
-                                to_seq,
-                            });
-                            last = to_seq;
-                        }
-                        _ => {}
+        // the cluster's stream. A run this node just started is in its replay buffer (it was
+        // registered there before it started), also in cluster mode.
+        // When the store holds more than this read took, the rest comes with the next read
+        // (not from memory, ahead of it).
+        let newer = match source {
+            _ if more => Err(()),
+            Source::Live => lock(&session.replay).resume(run, last).ok_or(()),
+            Source::Any if !ended => self.resume(session, run, last).await.map_err(|_| ()),
+            Source::Any => Err(()),
+        };
+        if let Ok(newer) = newer {
+            known = true;
+            for f in newer {
+                match f {
+                    ServerFrame::Event { envelope } if envelope.seq > last => {
+                        last = envelope.seq;
+                        frames.push(ServerFrame::Event { envelope });
                     }
+                    ServerFrame::Gap {
+                        run_id,
+                        from_seq,
+                        to_seq,
+                    } if to_seq > last => {
+                        frames.push(ServerFrame::Gap {
+                            run_id,
+                            from_seq: from_seq.max(last.saturating_add(1)),
+                            to_seq,
+                        });
+                        last = to_seq;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -1286,7 +1352,8 @@ impl Gateway {
             .is_some_and(|t| t <= last);
         Ok(Some(CaughtUp {
             frames,
-            ended: ended || terminal_seen || replay_ended,
+            ended: !more && (ended || terminal_seen || replay_ended),
+            more,
         }))
     }
 }
@@ -1315,6 +1382,8 @@ async fn event_stream(
         last: after_seq,
         queue: std::collections::VecDeque::new(),
         done: false,
+        read_again: false,
+        quiet: STREAM_RECHECK,
     };
     streaming.enqueue(first);
     // Polled by the response body itself (no task between the pump and the socket); dropped,
@@ -1336,6 +1405,10 @@ struct Streaming {
     queue: std::collections::VecDeque<SseEvent>,
     /// The terminal event is queued (or the run cannot be read any more): end after the queue.
     done: bool,
+    /// The last read stopped at its page limit: read again once the queue is sent.
+    read_again: bool,
+    /// How long a quiet spell lasts before the run's end is checked (doubling to 30 s).
+    quiet: Duration,
 }
 
 impl Streaming {
@@ -1346,6 +1419,39 @@ impl Streaming {
             }
         }
         self.done |= caught.ended;
+        self.read_again = caught.more;
+    }
+
+    /// Reads the run back from its sources after `last`.
+    async fn read_back(&mut self) {
+        match self
+            .gw
+            .catch_up(&self.session, &self.run, self.last, Source::Any)
+            .await
+        {
+            Ok(Some(caught)) => self.enqueue(caught),
+            Ok(None) => self.done = true,
+            Err(e) => {
+                tracing::warn!(run_id = %self.run, error = e.message, "event stream: cannot read the run back; ending the stream (reconnect with Last-Event-ID)");
+                self.done = true;
+            }
+        }
+    }
+
+    /// After a quiet spell: whether the run has ended where this stream cannot see it live
+    /// (a dead node's `interrupted`, a terminal event this stream missed). One cheap read: the
+    /// replay buffer, else the store's record.
+    async fn ended_elsewhere(&self) -> bool {
+        if lock(&self.session.replay).terminal_seq(&self.run).is_some() {
+            return true;
+        }
+        match self.gw.inner.factory.run_store() {
+            Some(store) => matches!(
+                tokio::time::timeout(STORE_TIMEOUT, store.run(&self.session.user, &self.run)).await,
+                Ok(Ok(Some(record))) if record.status.is_some()
+            ),
+            None => false,
+        }
     }
 
     /// The next event to send; `None` once the terminal event was sent.
@@ -1357,32 +1463,34 @@ impl Streaming {
             if self.done {
                 return None;
             }
+            if self.read_again {
+                self.read_back().await;
+                continue;
+            }
             let next = tokio::select! {
                 e = self.watch.rx.recv() => e,
-                () = tokio::time::sleep(STREAM_RECHECK) => None,
+                () = tokio::time::sleep(self.quiet) => None,
             };
             match next {
                 Some(e) if e.seq <= self.last => {}
-                Some(e) if e.seq == self.last + 1 => {
+                Some(e) if e.seq == self.last.saturating_add(1) => {
+                    self.quiet = STREAM_RECHECK;
                     self.done = e.event.is_terminal();
                     let frame = ServerFrame::Event { envelope: e };
                     if let Some(event) = sse_of(&frame, &mut self.last) {
                         self.queue.push_back(event);
                     }
                 }
-                // A jump (events this stream missed) or a quiet spell: read the run back.
-                _ => match self
-                    .gw
-                    .catch_up(&self.session, &self.run, self.last, Source::Any)
-                    .await
-                {
-                    Ok(Some(caught)) => self.enqueue(caught),
-                    Ok(None) => self.done = true,
-                    Err(e) => {
-                        tracing::warn!(run_id = %self.run, error = e.message, "event stream: cannot read the run back; ending the stream (reconnect with Last-Event-ID)");
-                        self.done = true;
+                // A jump: events this stream missed; read them back.
+                Some(_) => self.read_back().await,
+                // A quiet spell: one cheap look for an end this stream cannot see live.
+                None => {
+                    if self.ended_elsewhere().await {
+                        self.read_back().await;
+                    } else {
+                        self.quiet = (self.quiet * 2).min(STREAM_RECHECK_MAX);
                     }
-                },
+                }
             }
         }
     }

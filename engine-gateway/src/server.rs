@@ -347,6 +347,9 @@ impl Gateway {
     pub(crate) fn session(&self, user: &UserId) -> Arc<UserSession> {
         let mut sessions = lock(&self.inner.sessions);
         if let Some(s) = sessions.get(user) {
+            // Touched under the sessions lock, which the idle sweep holds while it decides: a
+            // session handed out now is not swept before its caller uses it.
+            s.touch();
             return Arc::clone(s);
         }
         let session = Arc::new(UserSession::new(

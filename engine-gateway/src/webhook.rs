@@ -21,6 +21,7 @@ use engine_factory::{RunStore, WebhookDue};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 use crate::api::RunView;
 use crate::metrics::ResultLabel;
@@ -71,7 +72,7 @@ pub struct WebhookConfig {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url.as_str())
+            .field("url", &self.url_redacted())
             .field("secret", &"<redacted>")
             .field("timeout", &self.timeout)
             .field("retry_base", &self.retry_base)
@@ -152,6 +153,17 @@ impl WebhookConfig {
         self.url.as_str()
     }
 
+    /// The URL without what may be a credential (user, password, query): for logs.
+    pub fn url_redacted(&self) -> String {
+        let mut url = self.url.clone();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        if url.query().is_some() {
+            url.set_query(Some("***"));
+        }
+        url.into()
+    }
+
     /// How long a delivery is retried.
     pub fn give_up_after(&self) -> Duration {
         self.give_up_after
@@ -193,7 +205,7 @@ fn delivery_id(due: &WebhookDue) -> String {
     let mut h = Sha256::new();
     h.update(due.user_id.as_str().as_bytes());
     h.update([0]);
-    h.update(due.run.run_id.as_str().as_bytes());
+    h.update(due.run_id.as_str().as_bytes());
     format!("msg_{}", hex::encode(&h.finalize()[..16]))
 }
 
@@ -242,11 +254,11 @@ impl Webhooks {
         })
     }
 
-    async fn attempt(&self, due: &WebhookDue) -> Attempt {
+    async fn attempt(&self, due: &WebhookDue, record: &engine_factory::RunRecord) -> Attempt {
         let payload = Payload {
             kind: "run.ended",
             user_id: due.user_id.as_str(),
-            run: RunView::from_record(&due.run),
+            run: RunView::from_record(record),
         };
         let body = match serde_json::to_vec(&payload) {
             Ok(b) => b,
@@ -359,19 +371,43 @@ async fn dispatch(weak: Weak<Inner>, hooks: Arc<Webhooks>) {
 
 /// One attempt of `due`, settled in the store.
 async fn deliver(inner: &Inner, hooks: &Webhooks, store: &dyn RunStore, due: &WebhookDue) {
-    let (user, run) = (&due.user_id, &due.run.run_id);
+    let (user, run) = (&due.user_id, &due.run_id);
     let span =
         tracing::info_span!("webhook", user_id = %user, run_id = %run, attempt = due.attempts);
-    let _enter = span.enter();
-    let outcome = hooks.attempt(due).await;
-    let now = engine_factory::now_us();
-    let (retry_at, result) = match outcome {
+    async {
+        let (retry_in, result) = match &due.run {
+            // The run's thread was deleted since its end: nothing of it is sent.
+            None => {
+                tracing::info!("webhook delivery dropped: its run was deleted");
+                (None, "run_deleted")
+            }
+            Some(record) => judge(hooks, due, hooks.attempt(due, record).await),
+        };
+        inner
+            .metrics
+            .webhooks
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        if let Err(e) = store.settle_webhook(user, run, retry_in).await {
+            // The claim's lease runs out and the delivery is due again: at least once.
+            tracing::warn!(error = %e, "webhook delivery not settled; it is due again after its lease");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// What to do after an attempt: remove the delivery (`None`) or retry it after a delay, and
+/// the metric's result.
+fn judge(hooks: &Webhooks, due: &WebhookDue, attempt: Attempt) -> (Option<Duration>, &'static str) {
+    match attempt {
         Attempt::Delivered => (None, "delivered"),
         Attempt::Gone => {
             tracing::warn!("webhook receiver answered 410 Gone: this delivery is dropped");
             (None, "gone")
         }
         Attempt::Failed(why) => {
+            let now = engine_factory::now_us();
             let age = Duration::from_micros(now.saturating_sub(due.enqueued_at_us));
             if age >= hooks.config.give_up_after {
                 tracing::error!(
@@ -384,19 +420,9 @@ async fn deliver(inner: &Inner, hooks: &Webhooks, store: &dyn RunStore, due: &We
             } else {
                 let delay = hooks.config.backoff(due.attempts);
                 tracing::warn!(reason = %why, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed; retrying");
-                let at = now.saturating_add(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
-                (Some(at), "failed")
+                (Some(delay), "failed")
             }
         }
-    };
-    inner
-        .metrics
-        .webhooks
-        .get_or_create(&ResultLabel { result })
-        .inc();
-    if let Err(e) = store.settle_webhook(user, run, retry_at).await {
-        // The claim's lease runs out and the delivery is due again: at least once.
-        tracing::warn!(error = %e, "webhook delivery not settled; it is due again after its lease");
     }
 }
 

@@ -285,6 +285,15 @@ async fn every_route_answers_the_caller_and_another_users_ids_are_not_found() {
     let (status, listed) = bob.get("/v1/threads", "/v1/threads").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed["threads"], json!([]));
+    // Bob's own thread of the same id: each sees only their own messages under `t1`.
+    let bobs = bob.start("t1", json!({"text": "bob's own question"})).await;
+    bob.ended(bobs["run_id"].as_str().unwrap()).await;
+    let (_, bob_t1) = bob.get("/v1/threads/t1", "/v1/threads/{thread_id}").await;
+    assert_eq!(bob_t1["messages"][0]["content"], "bob's own question");
+    assert!(!bob_t1.to_string().contains("6 * 7"), "{bob_t1}");
+    let (_, alice_t1) = alice.get("/v1/threads/t1", "/v1/threads/{thread_id}").await;
+    assert!(!alice_t1.to_string().contains("bob's own"), "{alice_t1}");
+    assert_eq!(alice_t1["messages"].as_array().unwrap().len(), 2);
     // Alice's thread is intact after bob's delete.
     let (status, _) = alice.get("/v1/threads/t1", "/v1/threads/{thread_id}").await;
     assert_eq!(status, StatusCode::OK);
@@ -358,6 +367,22 @@ async fn every_route_answers_the_caller_and_another_users_ids_are_not_found() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nor can it be streamed or resumed on a socket; bob's thread of the same id stays.
+    let response = alice
+        .http
+        .get(format!("{}{events_path}", alice.base))
+        .bearer_auth(&alice.token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let mut ws = connect(&gw.addr, "alice").await;
+    common::send(&mut ws, json!({"type":"resume","run_id":run,"after_seq":0})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["code"], "unknown_run", "{answer}");
+    let (status, _) = bob.get("/v1/threads/t1", "/v1/threads/{thread_id}").await;
+    assert_eq!(status, StatusCode::OK);
     let waiting = alice
         .start("tw", json!({"text": "600000", "agent": "waiter"}))
         .await;

@@ -123,8 +123,8 @@ pub(crate) async fn interrupt(shared: &Shared, sweep: Sweep) -> Result<u64, sqlx
         .execute(&mut *tx)
         .await?;
         time_out_approvals(&mut tx, &user, &run, ended).await?;
-        if shared.webhooks {
-            enqueue_webhook(&mut tx, &user, &run, ended).await?;
+        if let Some(now) = shared.webhook_clock() {
+            enqueue_webhook(&mut tx, now, &user, &run, Duration::ZERO).await?;
         }
     }
     tx.commit().await?;

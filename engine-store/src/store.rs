@@ -9,7 +9,7 @@ use engine_core::{
 };
 use engine_factory::{
     BoxFuture, Durability, Role, RunAccepted, RunEnded, RunRecord, RunStore, StoreError,
-    StoreHealth, StoredEvents, ThreadMessage, ThreadSummary, WebhookDue,
+    StoreHealth, StoredEvents, ThreadCursor, ThreadMessage, ThreadSummary, WebhookDue,
 };
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -259,7 +259,9 @@ async fn delete_thread(
     thread: &ThreadId,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = shared.pool.begin().await?;
-    for table in ["events", "gaps", "approvals", "webhooks"] {
+    // Pending webhook deliveries stay: claimed without their record, they are dropped and
+    // counted by the dispatcher (nothing of the deleted thread is sent).
+    for table in ["events", "gaps", "approvals"] {
         let sql = format!(
             "DELETE FROM {table} WHERE user_id = $1 AND run_id IN \
              (SELECT run_id FROM runs WHERE user_id = $1 AND thread_id = $2)"
@@ -401,7 +403,7 @@ impl RunStore for SqlStore {
         &'a self,
         user: &'a UserId,
         limit: usize,
-        after: Option<&'a ThreadId>,
+        after: Option<&'a ThreadCursor>,
     ) -> BoxFuture<'a, Result<Vec<ThreadSummary>, StoreError>> {
         Box::pin(async move {
             let pool = &self.inner.shared.pool;
@@ -419,13 +421,13 @@ impl RunStore for SqlStore {
                 }
                 Some(cursor) => {
                     sqlx::query(
-                        "SELECT t.thread_id, t.created_us, t.updated_us, t.run_count, t.preview \
-                         FROM threads t, threads c WHERE t.user_id = $1 AND c.user_id = $1 AND c.thread_id = $2 \
-                         AND (t.updated_us < c.updated_us OR (t.updated_us = c.updated_us AND t.thread_id < c.thread_id)) \
-                         ORDER BY t.updated_us DESC, t.thread_id DESC LIMIT $3",
+                        "SELECT thread_id, created_us, updated_us, run_count, preview FROM threads \
+                         WHERE user_id = $1 AND (updated_us < $2 OR (updated_us = $2 AND thread_id < $3)) \
+                         ORDER BY updated_us DESC, thread_id DESC LIMIT $4",
                     )
                     .bind(user.as_str())
-                    .bind(cursor.as_str())
+                    .bind(i64_of(cursor.updated_at_us))
+                    .bind(cursor.thread_id.as_str())
                     .bind(limit)
                     .fetch_all(pool)
                     .await
@@ -600,22 +602,22 @@ impl RunStore for SqlStore {
         lease: Duration,
     ) -> BoxFuture<'_, Result<Vec<WebhookDue>, StoreError>> {
         Box::pin(async move {
-            let now = engine_factory::now_us();
-            let until = now.saturating_add(u64::try_from(lease.as_micros()).unwrap_or(u64::MAX));
-            // The outer `due_us <= $2` is checked again on a row another node claimed meanwhile
-            // (Postgres re-reads it): a delivery is claimed once per lease.
+            let now = self.inner.shared.backend.now_us();
+            let lease = i64_of(u64::try_from(lease.as_micros()).unwrap_or(u64::MAX));
+            // On the database's clock. The outer `due_us <= now` is checked again on a row
+            // another node claimed meanwhile (Postgres re-reads it): claimed once per lease.
+            let sql = format!(
+                "UPDATE webhooks SET due_us = {now} + $1, attempts = attempts + 1 \
+                 WHERE due_us <= {now} AND (user_id, run_id) IN \
+                 (SELECT user_id, run_id FROM webhooks WHERE due_us <= {now} ORDER BY due_us LIMIT $2) \
+                 RETURNING user_id, run_id, attempts, enqueued_us"
+            );
             let claimed = within(
                 WRITE_TIMEOUT,
-                sqlx::query(
-                    "UPDATE webhooks SET due_us = $1, attempts = attempts + 1 \
-                     WHERE due_us <= $2 AND (user_id, run_id) IN \
-                     (SELECT user_id, run_id FROM webhooks WHERE due_us <= $2 ORDER BY due_us LIMIT $3) \
-                     RETURNING user_id, run_id, attempts, enqueued_us",
-                )
-                .bind(i64_of(until))
-                .bind(i64_of(now))
-                .bind(i64_of(limit as u64))
-                .fetch_all(&self.inner.shared.pool),
+                sqlx::query(&sql)
+                    .bind(lease)
+                    .bind(i64_of(limit as u64))
+                    .fetch_all(&self.inner.shared.pool),
             )
             .await
             .map_err(unavailable)?;
@@ -628,11 +630,8 @@ impl RunStore for SqlStore {
                 let attempts = u32::try_from(row.try_get::<i64, _>(2).map_err(unavailable)?)
                     .unwrap_or(u32::MAX);
                 let enqueued = u64_of(row.try_get(3).map_err(unavailable)?);
-                match self.run(&user, &run).await? {
-                    Some(record) => due.push(WebhookDue::new(user, record, attempts, enqueued)),
-                    // The run is gone (its thread was deleted): nothing to deliver.
-                    None => self.settle_webhook(&user, &run, None).await?,
-                }
+                let record = self.run(&user, &run).await?;
+                due.push(WebhookDue::new(user, run, record, attempts, enqueued));
             }
             Ok(due)
         })
@@ -642,20 +641,22 @@ impl RunStore for SqlStore {
         &'a self,
         user: &'a UserId,
         run: &'a RunId,
-        retry_at_us: Option<u64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let pool = &self.inner.shared.pool;
-            let query = match retry_at_us {
+            let now = self.inner.shared.backend.now_us();
+            let retry_sql = format!(
+                "UPDATE webhooks SET due_us = {now} + $3 WHERE user_id = $1 AND run_id = $2"
+            );
+            let query = match retry_in {
                 None => sqlx::query("DELETE FROM webhooks WHERE user_id = $1 AND run_id = $2")
                     .bind(user.as_str())
                     .bind(run.as_str()),
-                Some(at) => sqlx::query(
-                    "UPDATE webhooks SET due_us = $3 WHERE user_id = $1 AND run_id = $2",
-                )
-                .bind(user.as_str())
-                .bind(run.as_str())
-                .bind(i64_of(at)),
+                Some(delay) => sqlx::query(&retry_sql)
+                    .bind(user.as_str())
+                    .bind(run.as_str())
+                    .bind(i64_of(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX))),
             };
             within(WRITE_TIMEOUT, query.execute(pool))
                 .await

@@ -91,6 +91,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The database clock's expression when runs' ends enqueue webhook deliveries.
+    pub(crate) fn webhook_clock(&self) -> Option<&'static str> {
+        self.webhooks.then(|| self.backend.now_us())
+    }
+
     /// Records that event `seq` of `user`'s run `run` is not stored.
     pub(crate) fn lose(&self, user: &UserId, run: &RunId, seq: u64) {
         self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
@@ -264,14 +269,14 @@ async fn apply(shared: &Shared, batch: &[Op]) -> Result<(), sqlx::Error> {
                     insert_events(&mut tx, &events).await?;
                     events.clear();
                     if terminal_event(&mut tx, event).await? {
-                        end_from_terminal(&mut tx, event, shared.webhooks).await?;
+                        end_from_terminal(&mut tx, event, shared.webhook_clock()).await?;
                     }
                 } else {
                     approval(&mut tx, event).await?;
                     events.push(event);
                 }
             }
-            Op::Ended(end, _) => ended(&mut tx, end, shared.webhooks).await?,
+            Op::Ended(end, _) => ended(&mut tx, end, shared.webhook_clock()).await?,
             Op::Gap(user, run, from, to) => {
                 sqlx::query(
                     "INSERT INTO gaps (user_id, run_id, from_seq, to_seq) VALUES ($1, $2, $3, $4) \
@@ -362,7 +367,7 @@ async fn accepted(
 async fn ended(
     tx: &mut Transaction<'static, Any>,
     end: &RunEnded,
-    webhooks: bool,
+    webhooks: Option<&'static str>,
 ) -> Result<(), sqlx::Error> {
     let steps = if end.steps.is_empty() {
         None
@@ -422,6 +427,17 @@ async fn ended(
     .bind(end.status.as_str())
     .execute(&mut **tx)
     .await?;
+    if let (Some(now), None) = (webhooks, &end.terminal) {
+        // The record is whole now (usage, timings, steps): its delivery need not wait for it.
+        let sql = format!(
+            "UPDATE webhooks SET due_us = {now} WHERE user_id = $1 AND run_id = $2 AND attempts = 0"
+        );
+        sqlx::query(&sql)
+            .bind(user)
+            .bind(run)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -451,7 +467,8 @@ async fn mark_ended(
 }
 
 /// What follows a run's end: its pending approvals time out, its answer is the thread's next
-/// message, its webhook delivery is enqueued (when `webhooks`).
+/// message, its webhook delivery is enqueued (when `webhooks` holds the database clock), due
+/// after [`WEBHOOK_GRACE`] or as soon as the run's whole record is written.
 async fn after_end(
     tx: &mut Transaction<'static, Any>,
     user: &str,
@@ -459,12 +476,12 @@ async fn after_end(
     run: &str,
     answer: Option<&str>,
     at: u64,
-    webhooks: bool,
+    webhooks: Option<&'static str>,
 ) -> Result<(), sqlx::Error> {
     let at = i64_of(at);
     time_out_approvals(tx, user, run, at).await?;
-    if webhooks {
-        enqueue_webhook(tx, user, run, at).await?;
+    if let Some(now) = webhooks {
+        enqueue_webhook(tx, now, user, run, WEBHOOK_GRACE).await?;
     }
     if let Some(answer) = answer {
         sqlx::query(
@@ -510,23 +527,30 @@ pub(crate) async fn time_out_approvals(
     Ok(())
 }
 
-/// Enqueues the webhook delivery of an ended run, due at once (in the transaction of its end:
-/// an end is never committed without its delivery).
+/// How long a delivery enqueued with a run's terminal event waits for the run's whole record
+/// (usage, timings, steps: written a moment later by the run's end record, which makes it due
+/// at once); a process that dies in between still delivers, after this.
+pub(crate) const WEBHOOK_GRACE: Duration = Duration::from_secs(2);
+
+/// Enqueues the webhook delivery of an ended run, due `delay` from now on the database clock
+/// `now` (in the transaction of its end: an end is never committed without its delivery).
 pub(crate) async fn enqueue_webhook(
     tx: &mut Transaction<'static, Any>,
+    now: &str,
     user: &str,
     run: &str,
-    at: i64,
+    delay: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO webhooks (user_id, run_id, due_us, attempts, enqueued_us) VALUES ($1, $2, $3, 0, $3) \
-         ON CONFLICT (user_id, run_id) DO NOTHING",
-    )
-    .bind(user)
-    .bind(run)
-    .bind(at)
-    .execute(&mut **tx)
-    .await?;
+    let sql = format!(
+        "INSERT INTO webhooks (user_id, run_id, due_us, attempts, enqueued_us) \
+         VALUES ($1, $2, {now} + $3, 0, {now}) ON CONFLICT (user_id, run_id) DO NOTHING"
+    );
+    sqlx::query(&sql)
+        .bind(user)
+        .bind(run)
+        .bind(i64_of(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX)))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -536,7 +560,7 @@ pub(crate) async fn enqueue_webhook(
 async fn end_from_terminal(
     tx: &mut Transaction<'static, Any>,
     event: &EventEnvelope,
-    webhooks: bool,
+    webhooks: Option<&'static str>,
 ) -> Result<(), sqlx::Error> {
     let AgentEvent::AgentCompleted {
         status,

@@ -82,10 +82,14 @@ fn a_deleted_thread_is_gone_whole_and_webhook_deliveries_wait_on_postgres() {
     };
     let url = server.create_database("delete_webhooks");
     runtime().block_on(async {
-        let store = SqlStore::open(StoreConfig::new(url).with_node_id("n1").with_webhooks(true))
-            .await
-            .unwrap();
-        common::deletes_threads_and_keeps_webhook_deliveries(&store).await;
+        let store = SqlStore::open(
+            StoreConfig::new(url.clone())
+                .with_node_id("n1")
+                .with_webhooks(true),
+        )
+        .await
+        .unwrap();
+        common::deletes_threads_and_keeps_webhook_deliveries(&store, &url).await;
     });
 }
 

@@ -197,7 +197,7 @@ async fn a_deleted_thread_is_gone_whole_and_webhook_deliveries_wait_in_the_store
     )
     .await
     .unwrap();
-    common::deletes_threads_and_keeps_webhook_deliveries(&store).await;
+    common::deletes_threads_and_keeps_webhook_deliveries(&store, &url(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

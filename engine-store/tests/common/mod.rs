@@ -335,15 +335,22 @@ pub(crate) async fn threads_page_most_recent_first(store: &SqlStore) {
     store.flush().await;
     let frank = UserId::new("frank").unwrap();
     let mut seen = Vec::new();
-    let mut cursor: Option<ThreadId> = None;
+    let mut cursor: Option<engine_factory::ThreadCursor> = None;
+    let mut deleted_cursor_thread = false;
     loop {
         let page = store.threads(&frank, 3, cursor.as_ref()).await.unwrap();
         if page.is_empty() {
             break;
         }
         assert!(page.len() <= 3);
-        cursor = page.last().map(|t| t.thread_id.clone());
-        seen.extend(page.into_iter().map(|t| t.thread_id.to_string()));
+        cursor = page.last().map(engine_factory::ThreadCursor::after);
+        seen.extend(page.iter().map(|t| t.thread_id.to_string()));
+        if !deleted_cursor_thread {
+            // The cursor's own thread deleted between two pages: the next page still follows.
+            let last = page.last().unwrap();
+            assert!(store.delete_thread(&frank, &last.thread_id).await.unwrap());
+            deleted_cursor_thread = true;
+        }
     }
     assert_eq!(seen, ["t6", "t5", "t4", "t3", "t2", "t1", "t0"]);
     drop(handle);
@@ -370,10 +377,24 @@ pub(crate) fn envelope(
 /// Deleting a thread takes its messages, runs, events and webhook deliveries and nothing of
 /// another thread or user (bob's thread has the same id); webhook deliveries are enqueued one
 /// per ended run, claimed once per lease, retried when settled with a time, gone when settled
-/// without. `store` has webhooks on.
-pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStore) {
+/// without. `store` has webhooks on; `url` is its database (read directly to count rows).
+pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStore, url: &str) {
     use std::collections::BTreeSet;
     use std::time::Duration;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url)
+        .await
+        .expect("a direct connection");
+    /// Rows of `table` for `user`'s run `run`.
+    async fn count_rows(pool: &sqlx::AnyPool, table: &str, user: &str, run: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1 AND run_id = $2");
+        sqlx::query_scalar(&sql)
+            .bind(user)
+            .bind(run)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
     let factory = factory(store);
     let mut contexts = Vec::new();
     for (user, thread, run) in [
@@ -393,7 +414,7 @@ pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStor
     let claimed = store.claim_webhooks(100, lease).await.unwrap();
     let got: BTreeSet<(String, String)> = claimed
         .iter()
-        .map(|d| (d.user_id.to_string(), d.run.run_id.to_string()))
+        .map(|d| (d.user_id.to_string(), d.run_id.to_string()))
         .collect();
     let want: BTreeSet<(String, String)> = contexts
         .iter()
@@ -402,12 +423,16 @@ pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStor
     assert_eq!(got, want, "one delivery per ended run");
     for d in &claimed {
         assert_eq!(d.attempts, 1);
-        assert_eq!(d.run.status, Some(RunStatus::Completed));
+        let run = d.run.as_ref().expect("the run's record");
+        assert_eq!(run.run_id, d.run_id);
+        assert_eq!(run.status, Some(RunStatus::Completed));
         assert_eq!(
-            d.run.result.as_deref(),
-            Some(format!("echo: {}", d.run.run_id).as_str()),
+            run.result.as_deref(),
+            Some(format!("echo: {}", d.run_id).as_str()),
             "the delivery carries its own user's run record"
         );
+        assert_eq!(run.usage, engine_core::TokenUsage::default());
+        assert!(run.execution_ms < 60_000 && run.ended_at_us.is_some());
     }
     assert!(
         store.claim_webhooks(100, lease).await.unwrap().is_empty(),
@@ -416,7 +441,7 @@ pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStor
     // One retried (due again now), one delivered.
     let (a1, b1) = (&contexts[0], &contexts[3]);
     store
-        .settle_webhook(a1.user_id(), a1.run_id(), Some(0))
+        .settle_webhook(a1.user_id(), a1.run_id(), Some(Duration::ZERO))
         .await
         .unwrap();
     store
@@ -425,7 +450,7 @@ pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStor
         .unwrap();
     let again = store.claim_webhooks(100, lease).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].run.run_id, *a1.run_id());
+    assert_eq!(again[0].run_id, *a1.run_id());
     assert_eq!(again[0].attempts, 2);
 
     let alice = UserId::new("alice").unwrap();
@@ -465,24 +490,33 @@ pub(crate) async fn deletes_threads_and_keeps_webhook_deliveries(store: &SqlStor
         .map(|t| t.thread_id.to_string())
         .collect();
     assert_eq!(listed, ["t2"]);
-    // The deleted runs' deliveries went with them: making every delivery due again yields
-    // alice's t2 run only (bob's was delivered).
+    // Nothing of the deleted runs is left in any table.
+    for table in ["runs", "events", "messages", "approvals", "gaps"] {
+        for c in &contexts[..2] {
+            let left = count_rows(&pool, table, "alice", c.run_id().as_str()).await;
+            assert_eq!(left, 0, "{table} rows of deleted run {}", c.run_id());
+        }
+    }
+    // The deleted runs' deliveries are claimed without a record (the dispatcher drops them);
+    // making every delivery due again yields a1 (deleted, no record) and alice's t2 run (bob's
+    // was delivered; a2's is still leased).
     let a3 = &contexts[2];
     store
-        .settle_webhook(a3.user_id(), a3.run_id(), Some(0))
+        .settle_webhook(a3.user_id(), a3.run_id(), Some(Duration::ZERO))
         .await
         .unwrap();
     store
-        .settle_webhook(a1.user_id(), a1.run_id(), Some(0))
+        .settle_webhook(a1.user_id(), a1.run_id(), Some(Duration::ZERO))
         .await
         .unwrap();
-    let left: Vec<String> = store
+    let mut left: Vec<(String, bool)> = store
         .claim_webhooks(100, lease)
         .await
         .unwrap()
         .iter()
-        .map(|d| d.run.run_id.to_string())
+        .map(|d| (d.run_id.to_string(), d.run.is_some()))
         .collect();
-    assert_eq!(left, ["a3"]);
+    left.sort();
+    assert_eq!(left, [("a1".to_owned(), false), ("a3".to_owned(), true)]);
     factory.shutdown().await;
 }
