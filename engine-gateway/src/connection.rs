@@ -298,7 +298,9 @@ pub(crate) async fn connection(
             }
             Some(Ok(Message::Text(t))) => {
                 seen.received(true);
-                gw.handle_frame(&session, guard.id, t.as_str()).await
+                // Boxed: the dispatcher's future is large, and an idle socket should not carry
+                // its space while it waits for the next frame.
+                Box::pin(gw.handle_frame(&session, guard.id, t.as_str())).await
             }
             Some(Ok(Message::Binary(_))) => {
                 seen.received(true);

@@ -14,12 +14,32 @@
 //! # Endpoints
 //! - `GET /` — a small page: pick a development user, send messages, watch the events.
 //! - `GET /ws` — the WebSocket. Authenticate *before* the upgrade with
-//!   `Authorization: Bearer <jwt>` or `?token=<jwt>` (browsers cannot set headers on
-//!   WebSockets). Missing, malformed, expired or wrongly signed tokens get `401` and no socket;
-//!   a user over the connection limit gets `429`.
-//! - `GET /dev/token?user=<id>` — development mode only: a token for any user.
+//!   `Authorization: Bearer <jwt>`, or (browsers cannot set headers on WebSockets) by offering
+//!   the subprotocols `engine-gateway.v1` and `bearer.<jwt>` (the server answers
+//!   `engine-gateway.v1`, never the token), or with `?ticket=<ticket>` from `POST /ws/ticket`.
+//!   `?token=<jwt>` only with [`GatewayConfig::query_token`] (proxies log query strings).
+//!   Missing, malformed, expired, not yet valid (`nbf`), too long-lived, wrongly signed tokens
+//!   and a wrong `iss`/`aud` get `401` and no socket; a user over the connection limit, or an
+//!   address over [`GatewayConfig::max_connections_per_ip`], gets `429`; a gateway at
+//!   [`GatewayConfig::max_connections`] answers `503`.
+//! - `POST /ws/ticket` with `Authorization: Bearer <jwt>` — `{"ticket":..,"expires_in_secs":30}`,
+//!   a one-time ticket for `GET /ws?ticket=..`.
+//! - `GET /dev/token?user=<id>` — with [`GatewayConfig::development`] only, and to loopback
+//!   callers only (a peer address in `127.0.0.0/8` or `::1`): a token for any user.
 //! - `GET /healthz` — JSON status (with the run store's and Redis's state when present),
-//!   `GET /metrics` — Prometheus text (`GET /metrics.json`: JSON).
+//!   `GET /metrics` — Prometheus text (`GET /metrics.json`: the same counters as JSON).
+//!
+//! # A connection's life
+//! The request headers must arrive within [`GatewayConfig::header_read_timeout`]. The upgrade
+//! takes a global and a per-address slot, then checks the token, then a per-user slot; each
+//! slot is released when the socket's task ends, however it ends. The server pings every
+//! [`GatewayConfig::ping_interval`] of silence and closes the socket with these codes:
+//! - `1000` idle: no message either way for [`GatewayConfig::idle_timeout`] (off by default);
+//! - `1001` the server shuts down (after the runs' terminal events);
+//! - `1002` the client broke the WebSocket protocol; `1009` a frame over 4x `max_frame_bytes`;
+//! - `1011` nothing (no pong, no frame) within [`GatewayConfig::pong_timeout`] of a ping: a
+//!   half-open socket is gone within `ping_interval + pong_timeout` of its last sign of life;
+//! - `4401` the token has expired (its `exp` plus the leeway): reconnect with a new one.
 //!
 //! # HTTP API (`/v1`, JSON; see [`api`])
 //! The same bearer JWT (`Authorization: Bearer <jwt>`), the socket's admission, limits and

@@ -24,6 +24,7 @@ pub(crate) enum SlotRefused {
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionSlots {
     total: AtomicUsize,
+    // ssot-allow: shared-state counts of sockets per peer address (a network limit, no user's data)
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -105,6 +106,7 @@ const MAX_TICKETS: usize = 100_000;
 /// One-time tickets: a random id standing for a verified token for a short time.
 #[derive(Debug, Default)]
 pub(crate) struct Tickets {
+    // ssot-allow: shared-state keyed by an unguessable one-time id; a ticket yields only its own user's token
     open: Mutex<HashMap<String, (VerifiedToken, Instant)>>,
 }
 

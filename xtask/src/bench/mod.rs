@@ -330,10 +330,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<u8, XtaskError> {
         rows.extend(measure(&exes, c, c.rounds(opts.rounds), &criterion)?);
     }
     let mut own = String::new();
-    let singles: [(&str, &[&str]); 6] = [
+    let singles: [(&str, &[&str]); 7] = [
         ("tail", &[]),
         ("allocs", &[]),
         ("footprint", &[]),
+        ("sockets", &[]),
         ("redis", &["--exact", "redis_latency"]),
         ("store", &["--exact", "store_probes"]),
         ("api", &[]),
