@@ -239,10 +239,11 @@ impl Gateway {
             }
             (Ok(None), None) => return Err(no_run_to_resume(run)),
             (Err(e), None) => {
+                tracing::warn!(run_id = %run, error = %e, "resume: the cluster could not be read");
                 return Err(ServerFrame::error(
                     ErrorCode::ClusterUnavailable,
-                    format!("cannot read run {run} from the cluster: {e}; retry the resume"),
-                ))
+                    format!("cannot read run {run} from the cluster right now; retry the resume"),
+                ));
             }
         };
         let mut frames = Vec::with_capacity(replayed.events.len() + 1);
@@ -331,13 +332,27 @@ impl Gateway {
             match self.inner.factory.create(&root).await {
                 Ok(e) => *engine = Some(e),
                 Err(e) => {
-                    let code = match e {
-                        FactoryError::ShutDown => ErrorCode::ShuttingDown,
-                        FactoryError::UserLimitReached { .. } => ErrorCode::TooManyEngines,
-                        FactoryError::Admission(_) => ErrorCode::ClusterUnavailable,
-                        _ => ErrorCode::Internal,
+                    // The user's own limit is theirs to know; what went wrong inside (Redis,
+                    // the factory) is the operator's: logged, and a stable message sent.
+                    let (code, message) = match &e {
+                        FactoryError::ShutDown => (ErrorCode::ShuttingDown, e.to_string()),
+                        FactoryError::UserLimitReached { .. } => {
+                            (ErrorCode::TooManyEngines, e.to_string())
+                        }
+                        FactoryError::Admission(_) => (
+                            ErrorCode::ClusterUnavailable,
+                            "the cluster cannot admit new runs right now; try again shortly"
+                                .to_owned(),
+                        ),
+                        _ => (
+                            ErrorCode::Internal,
+                            "the server could not start your run; try again".to_owned(),
+                        ),
                     };
-                    return Err(ServerFrame::error(code, e.to_string()));
+                    if matches!(code, ErrorCode::ClusterUnavailable | ErrorCode::Internal) {
+                        tracing::warn!(user_id = %session.user, error = %e, "engine not created");
+                    }
+                    return Err(ServerFrame::error(code, message));
                 }
             }
         }
@@ -566,7 +581,12 @@ fn control_frame(run: &RunId, e: &ControlError) -> ServerFrame {
     match e {
         ControlError::UnknownApproval { call_id, .. } => unknown_approval(run, *call_id),
         ControlError::NodeUnreachable { .. } | ControlError::Unavailable(_) => {
-            ServerFrame::error(ErrorCode::ClusterUnavailable, e.to_string())
+            // Redis's own text and node ids are the operator's.
+            tracing::warn!(run_id = %run, error = %e, "cancel or approval not delivered");
+            ServerFrame::error(
+                ErrorCode::ClusterUnavailable,
+                format!("the node running {run} cannot be reached right now; try again shortly"),
+            )
         }
         _ => unknown_run(run),
     }

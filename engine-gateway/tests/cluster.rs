@@ -270,8 +270,22 @@ async fn redis_killed_under_a_node_and_restarted() {
     // that the cluster is unavailable. Nothing hangs.
     let mut terminal = 0;
     let mut told = false;
+    let redis_url = redis.url();
+    let port = redis_url.rsplit(':').next().unwrap_or_default().to_owned();
+    // No frame a user gets carries Redis's address or its error text.
+    let internal = |f: &Value| {
+        let text = f.to_string();
+        assert!(
+            !text.contains("redis://")
+                && !text.contains(&format!(":{port}"))
+                && !text.contains("os error")
+                && !text.to_lowercase().contains("connection refused"),
+            "an internal detail reached the user: {text}"
+        );
+    };
     while terminal == 0 || !told {
         let f = next(&mut dan).await;
+        internal(&f);
         if f["type"] == "error" && f["code"] == "cluster_unavailable" {
             told = true;
         }
@@ -284,6 +298,25 @@ async fn redis_killed_under_a_node_and_restarted() {
     }
     let health = status_of(&a.addr, "/healthz").await;
     assert_eq!(health, 503, "unhealthy while Redis is down");
+    // A run, a cancel and a resume asked while Redis is down: refused, in the user's words.
+    let mut asked = Vec::new();
+    send(
+        &mut dan,
+        serde_json::json!({"type":"user_message","thread_id":"t2","text":"hello"}),
+    )
+    .await;
+    send(
+        &mut dan,
+        serde_json::json!({"type":"resume","run_id":"run_00000000000000000000000000000000","after_seq":0}),
+    )
+    .await;
+    while asked.len() < 2 {
+        let f = next(&mut dan).await;
+        internal(&f);
+        if f["type"] == "error" || f["type"] == "run_accepted" {
+            asked.push(f);
+        }
+    }
     redis.restart();
     // Service resumes without restarting the gateway.
     let deadline = Instant::now() + Duration::from_secs(20);

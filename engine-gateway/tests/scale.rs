@@ -142,7 +142,8 @@ async fn five_thousand_idle_sockets_fit_in_16_kb_and_free_their_slots() {
         grown / 1_000_000
     );
     // What stays resident is kept for reuse, not lost: 5,000 new sockets (other users) take
-    // at most a quarter of what the first 5,000 took.
+    // at most two thirds of what the first 5,000 took (measured: a sixth to two fifths, by
+    // which of the allocator's thread heaps the new sockets land on; a leak takes it all).
     let again: Vec<Ws> = futures_util::stream::iter(0..SOCKETS)
         .map(|i| open(addr, 2 * SOCKETS + i, &keys))
         .buffer_unordered(64)
@@ -152,7 +153,7 @@ async fn five_thousand_idle_sockets_fit_in_16_kb_and_free_their_slots() {
     let regrown = reloaded.saturating_sub(after);
     eprintln!("5,000 new sockets after close: +{} MB", regrown / 1_000_000);
     assert!(
-        regrown * 4 <= grown,
+        regrown * 3 <= grown * 2,
         "the closed sockets' memory was not reused: +{regrown} bytes for 5,000 new sockets after +{grown} for the first"
     );
     close_all(again.into_iter().chain(warm).collect()).await;

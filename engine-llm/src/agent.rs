@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::client::ModelClient;
 use crate::config::{LlmConfig, LlmConfigError};
-use crate::error::LlmError;
+use crate::error::{LlmError, ModelFailure};
 use crate::history::{HistoryStore, InMemoryHistory, Turn};
 use crate::wire::{
     AssembledCall, CallAssembler, ChatRequest, FunctionDef, FunctionOut, Message, StreamOptions,
@@ -272,9 +272,14 @@ impl Agent for LlmAgent {
     async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
         let tools = Self::tool_defs(ctx);
         let mut messages = self.opening(ctx, input).await;
-        let rounds = self.kit.config.max_tool_rounds;
+        let config = &self.kit.config;
+        let rounds = config.max_tool_rounds;
+        let mut run_left = config.tool_result_bytes_per_run;
         for _ in 0..=rounds {
-            let out = self.turn(ctx, &messages, &tools).await?;
+            let out = match self.turn(ctx, &messages, &tools).await {
+                Ok(out) => out,
+                Err(e) => return Err(failure(ctx, e)),
+            };
             ctx.record_usage(out.usage);
             if out.calls.is_empty() {
                 let answer = ctx.streamed().to_owned();
@@ -305,14 +310,88 @@ impl Agent for LlmAgent {
                     })
                     .collect(),
             });
+            let mut round_left = config.tool_result_bytes_per_round;
             for call in &out.calls {
                 let content = Self::call(ctx, call).await;
+                let content = fit(content, &mut round_left, &mut run_left);
                 messages.push(Message::Tool {
                     tool_call_id: call.id.clone(),
                     content,
                 });
             }
         }
-        Err(LlmError::TooManyToolRounds { rounds }.into())
+        Err(failure(ctx, LlmError::TooManyToolRounds { rounds }))
+    }
+}
+
+/// The error a failed run ends with: the user's short message ([`ModelFailure`]); the full
+/// error (URL, status, the server's text, causes) goes to the operator's log, with the run's
+/// ids.
+fn failure(ctx: &RunContext, e: LlmError) -> BoxError {
+    let c = ctx.context();
+    if e != LlmError::Cancelled {
+        tracing::warn!(user_id = %c.user_id(), run_id = %c.run_id(), error = %e, "model run failed");
+    }
+    Box::new(ModelFailure(e))
+}
+
+/// `content` as it goes back to the model: whole if it fits what is left of this round's and
+/// this run's budgets of tool output (both shrink by what is sent), else cut at a character
+/// boundary with a note saying how much was left out.
+fn fit(content: String, round_left: &mut usize, run_left: &mut usize) -> String {
+    let room = (*round_left).min(*run_left);
+    if content.len() <= room {
+        *round_left -= content.len();
+        *run_left -= content.len();
+        return content;
+    }
+    if room == 0 {
+        return format!(
+            "[tool result of {} bytes not sent: the limit of tool output sent to the model was reached]",
+            content.len()
+        );
+    }
+    let mut cut = room;
+    while !content.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    *round_left -= cut;
+    *run_left -= cut;
+    format!(
+        "{}\n[truncated: {} of {} bytes sent; the limit of tool output sent to the model was reached]",
+        &content[..cut],
+        cut,
+        content.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn tool_output_is_cut_to_the_round_and_run_budgets() {
+        let (mut round, mut run) = (10, 25);
+        assert_eq!(fit("abc".into(), &mut round, &mut run), "abc");
+        assert_eq!((round, run), (7, 22));
+        let cut = fit("é".repeat(10), &mut round, &mut run);
+        assert!(
+            cut.starts_with("ééé\n[truncated: 6 of 20 bytes sent"),
+            "{cut}"
+        );
+        assert_eq!((round, run), (1, 16));
+        let none = fit("more".into(), &mut 0, &mut run);
+        assert!(
+            none.starts_with("[tool result of 4 bytes not sent"),
+            "{none}"
+        );
+        // A new round has its own budget, the run's keeps shrinking.
+        let mut round = 100;
+        let cut = fit("x".repeat(40), &mut round, &mut run);
+        assert!(
+            cut.starts_with(&"x".repeat(16)) && cut.contains("16 of 40"),
+            "{cut}"
+        );
+        assert_eq!(run, 0);
     }
 }

@@ -13,11 +13,57 @@ use crate::error::LlmError;
 use crate::wire::{ChatRequest, Chunk, ErrorBody};
 
 type Events = Pin<
-    Box<
-        dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>
-            + Send,
-    >,
+    Box<dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<BodyError>>> + Send>,
 >;
+
+/// Why the bytes of a stream stopped.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// The connection failed.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// One event grew past the limit without ending.
+    #[error("an event larger than {0} bytes")]
+    EventTooLarge(usize),
+}
+
+/// `bytes` with each event (the bytes since the last blank line) limited to `limit` bytes: a
+/// server that never ends an event fails the stream instead of filling memory.
+fn bounded_events<S, B>(
+    bytes: S,
+    limit: usize,
+) -> impl Stream<Item = Result<Vec<u8>, BodyError>> + Send
+where
+    S: Stream<Item = Result<B, reqwest::Error>> + Send,
+    B: AsRef<[u8]> + Send,
+{
+    let mut in_event = 0usize;
+    let mut after_newline = false;
+    let mut failed = false;
+    bytes.map(move |chunk| {
+        if failed {
+            return Err(BodyError::EventTooLarge(limit));
+        }
+        let chunk = chunk?;
+        let chunk = chunk.as_ref();
+        for &b in chunk {
+            match b {
+                b'\n' if after_newline => in_event = 0,
+                b'\n' => after_newline = true,
+                b'\r' => {}
+                _ => {
+                    after_newline = false;
+                    in_event += 1;
+                }
+            }
+        }
+        if in_event > limit {
+            failed = true;
+            return Err(BodyError::EventTooLarge(limit));
+        }
+        Ok(chunk.to_vec())
+    })
+}
 
 /// The streamed answer of one request.
 pub(crate) struct ChunkStream {
@@ -29,14 +75,14 @@ pub(crate) struct ChunkStream {
 }
 
 impl ChunkStream {
-    /// A stream over the raw bytes of an event stream.
-    fn over<S, B>(bytes: S, idle: Duration) -> Self
+    /// A stream over the raw bytes of an event stream, each event at most `max_event` bytes.
+    fn over<S, B>(bytes: S, idle: Duration, max_event: usize) -> Self
     where
         S: Stream<Item = Result<B, reqwest::Error>> + Send + 'static,
         B: AsRef<[u8]> + Send + 'static,
     {
         Self {
-            events: Box::pin(bytes.eventsource()),
+            events: Box::pin(bounded_events(bytes, max_event).eventsource()),
             idle,
             done: false,
             finished: false,
@@ -60,6 +106,9 @@ impl ChunkStream {
                 return Err(LlmError::Stream(
                     "the stream ended before the model finished its answer".into(),
                 ))
+            }
+            Some(Err(EventStreamError::Transport(BodyError::EventTooLarge(limit)))) => {
+                return Err(LlmError::EventTooLarge { limit })
             }
             Some(Err(e)) => return Err(LlmError::Stream(e.to_string())),
             Some(Ok(e)) => e,
@@ -115,8 +164,17 @@ impl ModelClient {
             if let Some(key) = &config.api_key {
                 request = request.bearer_auth(key.expose());
             }
-            let wait = match request.send().await {
-                Err(e) => {
+            let sent = tokio::time::timeout(config.header_timeout, request.send()).await;
+            let wait = match sent {
+                Err(_) => {
+                    last = Some(LlmError::NoHeaders {
+                        url: url.clone(),
+                        attempts: attempt,
+                        within: config.header_timeout,
+                    });
+                    None
+                }
+                Ok(Err(e)) => {
                     last = Some(LlmError::Unreachable {
                         url: url.clone(),
                         attempts: attempt,
@@ -124,7 +182,7 @@ impl ModelClient {
                     });
                     None
                 }
-                Ok(response) if response.status().is_success() => {
+                Ok(Ok(response)) if response.status().is_success() => {
                     let content_type = response
                         .headers()
                         .get(reqwest::header::CONTENT_TYPE)
@@ -132,7 +190,7 @@ impl ModelClient {
                         .unwrap_or("")
                         .to_owned();
                     if !content_type.starts_with("text/event-stream") {
-                        let body = error_message(response).await;
+                        let body = error_message(response, config).await;
                         return Err(LlmError::Stream(format!(
                             "expected an event stream, got {} ({body})",
                             if content_type.is_empty() {
@@ -145,12 +203,13 @@ impl ModelClient {
                     return Ok(ChunkStream::over(
                         response.bytes_stream(),
                         config.idle_timeout,
+                        config.max_event_bytes,
                     ));
                 }
-                Ok(response) => {
+                Ok(Ok(response)) => {
                     let status = response.status().as_u16();
                     let retry_after = retry_after(&response);
-                    let message = error_message(response).await;
+                    let message = error_message(response, config).await;
                     match status {
                         401 | 403 => {
                             return Err(LlmError::Unauthorized {
@@ -182,10 +241,14 @@ impl ModelClient {
             if attempt == attempts {
                 break;
             }
+            // Half to all of the doubled base (jitter: clients that failed together do not
+            // come back together), never past the cap; a server's Retry-After is honoured up
+            // to the same cap.
             let backoff = config
                 .retry_base
                 .saturating_mul(1 << (attempt - 1).min(16))
-                .min(config.retry_cap);
+                .min(config.retry_cap)
+                .mul_f64(0.5 + fastrand::f64() * 0.5);
             let pause = wait.map_or(backoff, |w| w.min(config.retry_cap));
             tracing::debug!(
                 attempt,
@@ -209,9 +272,20 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
-/// The server's error message, or the start of the body.
-async fn error_message(response: reqwest::Response) -> String {
-    let text = response.text().await.unwrap_or_default();
+/// The server's error message, or the start of the body: at most `max_error_body_bytes` are
+/// read, each piece within the idle timeout (an endless or stalled body is cut off there).
+async fn error_message(mut response: reqwest::Response, config: &LlmConfig) -> String {
+    let limit = config.max_error_body_bytes;
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match tokio::time::timeout(config.idle_timeout, response.chunk()).await {
+            Ok(Ok(Some(piece))) => body.extend_from_slice(&piece),
+            _ => break,
+        }
+    }
+    body.truncate(limit);
+    drop(response);
+    let text = String::from_utf8_lossy(&body).into_owned();
     match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) if !body.error.message.is_empty() => body.error.message,
         _ => text.chars().take(200).collect(),
@@ -264,7 +338,11 @@ mod tests {
             .chunks(size)
             .map(|c| Ok(c.to_vec()))
             .collect();
-        ChunkStream::over(futures_util::stream::iter(parts), Duration::from_secs(1))
+        ChunkStream::over(
+            futures_util::stream::iter(parts),
+            Duration::from_secs(1),
+            1024 * 1024,
+        )
     }
 
     #[tokio::test]
@@ -317,10 +395,45 @@ mod tests {
         assert!(e.to_string().contains("ended before"), "{e}");
     }
 
+    #[tokio::test]
+    async fn an_event_that_never_ends_fails_at_the_limit_and_events_below_it_pass() {
+        // One event of 5,000 bytes with no blank line, sent in pieces: refused at 4 KiB.
+        let endless = format!("data: {}", "x".repeat(5_000));
+        let parts: Vec<Result<Vec<u8>, reqwest::Error>> = endless
+            .as_bytes()
+            .chunks(100)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
+        let mut stream = ChunkStream::over(
+            futures_util::stream::iter(parts),
+            Duration::from_secs(1),
+            4096,
+        );
+        let e = stream.next().await.unwrap_err();
+        assert_eq!(e, LlmError::EventTooLarge { limit: 4096 });
+        // Many events, each below the limit, add up to far more than it: all pass.
+        let mut stream = ChunkStream::over(
+            futures_util::stream::iter(
+                TWO_CALLS
+                    .as_bytes()
+                    .chunks(3)
+                    .map(|c| Ok::<_, reqwest::Error>(c.to_vec()))
+                    .collect::<Vec<_>>(),
+            ),
+            Duration::from_secs(1),
+            300,
+        );
+        let mut n = 0;
+        while stream.next().await.unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 8);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_stream_stalls_after_the_idle_timeout() {
         let never = futures_util::stream::pending::<Result<Vec<u8>, reqwest::Error>>();
-        let mut stream = ChunkStream::over(never, Duration::from_millis(300));
+        let mut stream = ChunkStream::over(never, Duration::from_millis(300), 1024);
         let e = stream.next().await.unwrap_err();
         assert_eq!(
             e,

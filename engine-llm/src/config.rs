@@ -78,6 +78,11 @@ pub struct LlmConfig {
     pub(crate) retry_cap: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) header_timeout: Duration,
+    pub(crate) max_error_body_bytes: usize,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) tool_result_bytes_per_round: usize,
+    pub(crate) tool_result_bytes_per_run: usize,
     pub(crate) history_turns: usize,
     pub(crate) history_chars: usize,
     pub(crate) keep_alive: bool,
@@ -87,8 +92,11 @@ impl LlmConfig {
     /// The server at `base_url` (the part before `/chat/completions`, for example
     /// `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`) and `model`. Defaults: no
     /// key, no system prompt, the server's temperature, 8 tool rounds, 3 retries (250 ms
-    /// doubling, at most 10 s, or the server's `Retry-After`), a 30 s idle timeout on the
-    /// stream, a 10 s connect timeout, and the thread's last 20 turns up to 16,000 characters.
+    /// doubling with jitter, at most 10 s, or the server's `Retry-After` capped at 10 s), a
+    /// 10 s connect timeout, a 30 s wait for the response headers, a 30 s idle timeout on the
+    /// stream, error bodies read up to 16 KiB and stream events up to 1 MiB, tool results sent
+    /// back to the model up to 32 KiB per round and 128 KiB per run, and the thread's last 20
+    /// turns up to 16,000 characters.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
@@ -102,6 +110,11 @@ impl LlmConfig {
             retry_cap: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            max_error_body_bytes: 16 * 1024,
+            max_event_bytes: 1024 * 1024,
+            tool_result_bytes_per_round: 32 * 1024,
+            tool_result_bytes_per_run: 128 * 1024,
             history_turns: 20,
             history_chars: 16_000,
             keep_alive: true,
@@ -136,6 +149,38 @@ impl LlmConfig {
     pub fn with_retries(mut self, retries: u32, first_backoff: Duration) -> Self {
         self.max_retries = retries;
         self.retry_base = first_backoff;
+        self
+    }
+    /// The longest pause between retries: the doubling backoff stops here, and a server's
+    /// `Retry-After` is never waited longer (default 10 s).
+    #[must_use]
+    pub fn with_retry_cap(mut self, cap: Duration) -> Self {
+        self.retry_cap = cap;
+        self
+    }
+    /// The longest wait for a response's headers after the request was sent (default 30 s);
+    /// a server that takes the request and never answers fails the attempt (then retried).
+    #[must_use]
+    pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+    /// How much is read of an error response's body (default 16 KiB; the rest is not read)
+    /// and how large one event of the stream may grow (default 1 MiB; a larger one fails the
+    /// run), in bytes.
+    #[must_use]
+    pub fn with_read_limits(mut self, error_body_bytes: usize, event_bytes: usize) -> Self {
+        self.max_error_body_bytes = error_body_bytes;
+        self.max_event_bytes = event_bytes;
+        self
+    }
+    /// How much tool output goes back to the model, in bytes: per round (the results of one
+    /// turn's calls together, default 32 KiB) and per run (default 128 KiB). A result past
+    /// either is cut, with a note saying how much was left out.
+    #[must_use]
+    pub fn with_tool_result_limits(mut self, per_round: usize, per_run: usize) -> Self {
+        self.tool_result_bytes_per_round = per_round;
+        self.tool_result_bytes_per_run = per_run;
         self
     }
     /// The longest wait for the next piece of a stream before the run fails as stalled.
@@ -203,6 +248,26 @@ impl LlmConfig {
         }
         if self.idle_timeout < Duration::from_millis(10) {
             return bad("idle_timeout", "at least 10 ms");
+        }
+        if self.header_timeout < Duration::from_millis(10) {
+            return bad("header_timeout", "at least 10 ms");
+        }
+        if self.retry_cap > Duration::from_secs(300) {
+            return bad("retry_cap", "at most 300 s");
+        }
+        if !(256..=64 * 1024 * 1024).contains(&self.max_error_body_bytes) {
+            return bad("max_error_body_bytes", "between 256 bytes and 64 MiB");
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_event_bytes) {
+            return bad("max_event_bytes", "between 1 KiB and 64 MiB");
+        }
+        if self.tool_result_bytes_per_round < 256
+            || self.tool_result_bytes_per_run < self.tool_result_bytes_per_round
+        {
+            return bad(
+                "tool_result_limits",
+                "at least 256 bytes per round, and per run at least the per-round limit",
+            );
         }
         Ok(())
     }

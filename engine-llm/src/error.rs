@@ -45,6 +45,23 @@ pub enum LlmError {
         /// The server's message.
         message: String,
     },
+    /// The server took the request but sent no response headers within the header timeout,
+    /// on every attempt.
+    #[error("the model server at {url} sent no response headers within {} on {attempts} attempts", humantime(*.within))]
+    NoHeaders {
+        /// The completions URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The header timeout.
+        within: Duration,
+    },
+    /// One event of the stream grew past the size limit (a server that never ends an event).
+    #[error("the model's stream sent an event larger than {limit} bytes (max_event_bytes)")]
+    EventTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The server could not be reached.
     #[error("cannot reach the model server at {url} after {attempts} attempts: {cause}")]
     Unreachable {
@@ -74,6 +91,41 @@ pub enum LlmError {
     #[error("cancelled while the model was answering")]
     Cancelled,
 }
+
+impl LlmError {
+    /// What the user is told (the run's terminal event and `agent_error`): short and stable,
+    /// with no URL, key, upstream text or cause chain; those are in the `Display` text, which
+    /// goes to the operator's log.
+    pub fn user_message(&self) -> &'static str {
+        match self {
+            Self::Unauthorized { .. } => {
+                "the model server refused the gateway's credentials; the operator has to fix them"
+            }
+            Self::RateLimited { .. } => {
+                "the model server is busy (rate limited); try again in a minute"
+            }
+            Self::ServerError { .. } | Self::Unreachable { .. } | Self::NoHeaders { .. } => {
+                "the model server is unavailable; try again"
+            }
+            Self::Rejected { .. } => "the model server refused the request",
+            Self::Stalled { .. } => "the model stopped answering (stalled); try again",
+            Self::Stream(_) | Self::EventTooLarge { .. } => {
+                "the model's answer broke off; try again"
+            }
+            Self::TooManyToolRounds { .. } => {
+                "the model kept calling tools without answering (tool round limit); ask differently"
+            }
+            Self::Cancelled => "cancelled while the model was answering",
+        }
+    }
+}
+
+/// A failed model run as its user sees it: [`LlmError::user_message`]. The full error (URL,
+/// status, upstream message, cause chain) is its [`source`](std::error::Error::source), and
+/// the agent logs it for the operator when the run fails.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.user_message())]
+pub struct ModelFailure(#[source] pub LlmError);
 
 fn humantime(d: Duration) -> String {
     if d < Duration::from_secs(1) {

@@ -59,7 +59,7 @@ mod wire;
 
 pub use agent::{LlmAgent, LlmAgentKit, LlmSetupError};
 pub use config::{ApiKey, LlmConfig, LlmConfigError};
-pub use error::LlmError;
+pub use error::{LlmError, ModelFailure};
 #[cfg(feature = "redis")]
 pub use history::RedisHistory;
 pub use history::{BoxFuture, HistoryError, HistoryStore, InMemoryHistory, StoreHistory, Turn};

@@ -370,9 +370,10 @@ async fn server_errors_until_the_retries_end_fail_the_run_with_the_count() {
     let events = run(&s, "erin", "thread-1", "boom").await;
     let (status, _, error) = ending(&events);
     assert_eq!(status, RunStatus::Failed);
-    let error = error.unwrap();
-    assert!(error.contains("500 after 3 attempts"), "{error}");
-    assert!(error.contains("upstream exploded"), "{error}");
+    // The user is told the server is unavailable; the status, count and upstream text are the
+    // operator's (LlmError's Display, logged).
+    assert_eq!(error, told("the model server is unavailable; try again"));
+    assert_nothing_internal(&events, &s);
     assert_eq!(s.server.get_requests().len(), 3, "one try and two retries");
 }
 
@@ -387,10 +388,11 @@ async fn a_refused_key_is_a_configuration_error_without_retries() {
     .await;
     let events = run(&s, "fay", "thread-1", "hi").await;
     let error = ending(&events).2.unwrap();
-    assert!(
-        error.contains("(401)") && error.contains("LLM_API_KEY"),
-        "{error}"
+    assert_eq!(
+        Some(error),
+        told("the model server refused the gateway's credentials; the operator has to fix them")
     );
+    assert_nothing_internal(&events, &s);
     assert_eq!(s.server.get_requests().len(), 1);
 }
 
@@ -440,11 +442,12 @@ async fn malformed_and_cut_streams_fail_the_run_with_a_reason() {
     let events = run(&s, "hal", "thread-1", "garbage").await;
     let (status, _, error) = ending(&events);
     assert_eq!(status, RunStatus::Failed);
-    assert!(error.unwrap().contains("stream"), "a reason");
+    assert_eq!(error, told("the model's answer broke off; try again"));
     let events = run(&s, "hal", "thread-2", "cut").await;
     let (status, _, error) = ending(&events);
     assert_eq!(status, RunStatus::Failed);
-    assert!(error.unwrap().contains("ended before"));
+    assert_eq!(error, told("the model's answer broke off; try again"));
+    assert_nothing_internal(&events, &s);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,8 +618,133 @@ async fn an_unreachable_server_is_named_in_the_error() {
     .await;
     let events = run(&s, "lee", "thread-1", "anyone there?").await;
     let error = ending(&events).2.unwrap();
-    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
-    assert!(error.contains("after 2 attempts"), "{error}");
+    assert_eq!(
+        Some(error.clone()),
+        told("the model server is unavailable; try again")
+    );
+    assert!(!error.contains(&port.to_string()), "{error}");
+    // The operator's text names the server and the attempts.
+    let operator = engine_llm::LlmError::Unreachable {
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        attempts: 2,
+        cause: "connection refused".into(),
+    };
+    let failure = engine_llm::ModelFailure(operator);
+    let source = std::error::Error::source(&failure).unwrap().to_string();
+    assert!(source.contains(&format!("127.0.0.1:{port}")) && source.contains("after 2 attempts"));
+    assert!(error.ends_with(&failure.to_string()), "{error}");
+}
+
+/// The terminal error a user gets when the model agent fails with `message`.
+fn told(message: &str) -> Option<String> {
+    Some(format!("agent `assistant` failed: {message}"))
+}
+
+/// No frame a user gets names the API key, the server's address or the upstream's text.
+fn assert_nothing_internal(events: &[EventEnvelope], s: &Setup) {
+    let port = s
+        .server
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    for e in events {
+        let text = serde_json::to_string(&e.event).unwrap();
+        for secret in [
+            "sk-test-secret-0042",
+            "127.0.0.1",
+            "upstream exploded",
+            "invalid api key",
+        ] {
+            assert!(!text.contains(secret), "{secret} reached the user: {text}");
+        }
+        assert!(
+            !text.contains(&format!(":{port}")),
+            "the port reached the user: {text}"
+        );
+    }
+}
+
+/// A model server that misbehaves at the HTTP level: accepts on loopback and, for every
+/// request, `behave`s on the raw socket (bounded: it stops when the client goes away or after
+/// 30 s).
+async fn raw_server(behave: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                let _ = socket.read(&mut buf).await;
+                let head: &[u8] = match behave {
+                    "error_body" => b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
+                    "endless_event" => b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+                    _ => b"",
+                };
+                if head.is_empty() {
+                    // Never answers: hold the socket until the client gives up.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(30), socket.read(&mut buf)).await;
+                    return;
+                }
+                if socket.write_all(head).await.is_err() {
+                    return;
+                }
+                let piece = if behave == "endless_event" {
+                    // One event that never ends: no blank line, ever.
+                    "data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                } else {
+                    "the upstream says: internal details at http://10.0.0.7:9000 "
+                };
+                let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if socket.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_servers_end_the_run_within_the_limits_with_a_clear_error() {
+    for (behave, expected) in [
+        ("no_headers", "the model server is unavailable; try again"),
+        ("error_body", "the model server is unavailable; try again"),
+        ("endless_event", "the model's answer broke off; try again"),
+    ] {
+        let port = raw_server(behave).await;
+        let s = setup(vec![], move |_| {
+            LlmConfig::new(format!("http://127.0.0.1:{port}/v1"), "m")
+                .with_api_key(ApiKey::new("sk-test-secret-0042"))
+                .with_retries(1, Duration::from_millis(10))
+                .with_header_timeout(Duration::from_millis(300))
+                .with_read_limits(4096, 4096)
+        })
+        .await;
+        let started = Instant::now();
+        let events = run(&s, "ora", "thread-1", "hello").await;
+        let (status, _, error) = ending(&events);
+        assert_eq!(status, RunStatus::Failed, "{behave}");
+        assert_eq!(error, told(expected), "{behave}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{behave}: ended within the limits, not after {:?}",
+            started.elapsed()
+        );
+        for e in &events {
+            let text = serde_json::to_string(&e.event).unwrap();
+            assert!(
+                !text.contains("10.0.0.7") && !text.contains("sk-test"),
+                "{text}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

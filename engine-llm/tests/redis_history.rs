@@ -1,5 +1,7 @@
 //! Thread history on a real Redis: per user and thread, trimmed, and unreachable from another
-//! user whatever the ids look like.
+//! user whatever the ids look like. Needs the `redis` feature (`cargo test -p engine-llm
+//! --features redis`; the workspace's test run has it through the gateway).
+#![cfg(feature = "redis")]
 
 use std::time::Duration;
 
