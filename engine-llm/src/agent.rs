@@ -62,7 +62,7 @@ impl LlmAgentKit {
     }
 
     /// A kit for `config` with thread history in `history` (for example
-    /// [`RedisHistory`](crate::RedisHistory) in cluster mode).
+    /// `RedisHistory` in cluster mode, with the `redis` feature).
     ///
     /// # Errors
     /// As [`new`](Self::new).
