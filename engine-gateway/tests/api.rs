@@ -336,6 +336,49 @@ async fn every_route_answers_the_caller_and_another_users_ids_are_not_found() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
+    // Approve and cancel, over HTTP: a tool call waits for approval, then completes; a long
+    // run is cancelled.
+    let saving = alice
+        .start("t-note", json!({"text": "please remember: what is 6 * 7?"}))
+        .await;
+    let saving = saving["run_id"].as_str().unwrap().to_owned();
+    let mut sse = alice.stream(&saving, None).await;
+    let call_id = loop {
+        let f = sse.next().await.expect("events until the approval request");
+        if f.data["event"]["type"] == "approval_requested" {
+            break f.data["event"]["call_id"].as_u64().unwrap();
+        }
+    };
+    let (status, body) = alice
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{saving}/approvals/{call_id}"),
+            "/v1/runs/{run_id}/approvals/{call_id}",
+            Some(json!({"decision": "approve"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let record = alice.ended(&saving).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(
+        record["result"].as_str().unwrap().contains("noted"),
+        "{record}"
+    );
+    let long = alice
+        .start("t-long", json!({"text": "600000", "agent": "waiter"}))
+        .await;
+    let long = long["run_id"].as_str().unwrap().to_owned();
+    let (status, body) = alice
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{long}/cancel"),
+            "/v1/runs/{run_id}/cancel",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(alice.ended(&long).await["status"], "cancelled");
+
     // Deletion: gone whole, then 404; a run still going is cancelled first.
     let (status, _) = alice
         .call(
