@@ -101,6 +101,8 @@ mod engine;
 mod error;
 mod event;
 pub mod factory_only;
+mod guardrail;
+mod handoff;
 mod ids;
 pub mod limits;
 mod multitask;
@@ -119,7 +121,12 @@ pub use config::{EngineConfig, EngineConfigBuilder};
 pub use context::{UserExecutionContext, UserExecutionContextBuilder};
 pub use engine::{RunHandle, UserExecutionEngine};
 pub use error::{ConfigError, ContextError, EngineError, ToolError};
-pub use event::{AgentEvent, ApprovalOutcome, EventEnvelope, RunStatus, ToolStatus};
+pub use event::{AgentEvent, ApprovalOutcome, EventEnvelope, RetractCause, RunStatus, ToolStatus};
+pub use guardrail::{
+    Check, Checked, Guardrail, GuardrailCheck, GuardrailInput, GuardrailKind, InputGuardrail,
+    OutputGuardrail, ToolGuardrail, TripAction, Verdict, DEFAULT_GUARDRAIL_TIMEOUT,
+};
+pub use handoff::{Handoff, HandoffError, HandoffInput, DEFAULT_MAX_HANDOFFS};
 pub use ids::{IdError, IdRejection, RequestId, RunId, ThreadId, UserId};
 pub use multitask::{ApprovalDecision, MultitaskPolicy, RunOptions, UnknownPolicy};
 pub use outcome::{EngineStats, RunEnd, RunOutcome, StepOutcome, TokenUsage};

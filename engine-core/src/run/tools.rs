@@ -13,8 +13,10 @@ use crate::context::UserExecutionContext;
 use crate::error::{panic_message, ToolError};
 use crate::event::ApprovalOutcome;
 use crate::event::{AgentEvent, ToolStatus};
+use crate::guardrail::{Checked, Def, GuardrailInput, Guards, TripAction};
 use crate::limits::MAX_RESULT_CHARS;
 use crate::multitask::ApprovalDecision;
+use crate::run::checks::{self, Scope, Trip};
 use crate::run::control::{Open, OpenItem, RunControl};
 use crate::run::emit::{millis, EmitterSlot};
 use crate::run::guard::{guarded, Guarded};
@@ -37,6 +39,8 @@ pub struct ToolDispatcher {
     pub(super) context: UserExecutionContext,
     pub(super) control: Arc<RunControl>,
     pub(super) calls: u32,
+    /// The guardrails of the agent that calls (`None`: it has none, and calls pay nothing).
+    pub(super) guards: Option<Arc<Guards>>,
 }
 
 impl std::fmt::Debug for ToolDispatcher {
@@ -85,6 +89,7 @@ impl ToolDispatcher {
     pub(super) async fn dispatch(
         &mut self,
         emitter: &mut EmitterSlot,
+        caller: (&str, u32),
         name: &str,
         args: Value,
     ) -> Result<Value, ToolError> {
@@ -123,6 +128,26 @@ impl ToolDispatcher {
                 },
             )
             .await;
+        // Tool guardrails, only for an agent that has some: on the arguments before the call
+        // (and before any approval is asked), on the result before the agent sees it.
+        let checked = match (checked, &self.guards) {
+            (Ok(()), Some(guards)) if !guards.tool_input.is_empty() => {
+                let guards = Arc::clone(guards);
+                let input = Checked::ToolCall {
+                    tool: name,
+                    arguments: &args,
+                };
+                Box::pin(self.guard(emitter, caller, &guards.tool_input, input, name, call_id))
+                    .await
+            }
+            (checked, _) => checked,
+        };
+        // The arguments, kept only for a tool-output guardrail (the tool takes them by value).
+        let kept = self
+            .guards
+            .as_ref()
+            .filter(|g| !g.tool_output.is_empty())
+            .map(|_| args.clone());
         let outcome = match (checked, shown) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(shown)) => {
@@ -136,6 +161,27 @@ impl ToolDispatcher {
             }
             (Ok(()), None) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
         };
+        let outcome = match (outcome, &self.guards, &kept) {
+            (Ok(result), Some(guards), Some(args)) => {
+                let guards = Arc::clone(guards);
+                let input = Checked::ToolResult {
+                    tool: name,
+                    arguments: args,
+                    result: &result,
+                };
+                let checked = Box::pin(self.guard(
+                    emitter,
+                    caller,
+                    &guards.tool_output,
+                    input,
+                    name,
+                    call_id,
+                ))
+                .await;
+                checked.map(|()| result)
+            }
+            (outcome, _, _) => outcome,
+        };
         let (status, result, error) = match &outcome {
             Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
             Err(e) => {
@@ -145,6 +191,7 @@ impl ToolDispatcher {
                     ToolError::Cancelled { .. } => ToolStatus::Cancelled,
                     ToolError::Denied { .. } => ToolStatus::Denied,
                     ToolError::ApprovalTimeout { .. } => ToolStatus::Timeout,
+                    ToolError::GuardrailDenied { .. } => ToolStatus::GuardrailDenied,
                     _ => ToolStatus::Error,
                 };
                 (
@@ -159,6 +206,55 @@ impl ToolDispatcher {
             emitter.emit(self.context.request_id(), done).await;
         }
         outcome
+    }
+
+    /// Runs the tool guardrails `defs` on one call. A trip emits `guardrail_tripped` and
+    /// denies the call; a trip that ends the run is recorded in the run's control first, so
+    /// from then on no tool call of the run passes its checks.
+    async fn guard(
+        &self,
+        emitter: &mut EmitterSlot,
+        (agent, depth): (&str, u32),
+        defs: &[Arc<Def>],
+        checked: Checked<'_>,
+        name: &str,
+        call_id: u32,
+    ) -> Result<(), ToolError> {
+        let input = GuardrailInput {
+            context: &self.context,
+            agent,
+            checked,
+        };
+        let mut scope = Scope {
+            context: &self.context,
+            control: &self.control,
+            kit: &self.kit,
+            depth,
+            emitter,
+        };
+        let Some(trip) = checks::first_trip(defs, &input, &mut scope).await else {
+            // A run cancelled during the checks: the call does not run.
+            if self.control.cancel.is_set() {
+                return Err(ToolError::Cancelled { name: name.into() });
+            }
+            return Ok(());
+        };
+        let event = trip.event(Some(call_id));
+        let Trip {
+            guardrail,
+            reason,
+            action,
+            ..
+        } = trip.clone();
+        if action == TripAction::EndRun {
+            self.control.record_trip(trip);
+        }
+        emitter.emit(self.context.request_id(), event).await;
+        Err(ToolError::GuardrailDenied {
+            name: name.into(),
+            guardrail: guardrail.to_string(),
+            reason,
+        })
     }
 
     /// The checks before a call may run or ask for approval: the tool exists, the user may
