@@ -132,13 +132,25 @@ impl RunContext {
         &self.tools
     }
 
+    /// Whether a guardrail ended the run: from then on nothing an agent does reaches the user
+    /// (no event, no tool call, no sub-agent), as if it had been stopped at the trip.
+    fn tripped(&self) -> bool {
+        self.tools.control.trip().is_some()
+    }
+
     /// Sends one event of this agent.
     pub(crate) fn emit(&mut self, event: AgentEvent) -> emit::Emit<'_> {
         self.emitter.emit(self.tools.context.request_id(), event)
     }
 
-    /// Reports progress as an `agent_thinking` event (a `&'static str` is not copied).
+    /// Reports progress as an `agent_thinking` event (a `&'static str` is not copied). After a
+    /// guardrail ended the run, nothing is sent (so for [`stream`](Self::stream),
+    /// [`call_tool`](Self::call_tool) and sub-agents: a tripped run hears nothing more of its
+    /// agents).
     pub async fn think(&mut self, reasoning: impl Into<std::borrow::Cow<'static, str>>) {
+        if self.tripped() {
+            return;
+        }
         self.emit(AgentEvent::AgentThinking {
             reasoning: reasoning.into(),
         })
@@ -152,6 +164,9 @@ impl RunContext {
     /// [`ToolError`] when the tool is unknown, denied, times out, fails, panics or the run is
     /// cancelled.
     pub async fn call_tool(&mut self, name: &str, args: Value) -> Result<Value, ToolError> {
+        if self.tripped() {
+            return Err(ToolError::Cancelled { name: name.into() });
+        }
         let caller = (&*self.agent_name, self.depth);
         self.tools
             .dispatch(&mut self.emitter, caller, name, args)
@@ -183,7 +198,7 @@ impl RunContext {
     /// ```
     pub async fn stream(&mut self, delta: impl Into<String>) {
         let delta = delta.into();
-        if delta.is_empty() {
+        if delta.is_empty() || self.tripped() {
             return;
         }
         self.streamed.push_str(&delta);
@@ -339,6 +354,16 @@ impl RunContext {
         calls: Vec<SubAgentCall>,
         max_concurrent: usize,
     ) -> Vec<Result<String, SubAgentError>> {
+        if self.tripped() {
+            return calls
+                .iter()
+                .map(|c| {
+                    Err(SubAgentError::Cancelled {
+                        agent: c.agent().to_owned(),
+                    })
+                })
+                .collect();
+        }
         let mut shared = self.emitter.share();
         let parent = sub::Parent {
             context: self.tools.context.clone(),
