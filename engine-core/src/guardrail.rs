@@ -495,6 +495,11 @@ pub(crate) struct Guards {
 }
 
 impl Guards {
+    /// Whether any input guardrail applies (the run then takes the guarded way).
+    pub(crate) fn on_input(&self) -> bool {
+        !self.input_blocking.is_empty() || !self.input_parallel.is_empty()
+    }
+
     /// Sorts `defs`; `None` when there are none.
     pub(crate) fn of<'a>(defs: impl Iterator<Item = &'a Arc<Def>>) -> Option<Arc<Self>> {
         let mut g = Self::default();

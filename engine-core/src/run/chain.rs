@@ -12,7 +12,7 @@ use std::task::Poll;
 
 use futures_util::FutureExt;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, BoxError};
 use crate::error::panic_message;
 use crate::event::{AgentEvent, RetractCause};
 use crate::guardrail::{Checked, GuardrailInput, Guards};
@@ -20,6 +20,7 @@ use crate::handoff::{Handoff, HandoffError, HandoffInput};
 use crate::outcome::RunEnd;
 use crate::registry::AgentRegistry;
 use crate::run::checks::{self, Scope, Trip};
+use crate::run::guard::{guarded, Guarded};
 use crate::run::task::Run;
 use crate::run::RunContext;
 
@@ -105,34 +106,45 @@ pub(crate) enum Answered {
     },
     Cancelled,
     Tripped(Trip),
+    /// The agent asked for a handoff (not made yet).
+    HandOff(Request),
+}
+
+/// What an agent's `run` gave (or its panic).
+pub(crate) type Ran = Result<Result<String, BoxError>, Box<dyn std::any::Any + Send>>;
+
+/// How one agent's turn ended, as the run sees it.
+pub(crate) fn answered(rc: &mut RunContext, ran: Ran) -> Answered {
+    let name = &rc.agent_name;
+    let answer = match ran {
+        Err(panic) => {
+            let reason = panic_message(&*panic);
+            let error = format!("agent `{name}` panicked: {reason}");
+            return Answered::Died { error, reason };
+        }
+        Ok(_) if rc.is_cancelled() => return Answered::Cancelled,
+        Ok(Err(e)) => return Answered::Failed(format!("agent `{name}` failed: {e}")),
+        Ok(Ok(answer)) => answer,
+    };
+    match rc.handoffs.as_mut().and_then(|h| h.pending.take()) {
+        None => Answered::Answer(answer),
+        Some(Err(e)) => Answered::Failed(e.to_string()),
+        Some(Ok(request)) => Answered::HandOff(request),
+    }
 }
 
 impl Run {
-    /// Runs the run's agents to the end: the run's end, and the death reason if one panicked.
-    pub(crate) async fn run_chain(
-        &self,
-        rc: &mut RunContext,
-        agent: Box<dyn Agent>,
-    ) -> (RunEnd, Option<String>) {
-        let answered = match &self.guards {
-            Some(guards)
-                if !guards.input_blocking.is_empty() || !guards.input_parallel.is_empty() =>
-            {
-                Box::pin(self.with_input_guards(rc, agent, Arc::clone(guards))).await
-            }
-            _ => self.agents(rc, agent).await,
-        };
-        match answered {
-            Answered::Answer(answer) => self.answer(rc, answer).await,
-            Answered::Failed(error) => (RunEnd::Failed { error }, None),
-            Answered::Died { error, reason } => (RunEnd::Failed { error }, Some(reason)),
-            Answered::Cancelled => (cancelled(), None),
-            Answered::Tripped(trip) => (tripped(rc, trip).await, None),
+    /// The rest of the run after its first agent asked for a handoff: the handoff, then the
+    /// agents until one answers.
+    pub(crate) async fn continue_after(&self, rc: &mut RunContext, request: Request) -> Answered {
+        match self.hand_over(rc, request).await {
+            Ok((next, input)) => self.agents(rc, next, Cow::Owned(input)).await,
+            Err(ended) => ended,
         }
     }
 
     /// The blocking input guardrails, then the agents beside the parallel ones.
-    async fn with_input_guards(
+    pub(crate) async fn with_input_guards(
         &self,
         rc: &mut RunContext,
         agent: Box<dyn Agent>,
@@ -160,8 +172,9 @@ impl Run {
                 return Answered::Cancelled;
             }
         }
+        let first = Cow::Borrowed(self.input.as_str());
         if guards.input_parallel.is_empty() {
-            return self.agents(rc, agent).await;
+            return self.agents(rc, agent, first).await;
         }
         // The checks share the run's emitter with the agent (an agent check emits its
         // sub-agent's events while the agent emits its own).
@@ -187,7 +200,7 @@ impl Run {
                 };
                 checks::first_trip(&guards.input_parallel, &input, &mut scope).await
             };
-            race(self.agents(rc, agent), check).await
+            race(self.agents(rc, agent, first), check).await
         };
         drop(slot);
         rc.emitter.reclaim();
@@ -197,34 +210,24 @@ impl Run {
         }
     }
 
-    /// The first agent, then each agent the run is handed off to, until one answers.
-    async fn agents(&self, rc: &mut RunContext, mut agent: Box<dyn Agent>) -> Answered {
-        let mut input = Cow::Borrowed(self.input.as_str());
+    /// The agent, then each agent the run is handed off to, until one answers.
+    async fn agents(
+        &self,
+        rc: &mut RunContext,
+        mut agent: Box<dyn Agent>,
+        mut input: Cow<'_, str>,
+    ) -> Answered {
         loop {
-            let result = AssertUnwindSafe(agent.run(rc, &input)).catch_unwind().await;
-            let name = &rc.agent_name;
-            let answer = match result {
-                Err(panic) => {
-                    let reason = panic_message(&*panic);
-                    let error = format!("agent `{name}` panicked: {reason}");
-                    return Answered::Died { error, reason };
-                }
-                Ok(_) if rc.is_cancelled() => return Answered::Cancelled,
-                Ok(Err(e)) => return Answered::Failed(format!("agent `{name}` failed: {e}")),
-                Ok(Ok(answer)) => answer,
-            };
-            let Some(asked) = rc.handoffs.as_mut().and_then(|h| h.pending.take()) else {
-                return Answered::Answer(answer);
-            };
-            match asked {
-                Err(e) => return Answered::Failed(e.to_string()),
-                Ok(request) => match Box::pin(self.hand_over(rc, request)).await {
+            let ran = AssertUnwindSafe(agent.run(rc, &input)).catch_unwind().await;
+            match answered(rc, ran) {
+                Answered::HandOff(request) => match Box::pin(self.hand_over(rc, request)).await {
                     Ok((next, next_input)) => {
                         agent = next;
                         input = Cow::Owned(next_input);
                     }
                     Err(ended) => return ended,
                 },
+                other => return other,
             }
         }
     }
@@ -301,16 +304,37 @@ impl Run {
     }
 
     /// The answering agent's output guardrails, then its answer streamed to its end.
-    async fn answer(&self, rc: &mut RunContext, answer: String) -> (RunEnd, Option<String>) {
-        if let Some(guards) = rc.tools.guards.clone().filter(|g| !g.output.is_empty()) {
-            if let Err(error) = rc.check_stream(&answer) {
-                return (RunEnd::Failed { error }, None);
+    pub(crate) async fn answer(&self, rc: &mut RunContext, answer: String) -> RunEnd {
+        if rc
+            .tools
+            .guards
+            .as_ref()
+            .is_some_and(|g| !g.output.is_empty())
+        {
+            if let Some(end) = Box::pin(self.check_output(rc, &answer)).await {
+                return end;
             }
+        }
+        match rc.finish_stream(&answer).await {
+            Ok(()) => RunEnd::Completed { answer },
+            Err(error) => RunEnd::Failed { error },
+        }
+    }
+
+    /// The output guardrails of the answering agent on `answer`, under the run's
+    /// cancellation: the run's end if they end it.
+    async fn check_output(&self, rc: &mut RunContext, answer: &str) -> Option<RunEnd> {
+        let guards = rc.tools.guards.clone()?;
+        if let Err(error) = rc.check_stream(answer) {
+            return Some(RunEnd::Failed { error });
+        }
+        let control = Arc::clone(&rc.tools.control);
+        let trip = {
             let agent = Arc::clone(&rc.agent_name);
             let input = GuardrailInput {
                 context: &rc.tools.context,
                 agent: &agent,
-                checked: Checked::Output(&answer),
+                checked: Checked::Output(answer),
             };
             let mut scope = Scope {
                 context: &rc.tools.context,
@@ -319,22 +343,18 @@ impl Run {
                 depth: 0,
                 emitter: &mut rc.emitter,
             };
-            let trip = Box::pin(checks::first_trip(&guards.output, &input, &mut scope)).await;
-            if let Some(trip) = trip {
-                return (tripped(rc, trip).await, None);
-            }
-            if rc.is_cancelled() {
-                return (cancelled(), None);
-            }
-        }
-        match rc.finish_stream(&answer).await {
-            Ok(()) => (RunEnd::Completed { answer }, None),
-            Err(error) => (RunEnd::Failed { error }, None),
+            let check = checks::first_trip(&guards.output, &input, &mut scope);
+            guarded(check, &control.cancel, None, || std::time::Duration::ZERO).await
+        };
+        match trip {
+            Guarded::Done(Some(trip)) => Some(tripped(rc, trip).await),
+            Guarded::Done(None) if !rc.is_cancelled() => None,
+            _ => Some(cancelled()),
         }
     }
 }
 
-fn cancelled() -> RunEnd {
+pub(crate) fn cancelled() -> RunEnd {
     RunEnd::Cancelled {
         reason: "run cancelled".into(),
     }
@@ -342,7 +362,7 @@ fn cancelled() -> RunEnd {
 
 /// A trip of an input or output guardrail ends the run: recorded (so nothing of the run goes
 /// on), then announced.
-async fn tripped(rc: &mut RunContext, trip: Trip) -> RunEnd {
+pub(crate) async fn tripped(rc: &mut RunContext, trip: Trip) -> RunEnd {
     let end = trip.end();
     let event = trip.event(None);
     rc.tools.control.record_trip(trip);

@@ -73,7 +73,7 @@ pub(crate) struct RunControl {
     /// Model tokens reported by the run's agents: prompt, completion.
     pub(crate) usage: [std::sync::atomic::AtomicU64; 2],
     /// The guardrail trip that ends the run, once one did (the first wins).
-    trip: std::sync::OnceLock<Trip>,
+    trip: std::sync::OnceLock<Box<Trip>>,
 }
 
 /// A cleanup action registered with `RunContext::on_cleanup`.
@@ -140,13 +140,13 @@ impl RunControl {
     /// cancelled, so that every agent, tool and sub-agent of the run stops and no tool call
     /// passes its checks any more. The run's end is then the trip, not a cancellation.
     pub(crate) fn record_trip(&self, trip: Trip) {
-        let _ = self.trip.set(trip);
+        let _ = self.trip.set(Box::new(trip));
         self.cancel.set();
     }
 
     /// The trip that ends the run, if one did.
     pub(crate) fn trip(&self) -> Option<&Trip> {
-        self.trip.get()
+        self.trip.get().map(|t| &**t)
     }
 
     /// Adds reported model tokens.

@@ -22,6 +22,7 @@ use crate::outcome::StepOutcome;
 use crate::outcome::{RunEnd, RunOutcome};
 use crate::pipeline::{Pipeline, PipelineAgent};
 use crate::registry::AgentMaker;
+use crate::run::chain::{answered, cancelled, tripped, Answered};
 use crate::run::control::{Cleanup, RunControl};
 use crate::run::emit::{millis, within};
 use crate::run::guard::{guarded, Guarded};
@@ -127,7 +128,7 @@ impl Run {
                 None,
             ),
             Some(permit) => {
-                let ended = self.run_agent(&mut rc).await;
+                let ended = self.run_agent(&mut rc, started).await;
                 drop(permit);
                 ended
             }
@@ -283,9 +284,9 @@ impl Run {
 
     /// Runs the agent (or the pipeline), and the agents it hands off to, to the end; the death
     /// reason when one panicked.
-    async fn run_agent(&self, rc: &mut RunContext) -> (RunEnd, Option<String>) {
+    async fn run_agent(&self, rc: &mut RunContext, started: Instant) -> (RunEnd, Option<String>) {
         let name = &self.agent_name;
-        let agent: Box<dyn Agent> = match &self.kind {
+        let mut agent: Box<dyn Agent> = match &self.kind {
             RunKind::Pipeline(pipeline, _) => Box::new(PipelineAgent {
                 pipeline: Arc::clone(pipeline),
                 control: Arc::clone(&self.control),
@@ -309,33 +310,64 @@ impl Run {
             }
         };
         let timeout = self.engine.kit.config.run_timeout();
+        let control = &self.control;
         // The run timeout does not count time spent waiting for the user's approval of a tool
-        // call (see `EngineConfig::approval_timeout`). Biased toward the agents: an agent that
+        // call (see `EngineConfig::approval_timeout`). Biased toward the agent: an agent that
         // watches for cancellation returns first.
-        let result = {
-            let control = &self.control;
-            guarded(
-                self.run_chain(rc, agent),
-                &control.cancel,
-                Some(timeout),
-                || control.approval_wait(),
-            )
-            .await
+        let result = match self.guards.as_ref().filter(|g| g.on_input()) {
+            // The usual run: its agent alone, nothing boxed for guardrails or handoffs.
+            None => {
+                let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
+                let ran = guarded(run, &control.cancel, Some(timeout), || {
+                    control.approval_wait()
+                })
+                .await;
+                ran.map(|ran| answered(rc, ran))
+            }
+            Some(guards) => {
+                let chain = Box::pin(self.with_input_guards(rc, agent, Arc::clone(guards)));
+                guarded(chain, &control.cancel, Some(timeout), || {
+                    control.approval_wait()
+                })
+                .await
+            }
+        };
+        // A handoff: the rest of the run, within what is left of the run's time.
+        let result = match result {
+            Guarded::Done(Answered::HandOff(request)) => {
+                let left = (timeout + control.approval_wait())
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
+                let rest = Box::pin(self.continue_after(rc, request));
+                guarded(rest, &control.cancel, Some(left), || {
+                    control.approval_wait()
+                })
+                .await
+            }
+            other => other,
         };
         let (mut end, mut died) = match result {
-            Guarded::Cancelled => (
-                RunEnd::Cancelled {
-                    reason: "run cancelled".into(),
-                },
-                None,
-            ),
+            Guarded::Cancelled => (cancelled(), None),
             Guarded::TimedOut => (
                 RunEnd::TimedOut {
                     error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
                 },
                 None,
             ),
-            Guarded::Done(ended) => ended,
+            Guarded::Done(Answered::Answer(answer)) => (self.answer(rc, answer).await, None),
+            Guarded::Done(Answered::Failed(error)) => (RunEnd::Failed { error }, None),
+            Guarded::Done(Answered::Died { error, reason }) => {
+                (RunEnd::Failed { error }, Some(reason))
+            }
+            Guarded::Done(Answered::Cancelled) => (cancelled(), None),
+            Guarded::Done(Answered::Tripped(trip)) => (tripped(rc, trip).await, None),
+            // `continue_after` makes every handoff asked for.
+            Guarded::Done(Answered::HandOff(_)) => (
+                RunEnd::Failed {
+                    error: "a handoff was asked for and never made".into(),
+                },
+                None,
+            ),
         };
         // A guardrail trip (of a tool guardrail inside an agent, say) ends the run as a trip,
         // whatever the agents did after it.

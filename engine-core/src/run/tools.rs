@@ -128,59 +128,27 @@ impl ToolDispatcher {
                 },
             )
             .await;
-        // Tool guardrails, only for an agent that has some: on the arguments before the call
-        // (and before any approval is asked), on the result before the agent sees it.
-        let checked = match (checked, &self.guards) {
-            (Ok(()), Some(guards)) if !guards.tool_input.is_empty() => {
-                let guards = Arc::clone(guards);
-                let input = Checked::ToolCall {
-                    tool: name,
-                    arguments: &args,
-                };
-                Box::pin(self.guard(emitter, caller, &guards.tool_input, input, name, call_id))
-                    .await
-            }
-            (checked, _) => checked,
-        };
-        // The arguments, kept only for a tool-output guardrail (the tool takes them by value).
-        let kept = self
-            .guards
-            .as_ref()
-            .filter(|g| !g.tool_output.is_empty())
-            .map(|_| args.clone());
-        let outcome = match (checked, shown) {
+        let tool = entry.map(|(_, t, _)| t);
+        let outcome = match (checked, &self.guards) {
             (Err(e), _) => Err(e),
-            (Ok(()), Some(shown)) => {
-                match self
-                    .wait_for_approval(emitter, name, tool_name, call_id, shown)
+            (Ok(()), None) => {
+                self.approve_and_invoke(emitter, name, tool_name, call_id, shown, tool, args)
                     .await
-                {
-                    Ok(()) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
-                    Err(e) => Err(e),
-                }
             }
-            (Ok(()), None) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
-        };
-        let outcome = match (outcome, &self.guards, &kept) {
-            (Ok(result), Some(guards), Some(args)) => {
+            // Only an agent with guardrails takes this way, boxed so that the others' calls
+            // do not carry its state.
+            (Ok(()), Some(guards)) => {
                 let guards = Arc::clone(guards);
-                let input = Checked::ToolResult {
-                    tool: name,
-                    arguments: args,
-                    result: &result,
-                };
-                let checked = Box::pin(self.guard(
-                    emitter,
-                    caller,
-                    &guards.tool_output,
-                    input,
+                let call = Call {
                     name,
+                    tool_name,
                     call_id,
-                ))
-                .await;
-                checked.map(|()| result)
+                    shown,
+                    tool,
+                    args,
+                };
+                Box::pin(self.guarded_call(emitter, caller, &guards, call)).await
             }
-            (outcome, _, _) => outcome,
         };
         let (status, result, error) = match &outcome {
             Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
@@ -206,6 +174,70 @@ impl ToolDispatcher {
             emitter.emit(self.context.request_id(), done).await;
         }
         outcome
+    }
+
+    /// Asks for approval when the call needs it, then runs the tool.
+    #[allow(clippy::too_many_arguments)]
+    async fn approve_and_invoke(
+        &self,
+        emitter: &mut EmitterSlot,
+        name: &str,
+        tool_name: Arc<str>,
+        call_id: u32,
+        shown: Option<Value>,
+        tool: Option<Arc<dyn Tool>>,
+        args: Value,
+    ) -> Result<Value, ToolError> {
+        if let Some(shown) = shown {
+            self.wait_for_approval(emitter, name, tool_name, call_id, shown)
+                .await?;
+        }
+        self.invoke(name, tool, args).await
+    }
+
+    /// A call of an agent with tool guardrails: on the arguments before the call (and before
+    /// any approval is asked), on the result before the agent sees it.
+    async fn guarded_call(
+        &self,
+        emitter: &mut EmitterSlot,
+        caller: (&str, u32),
+        guards: &Guards,
+        call: Call<'_>,
+    ) -> Result<Value, ToolError> {
+        let Call {
+            name,
+            tool_name,
+            call_id,
+            shown,
+            tool,
+            args,
+        } = call;
+        if !guards.tool_input.is_empty() {
+            let input = Checked::ToolCall {
+                tool: name,
+                arguments: &args,
+            };
+            self.guard(emitter, caller, &guards.tool_input, input, name, call_id)
+                .await?;
+        }
+        if guards.tool_output.is_empty() {
+            return self
+                .approve_and_invoke(emitter, name, tool_name, call_id, shown, tool, args)
+                .await;
+        }
+        // The tool takes its arguments by value; the output guardrail sees them too.
+        let kept = args.clone();
+        let result = self
+            .approve_and_invoke(emitter, name, tool_name, call_id, shown, tool, args)
+            .await?;
+        let input = Checked::ToolResult {
+            tool: name,
+            arguments: &kept,
+            result: &result,
+        };
+        self.guard(emitter, caller, &guards.tool_output, input, name, call_id)
+            .await?;
+        Ok(result)
     }
 
     /// Runs the tool guardrails `defs` on one call. A trip emits `guardrail_tripped` and
@@ -367,6 +399,16 @@ impl ToolDispatcher {
             Guarded::Done(Ok(Ok(v))) => Ok(v),
         }
     }
+}
+
+/// One call on its way to the tool, as the guarded way takes it.
+struct Call<'a> {
+    name: &'a str,
+    tool_name: Arc<str>,
+    call_id: u32,
+    shown: Option<Value>,
+    tool: Option<Arc<dyn Tool>>,
+    args: Value,
 }
 
 /// The `tool_completed` event of an open call.
