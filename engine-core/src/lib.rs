@@ -10,7 +10,10 @@
 //!    characters ([`IdError`]); a context is immutable and cheap to clone.
 //! 2. **What runs.** An [`Agent`] answers one message through its [`RunContext`], calling
 //!    [`Tool`]s; both are registered in a read-only [`AgentRegistry`] that hands every run a
-//!    fresh agent.
+//!    fresh agent. Guardrails registered with it ([`InputGuardrail`], [`OutputGuardrail`],
+//!    [`ToolGuardrail`]) check the message, the answer and each tool call, and stop the run
+//!    (or one call) before harm; an agent can hand the run to another
+//!    ([`RunContext::handoff`]).
 //! 3. **Where it runs.** A [`UserExecutionEngine`] serves ONE user. It is built only by
 //!    `engine_factory::ExecutionEngineFactory` (see [`factory_only`] for how that is enforced),
 //!    within the limits of an [`EngineConfig`].
@@ -91,6 +94,10 @@
 //! - An engine holds at most `max_concurrent_runs + max_queued_runs` runs; the next is refused
 //!   with [`EngineError::QueueFull`] before any event.
 //! - Event delivery never fails a run; dropped events are counted and leave sequence gaps.
+//! - A guardrail trip that ends a run emits `guardrail_tripped` and then the one terminal
+//!   event (status [`RunStatus::GuardrailTripped`]); a blocking input trip runs no tool and
+//!   streams no text, a parallel one stops the agent before any further tool call starts, a
+//!   tool-input trip never runs the tool.
 //!
 //! The rules and numbers behind these (id rules, payload limits) are in [`limits`].
 
