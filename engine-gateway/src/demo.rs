@@ -351,14 +351,17 @@ pub fn shows_a_card_number(text: &str) -> Verdict {
 /// Words that make a message a billing question (for `frontdesk`).
 const BILLING_WORDS: [&str; 6] = ["bill", "invoice", "refund", "charge", "payment", "card"];
 
-/// Hands billing questions to `billing` and everything else to `assistant`.
+/// Says it is looking, then hands billing questions to `billing` and everything else to
+/// `assistant` (what it streamed is retracted by the handoff).
 #[derive(Debug, Default)]
 pub struct FrontDesk;
 
 #[async_trait]
 impl Agent for FrontDesk {
     async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
-        ctx.think("Finding who can answer").await;
+        // Streamed, then taken back by the handoff (`answer_retracted`): the page removes it.
+        ctx.stream("One moment, let me find who can answer that.")
+            .await;
         let lower = input.to_lowercase();
         let handoff = if BILLING_WORDS.iter().any(|w| lower.contains(w)) {
             Handoff::to("billing", input).reason("a billing question")

@@ -101,14 +101,16 @@ async fn the_demo_shows_a_trip_and_a_handoff_as_frames() {
     assert_eq!(events[2]["success"], false);
     assert_eq!(events[2]["agent_name"], "frontdesk");
 
-    // 2. A billing question: handed to billing, whose answer is held until it passed, then
-    //    shown at once in one delta; the terminal event names billing.
+    // 2. A billing question: frontdesk's words are retracted by the handoff to billing, whose
+    //    answer is held until it passed, then shown at once in one delta; the terminal event
+    //    names billing.
     let events = ask(&mut ws, "frontdesk", "how much was my last invoice?").await;
     assert_eq!(
         kinds(&events),
         [
             "agent_started",
-            "agent_thinking",
+            "answer_delta",
+            "answer_retracted",
             "handoff",
             "agent_thinking",
             "answer_delta",
@@ -117,12 +119,16 @@ async fn the_demo_shows_a_trip_and_a_handoff_as_frames() {
     );
     assert_eq!(
         events[2],
+        json!({"type":"answer_retracted","cause":"handoff"})
+    );
+    assert_eq!(
+        events[3],
         json!({"type":"handoff","from":"frontdesk","to":"billing","reason":"a billing question"})
     );
-    let last = &events[5];
+    let last = &events[6];
     assert_eq!(last["status"], "completed");
     assert_eq!(last["agent_name"], "billing");
-    assert_eq!(events[4]["delta"], last["result"]);
+    assert_eq!(events[5]["delta"], last["result"]);
 
     // 3. The card on file: billing's answer shows the number, its guardrail stops it, and no
     //    text of it ever reached the socket.
@@ -131,17 +137,18 @@ async fn the_demo_shows_a_trip_and_a_handoff_as_frames() {
         kinds(&events),
         [
             "agent_started",
-            "agent_thinking",
+            "answer_delta",
+            "answer_retracted",
             "handoff",
             "agent_thinking",
             "guardrail_tripped",
             "agent_completed"
         ]
     );
-    assert_eq!(events[4]["guardrail"], "no_card_numbers");
-    assert_eq!(events[4]["kind"], "output");
-    assert_eq!(events[5]["status"], "guardrail_tripped");
-    assert!(events[5].get("result").is_none());
+    assert_eq!(events[5]["guardrail"], "no_card_numbers");
+    assert_eq!(events[5]["kind"], "output");
+    assert_eq!(events[6]["status"], "guardrail_tripped");
+    assert!(events[6].get("result").is_none());
     assert!(!events.iter().any(|e| e.to_string().contains("4242")));
 
     // 4. Anything else: handed to the assistant.
