@@ -98,12 +98,53 @@ impl Agent for FanOutAgent {
     }
 }
 
-/// Registry with agents `noop`, `burst`, `six`, `fanout4` and the tools `echo` and `noop`.
+/// Hands the run off to `six` (the handoff row: compare with [`SubSixAgent`]).
+#[derive(Debug, Default)]
+pub struct HandToSixAgent;
+
+#[async_trait]
+impl Agent for HandToSixAgent {
+    async fn run(&mut self, ctx: &mut RunContext, _input: &str) -> Result<String, BoxError> {
+        Ok(ctx.handoff("six", "")?)
+    }
+}
+
+/// Runs `six` as its sub-agent and reports back.
+#[derive(Debug, Default)]
+pub struct SubSixAgent;
+
+#[async_trait]
+impl Agent for SubSixAgent {
+    async fn run(&mut self, ctx: &mut RunContext, _input: &str) -> Result<String, BoxError> {
+        ctx.run_agent("six", "").await?;
+        Ok(String::new())
+    }
+}
+
+/// Registry with agents `noop`, `burst`, `six`, `fanout4`, `six_guarded` (`six` behind a
+/// blocking input guardrail of trivial code), `hand_to_six` and `sub_six`, and the tools
+/// `echo` and `noop`.
 pub fn bench_registry() -> AgentRegistry {
+    use engine_core::{Check, InputGuardrail, Verdict};
+    let trivial = InputGuardrail::new(
+        "trivial",
+        Check::code(|input| {
+            if input.checked.text().len() > 10_000 {
+                Verdict::trip("too long")
+            } else {
+                Verdict::Pass
+            }
+        }),
+    );
     AgentRegistry::builder()
         .agent("noop", || NoopAgent)
         .agent("burst", || BurstAgent)
         .agent("six", || SixEventAgent)
+        .agent("six_guarded", || SixEventAgent)
+        .guardrail_for("six_guarded", trivial)
+        .agent("hand_to_six", || HandToSixAgent)
+        .handoffs("hand_to_six", ["six"])
+        .agent("sub_six", || SubSixAgent)
         .agent("fanout4", || FanOutAgent)
         .tool("echo", EchoTool)
         .tool("noop", NoopTool)
@@ -166,6 +207,11 @@ pub fn bench_engines(
 /// subscriber (`ours`), or as `n` raw-tokio tasks sending six envelopes to a consumer
 /// (`baseline`). Returns the events read.
 pub fn trivial_runs(ours: bool, n: usize) -> usize {
+    trivial_runs_of(if ours { Some("six") } else { None }, n)
+}
+
+/// [`trivial_runs`] of the agent `agent` (`None`: the raw-tokio baseline).
+pub fn trivial_runs_of(agent: Option<&str>, n: usize) -> usize {
     use engine_core::{AgentEvent, EventEnvelope, ThreadId};
     use tokio::sync::mpsc;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -174,7 +220,7 @@ pub fn trivial_runs(ours: bool, n: usize) -> usize {
         .expect("runtime");
     rt.block_on(async move {
         let users = bench_users(1);
-        if ours {
+        if let Some(agent) = agent {
             let factory = bench_factory(8192);
             let mut sub = factory.subscribe(users[0].user_id());
             let engines = bench_engines(&factory, &users);
@@ -187,7 +233,7 @@ pub fn trivial_runs(ours: bool, n: usize) -> usize {
             });
             for _ in 0..n {
                 let ctx = users[0].new_run();
-                engines[0].1.execute(&ctx, "six", "").await.expect("ran");
+                engines[0].1.execute(&ctx, agent, "").await.expect("ran");
             }
             drop(engines);
             factory.shutdown().await;

@@ -303,10 +303,14 @@ impl UserExecutionEngine {
             return Err(EngineError::NoRuntime);
         };
         self.check_user(context)?;
-        let Some((agent_name, make)) = self.inner.kit.registry.agent_entry(agent) else {
+        let Some(entry) = self.inner.kit.registry.agent_entry(agent) else {
             return Err(self.unknown_agent(agent));
         };
-        Ok((runtime, agent_name, RunKind::Agent(make)))
+        Ok((
+            runtime,
+            entry.name,
+            RunKind::Agent(entry.maker, entry.guards),
+        ))
     }
 
     /// Starts a [`Pipeline`] on `input` as one run: each step runs as a sub-agent, announced by
@@ -341,7 +345,8 @@ impl UserExecutionEngine {
             return Err(self.unknown_agent(step.agent()));
         }
         let name: Arc<str> = Arc::from(PIPELINE_AGENT);
-        let kind = RunKind::Pipeline(Arc::new(pipeline));
+        let guards = self.inner.kit.registry.global_guards();
+        let kind = RunKind::Pipeline(Arc::new(pipeline), guards);
         self.start(runtime, context, name, kind, input.into(), options)
     }
 
@@ -396,7 +401,7 @@ impl UserExecutionEngine {
         &self,
         context: &UserExecutionContext,
         agent_name: Arc<str>,
-        kind: RunKind,
+        mut kind: RunKind,
         input: String,
         options: RunOptions,
     ) -> Result<(Run, tracing::Span), EngineError> {
@@ -474,6 +479,7 @@ impl UserExecutionEngine {
             run_id = %context.run_id(),
             agent = &*agent_name,
         );
+        let guards = kind.take_guards();
         let run = Run {
             accepted,
             engine: Arc::clone(inner),
@@ -483,6 +489,7 @@ impl UserExecutionEngine {
             input,
             control,
             after,
+            guards,
         };
         Ok((run, span))
     }

@@ -194,6 +194,17 @@ pub enum ToolError {
         /// The tool's error message.
         message: String,
     },
+    /// A tool guardrail tripped on this call: on its arguments (the tool did not run) or on
+    /// its result (withheld from the agent).
+    #[error("guardrail {guardrail} denied the call of tool {name}: {reason}")]
+    GuardrailDenied {
+        /// The tool.
+        name: String,
+        /// The guardrail.
+        guardrail: String,
+        /// Why.
+        reason: String,
+    },
     /// The tool panicked; the panic was contained to this call.
     #[error("tool {name} panicked: {message}")]
     Panicked {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::guardrail::{GuardrailKind, TripAction};
 use crate::ids::{RequestId, RunId, ThreadId, UserId};
 
 /// How a run ended. Carried by the single terminal [`AgentEvent::AgentCompleted`].
@@ -30,6 +31,9 @@ pub enum RunStatus {
     TimedOut,
     /// The run was cancelled (by id, by engine shutdown, or while queued).
     Cancelled,
+    /// A guardrail tripped and ended the run (announced by its `guardrail_tripped` event,
+    /// which names the guardrail and the reason).
+    GuardrailTripped,
     /// The server stopped while this run was in progress (a crash, `kill -9`, a lost node).
     /// Never produced by an engine: a durable run store writes it, once, for a run whose
     /// process died without ending it.
@@ -44,6 +48,7 @@ impl RunStatus {
             Self::Failed => "failed",
             Self::TimedOut => "timed_out",
             Self::Cancelled => "cancelled",
+            Self::GuardrailTripped => "guardrail_tripped",
             Self::Interrupted => "interrupted",
         }
     }
@@ -66,6 +71,20 @@ pub enum ToolStatus {
     Cancelled,
     /// The tool needed the user's approval and the user denied it; the tool did not run.
     Denied,
+    /// A tool guardrail tripped: on the arguments (the tool did not run) or on the result
+    /// (the agent does not see it). A `guardrail_tripped` event precedes this one.
+    GuardrailDenied,
+}
+
+/// Why streamed answer text was taken back. Carried by [`AgentEvent::AnswerRetracted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetractCause {
+    /// A guardrail tripped after text was streamed (its `guardrail_tripped` came just before).
+    GuardrailTripped,
+    /// The agent that streamed it handed the run off; the new agent answers.
+    Handoff,
 }
 
 /// How a wait for the user's approval ended. Carried by [`AgentEvent::ApprovalDecided`].
@@ -82,9 +101,10 @@ pub enum ApprovalOutcome {
 }
 
 /// One lifecycle event. Serialized with a `type` tag in snake_case
-/// (`agent_started`, `agent_thinking`, `answer_delta`, `tool_executing`, `approval_requested`,
-/// `approval_decided`, `tool_completed`, `sub_agent_started`, `sub_agent_completed`,
-/// `progress_update`, `agent_death`, `agent_completed`, `agent_error`).
+/// (`agent_started`, `agent_thinking`, `answer_delta`, `answer_retracted`, `tool_executing`,
+/// `approval_requested`, `approval_decided`, `tool_completed`, `guardrail_tripped`, `handoff`,
+/// `sub_agent_started`, `sub_agent_completed`, `progress_update`, `agent_death`,
+/// `agent_completed`, `agent_error`).
 ///
 /// Which agent of the run emitted an event is the envelope's
 /// [`request_id`](EventEnvelope::request_id): the run's own request for the top-level agent, the
@@ -104,10 +124,45 @@ pub enum AgentEvent {
         reasoning: Cow<'static, str>,
     },
     /// A piece of the answer, as the agent produces it. For a run that ends `completed`, the
-    /// deltas concatenated in sequence order equal the final result.
+    /// deltas after its last `answer_retracted` (all of them if none), concatenated in
+    /// sequence order, equal the final result, or there are none at all (an agent that never
+    /// streams answers only in the terminal event).
     AnswerDelta {
         /// The next piece of the answer text.
         delta: String,
+    },
+    /// Every `answer_delta` of the run so far is taken back: clients remove that text.
+    AnswerRetracted {
+        /// Why.
+        cause: RetractCause,
+    },
+    /// A guardrail tripped. For a trip that ends the run, the terminal `agent_completed`
+    /// (status `guardrail_tripped`) follows, after whatever was open is closed; for a
+    /// tool call denied alone (`action` `deny_call`) the call's `tool_completed` (status
+    /// `guardrail_denied`) follows and the run goes on.
+    GuardrailTripped {
+        /// The guardrail's registered name.
+        guardrail: Arc<str>,
+        /// Its kind.
+        kind: GuardrailKind,
+        /// Why it tripped (its own words, or why it failed closed).
+        reason: String,
+        /// What the trip does.
+        action: TripAction,
+        /// The tool call checked, for a tool guardrail.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<u32>,
+    },
+    /// The run's top-level agent handed the run off: `to` now answers (its events carry the
+    /// run's own request id, as the first agent's did).
+    Handoff {
+        /// The agent that handed off.
+        from: Arc<str>,
+        /// The agent that takes over.
+        to: Arc<str>,
+        /// Why, if the agent said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A tool call starts. Arguments are redacted and truncated.
     ToolExecuting {
@@ -154,7 +209,7 @@ pub enum AgentEvent {
     },
     /// The terminal event: exactly one ends every run.
     AgentCompleted {
-        /// The agent that ran.
+        /// The agent that answered: the run's agent, or the last one it was handed off to.
         agent_name: Arc<str>,
         /// How the run ended.
         status: RunStatus,
@@ -234,6 +289,9 @@ impl AgentEvent {
             Self::AgentStarted { .. } => "agent_started",
             Self::AgentThinking { .. } => "agent_thinking",
             Self::AnswerDelta { .. } => "answer_delta",
+            Self::AnswerRetracted { .. } => "answer_retracted",
+            Self::GuardrailTripped { .. } => "guardrail_tripped",
+            Self::Handoff { .. } => "handoff",
             Self::ApprovalRequested { .. } => "approval_requested",
             Self::ApprovalDecided { .. } => "approval_decided",
             Self::SubAgentStarted { .. } => "sub_agent_started",

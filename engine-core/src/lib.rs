@@ -10,7 +10,10 @@
 //!    characters ([`IdError`]); a context is immutable and cheap to clone.
 //! 2. **What runs.** An [`Agent`] answers one message through its [`RunContext`], calling
 //!    [`Tool`]s; both are registered in a read-only [`AgentRegistry`] that hands every run a
-//!    fresh agent.
+//!    fresh agent. Guardrails registered with it ([`InputGuardrail`], [`OutputGuardrail`],
+//!    [`ToolGuardrail`]) check the message, the answer and each tool call, and stop the run
+//!    (or one call) before harm; an agent can hand the run to another
+//!    ([`RunContext::handoff`]).
 //! 3. **Where it runs.** A [`UserExecutionEngine`] serves ONE user. It is built only by
 //!    `engine_factory::ExecutionEngineFactory` (see [`factory_only`] for how that is enforced),
 //!    within the limits of an [`EngineConfig`].
@@ -91,6 +94,10 @@
 //! - An engine holds at most `max_concurrent_runs + max_queued_runs` runs; the next is refused
 //!   with [`EngineError::QueueFull`] before any event.
 //! - Event delivery never fails a run; dropped events are counted and leave sequence gaps.
+//! - A guardrail trip that ends a run emits `guardrail_tripped` and then the one terminal
+//!   event (status [`RunStatus::GuardrailTripped`]); a blocking input trip runs no tool and
+//!   streams no text, a parallel one stops the agent before any further tool call starts, a
+//!   tool-input trip never runs the tool.
 //!
 //! The rules and numbers behind these (id rules, payload limits) are in [`limits`].
 
@@ -101,6 +108,8 @@ mod engine;
 mod error;
 mod event;
 pub mod factory_only;
+mod guardrail;
+mod handoff;
 mod ids;
 pub mod limits;
 mod multitask;
@@ -119,7 +128,12 @@ pub use config::{EngineConfig, EngineConfigBuilder};
 pub use context::{UserExecutionContext, UserExecutionContextBuilder};
 pub use engine::{RunHandle, UserExecutionEngine};
 pub use error::{ConfigError, ContextError, EngineError, ToolError};
-pub use event::{AgentEvent, ApprovalOutcome, EventEnvelope, RunStatus, ToolStatus};
+pub use event::{AgentEvent, ApprovalOutcome, EventEnvelope, RetractCause, RunStatus, ToolStatus};
+pub use guardrail::{
+    Check, Checked, Guardrail, GuardrailCheck, GuardrailInput, GuardrailKind, InputGuardrail,
+    OutputGuardrail, ToolGuardrail, TripAction, Verdict, DEFAULT_GUARDRAIL_TIMEOUT,
+};
+pub use handoff::{Handoff, HandoffError, HandoffInput, DEFAULT_MAX_HANDOFFS};
 pub use ids::{IdError, IdRejection, RequestId, RunId, ThreadId, UserId};
 pub use multitask::{ApprovalDecision, MultitaskPolicy, RunOptions, UnknownPolicy};
 pub use outcome::{EngineStats, RunEnd, RunOutcome, StepOutcome, TokenUsage};

@@ -32,6 +32,15 @@ pub enum RunEnd {
         /// When and how it was cancelled.
         reason: String,
     },
+    /// A guardrail tripped and ended the run.
+    GuardrailTripped {
+        /// The guardrail's registered name.
+        guardrail: String,
+        /// Why it tripped.
+        reason: String,
+        /// Both in a sentence: what [`error`](RunEnd::error) returns.
+        message: String,
+    },
 }
 
 impl RunEnd {
@@ -42,6 +51,7 @@ impl RunEnd {
             Self::Failed { .. } => RunStatus::Failed,
             Self::TimedOut { .. } => RunStatus::TimedOut,
             Self::Cancelled { .. } => RunStatus::Cancelled,
+            Self::GuardrailTripped { .. } => RunStatus::GuardrailTripped,
         }
     }
     /// The answer, for a completed run.
@@ -57,6 +67,7 @@ impl RunEnd {
             Self::Completed { .. } => None,
             Self::Failed { error } | Self::TimedOut { error } => Some(error),
             Self::Cancelled { reason } => Some(reason),
+            Self::GuardrailTripped { message, .. } => Some(message),
         }
     }
 }
@@ -69,8 +80,11 @@ pub struct RunOutcome {
     pub run_id: RunId,
     /// The run's thread.
     pub thread_id: ThreadId,
-    /// The agent that ran.
+    /// The agent (or pipeline) the run was started with.
     pub agent_name: Arc<str>,
+    /// The agent that answered: `agent_name`, or the last agent the run was handed off to
+    /// (the terminal event's `agent_name`).
+    pub answered_by: Arc<str>,
     /// How it ended, with its answer or error.
     pub end: RunEnd,
     /// Time spent waiting for a concurrency slot.
@@ -175,6 +189,8 @@ pub struct EngineStats {
     pub timed_out_runs: u64,
     /// Runs that ended `cancelled`.
     pub cancelled_runs: u64,
+    /// Runs that a guardrail ended (`guardrail_tripped`).
+    pub guardrail_tripped_runs: u64,
     /// Runs accepted and not yet ended (queued or executing).
     pub active_runs: usize,
     /// Mean queue wait of finished runs.
@@ -202,8 +218,8 @@ pub(crate) struct StatsAcc {
     pub(crate) total_runs: u32,
     /// Runs refused with a full queue.
     pub(crate) rejected_runs: u32,
-    /// Finished runs by ending: completed, failed, timed out, cancelled.
-    ends: [u32; 4],
+    /// Finished runs by ending: completed, failed, timed out, cancelled, guardrail tripped.
+    ends: [u32; 5],
     events_delivered: u64,
     events_dropped: u64,
     /// Queue wait and execution time, in microseconds: totals then maxima.
@@ -225,6 +241,7 @@ impl StatsAcc {
             RunEnd::Failed { .. } => 1,
             RunEnd::TimedOut { .. } => 2,
             RunEnd::Cancelled { .. } => 3,
+            RunEnd::GuardrailTripped { .. } => 4,
         };
         self.ends[i] = self.ends[i].saturating_add(1);
         self.events_delivered += outcome.events_delivered;
@@ -247,6 +264,7 @@ impl StatsAcc {
             failed_runs: u64::from(self.ends[1]),
             timed_out_runs: u64::from(self.ends[2]),
             cancelled_runs: u64::from(self.ends[3]),
+            guardrail_tripped_runs: u64::from(self.ends[4]),
             active_runs: 0,
             avg_queue_wait: mean(self.queue_total_us),
             max_queue_wait: Duration::from_micros(self.max_queue_us),

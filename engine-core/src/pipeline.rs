@@ -65,8 +65,8 @@ impl PipelineStep {
 /// Each step is a sub-agent of the run (framed by `sub_agent_started` / `sub_agent_completed`)
 /// and is announced by a `progress_update` (step k of n). The pipeline stops at the first step
 /// that does not complete, unless [`continue_on_error`](Self::continue_on_error); the run's
-/// answer is the last completed step's answer, and [`RunOutcome::steps`](crate::RunOutcome)
-/// lists every step.
+/// answer is the last completed step's answer, streamed as one `answer_delta` when the
+/// pipeline ends, and [`RunOutcome::steps`](crate::RunOutcome) lists every step.
 ///
 /// ```
 /// use std::time::Duration;
@@ -163,11 +163,16 @@ impl Agent for PipelineAgent {
             };
             lock(&self.control.steps).push(StepOutcome::new(name, Some(end)));
         }
-        match (answer, failure) {
-            (Some(answer), Some(_)) if self.pipeline.continue_on_error => Ok(answer),
-            (_, Some(failure)) => Err(failure.into()),
-            (Some(answer), None) => Ok(answer),
-            (None, None) => Ok(String::new()),
-        }
+        let answer = match (answer, failure) {
+            (Some(answer), Some(_)) if self.pipeline.continue_on_error => answer,
+            (_, Some(failure)) => return Err(failure.into()),
+            (Some(answer), None) => answer,
+            (None, None) => String::new(),
+        };
+        // The steps are sub-agents, whose streams stay inside the run: the pipeline streams
+        // its answer itself, in one piece, so that its deltas add up to its result as any
+        // streamed run's do.
+        ctx.stream(answer.clone()).await;
+        Ok(answer)
     }
 }

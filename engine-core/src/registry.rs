@@ -7,6 +7,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::agent::Agent;
+use crate::guardrail::{Def, Guardrail, Guards};
+use crate::handoff::{HandoffInput, DEFAULT_MAX_HANDOFFS};
 use crate::ids::UserId;
 use crate::tool::{Tool, ToolPermissionPolicy};
 
@@ -28,6 +30,14 @@ pub enum RegistryError {
         /// `agent` or `tool`.
         kind: &'static str,
     },
+    /// A guardrail or handoff names an agent that is not registered.
+    #[error("{used_by} names agent `{name}`, which is not registered; register it with AgentRegistryBuilder::agent")]
+    UnknownAgent {
+        /// What names it (`guardrail \`x\``, `handoff from \`y\``).
+        used_by: String,
+        /// The unknown name.
+        name: String,
+    },
 }
 
 /// A registered tool and whether its calls wait for approval.
@@ -39,6 +49,28 @@ struct RegisteredTool {
 /// Makes a fresh instance of one registered agent.
 pub(crate) type AgentMaker = Arc<dyn Fn() -> Box<dyn Agent> + Send + Sync>;
 
+/// A handoff target's input filter.
+pub(crate) type HandoffFilter = dyn Fn(&HandoffInput<'_>) -> String + Send + Sync;
+
+/// A registered agent: its maker, the guardrails that apply to it, and whom it may hand off
+/// to.
+struct RegisteredAgent {
+    maker: AgentMaker,
+    guards: Option<Arc<Guards>>,
+    /// Allowed handoff targets, sorted (the registry's shared names).
+    handoff_to: Vec<Arc<str>>,
+    /// How a handoff to this agent filters its input.
+    filter: Option<Arc<HandoffFilter>>,
+}
+
+/// What a run or sub-agent needs of one registered agent (one look-up).
+#[derive(Clone)]
+pub(crate) struct AgentEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) maker: AgentMaker,
+    pub(crate) guards: Option<Arc<Guards>>,
+}
+
 /// Agents and tools known to the engines: read-only after [`build`](AgentRegistryBuilder::build),
 /// cheap to clone and shared by all engines. It stores agent *constructors*: each run gets a
 /// fresh agent instance, so no agent state crosses runs or users.
@@ -48,9 +80,12 @@ pub struct AgentRegistry {
 }
 
 struct RegistryInner {
-    agents: BTreeMap<Arc<str>, AgentMaker>,
+    agents: BTreeMap<Arc<str>, RegisteredAgent>,
     tools: BTreeMap<Arc<str>, RegisteredTool>,
     policy: Option<Arc<dyn ToolPermissionPolicy>>,
+    /// The guardrails registered for every agent (a pipeline run's own).
+    global_guards: Option<Arc<Guards>>,
+    max_handoffs: u32,
 }
 
 impl AgentRegistry {
@@ -77,13 +112,42 @@ impl AgentRegistry {
     pub(crate) fn tool(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.inner.tools.get(name).map(|t| &t.tool)
     }
-    /// The registered (shared) name of an agent and its maker: one look-up for a run or a
-    /// sub-agent.
-    pub(crate) fn agent_entry(&self, name: &str) -> Option<(Arc<str>, AgentMaker)> {
+    /// The registered (shared) name of an agent, its maker and guardrails: one look-up for a
+    /// run or a sub-agent.
+    pub(crate) fn agent_entry(&self, name: &str) -> Option<AgentEntry> {
         self.inner
             .agents
             .get_key_value(name)
-            .map(|(k, make)| (Arc::clone(k), Arc::clone(make)))
+            .map(|(k, a)| AgentEntry {
+                name: Arc::clone(k),
+                maker: Arc::clone(&a.maker),
+                guards: a.guards.clone(),
+            })
+    }
+    /// The guardrails registered for every agent (those of a pipeline run).
+    pub(crate) fn global_guards(&self) -> Option<Arc<Guards>> {
+        self.inner.global_guards.clone()
+    }
+    /// The agents `from` may hand the run off to, sorted.
+    pub fn handoff_targets(&self, from: &str) -> impl Iterator<Item = &str> {
+        self.inner
+            .agents
+            .get(from)
+            .into_iter()
+            .flat_map(|a| a.handoff_to.iter().map(|t| &**t))
+    }
+    /// The shared name of `to` if `from` may hand off to it.
+    pub(crate) fn handoff_target(&self, from: &str, to: &str) -> Option<Arc<str>> {
+        let a = self.inner.agents.get(from)?;
+        a.handoff_to.iter().find(|t| &***t == to).cloned()
+    }
+    /// The input filter of handoffs to `to`.
+    pub(crate) fn handoff_filter(&self, to: &str) -> Option<Arc<HandoffFilter>> {
+        self.inner.agents.get(to)?.filter.clone()
+    }
+    /// Most handoffs one run may make.
+    pub fn max_handoffs(&self) -> u32 {
+        self.inner.max_handoffs
     }
     /// The registered (shared) name of a tool, the tool, and whether it was registered as
     /// needing approval: one look-up for everything a call needs.
@@ -116,7 +180,8 @@ impl std::fmt::Debug for AgentRegistry {
             .field("agents", &self.inner.agents.keys().collect::<Vec<_>>())
             .field("tools", &self.inner.tools.keys().collect::<Vec<_>>())
             .field("policy", &self.inner.policy.is_some())
-            .finish()
+            .field("max_handoffs", &self.inner.max_handoffs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,6 +192,11 @@ pub struct AgentRegistryBuilder {
     agents: Vec<(String, AgentMaker)>,
     tools: Vec<(String, RegisteredTool)>,
     policy: Option<Arc<dyn ToolPermissionPolicy>>,
+    /// Guardrails, each for one agent or (`None`) for every agent, in registration order.
+    guardrails: Vec<(Option<String>, Guardrail)>,
+    handoffs: Vec<(String, Vec<String>)>,
+    filters: Vec<(String, Arc<HandoffFilter>)>,
+    max_handoffs: Option<u32>,
 }
 
 impl std::fmt::Debug for AgentRegistryBuilder {
@@ -138,7 +208,8 @@ impl std::fmt::Debug for AgentRegistryBuilder {
             .field("agents", &names(&self.agents))
             .field("tools", &names(&self.tools))
             .field("policy", &self.policy.is_some())
-            .finish()
+            .field("guardrails", &self.guardrails.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,10 +255,59 @@ impl AgentRegistryBuilder {
         self.policy = Some(Arc::new(policy));
         self
     }
+    /// Registers a guardrail for every agent (an [`InputGuardrail`](crate::InputGuardrail),
+    /// [`OutputGuardrail`](crate::OutputGuardrail) or [`ToolGuardrail`](crate::ToolGuardrail)).
+    /// Guardrails of one kind run in registration order, those for every agent first; the
+    /// first trip decides.
+    pub fn guardrail(mut self, guardrail: impl Into<Guardrail>) -> Self {
+        self.guardrails.push((None, guardrail.into()));
+        self
+    }
+    /// Registers a guardrail for the agent `agent` only (also when it runs as a sub-agent,
+    /// for its tool calls; see [`ToolGuardrail`](crate::ToolGuardrail)).
+    pub fn guardrail_for(
+        mut self,
+        agent: impl Into<String>,
+        guardrail: impl Into<Guardrail>,
+    ) -> Self {
+        self.guardrails.push((Some(agent.into()), guardrail.into()));
+        self
+    }
+    /// Lets the agent `from`, when it is the run's top-level agent, hand the run off to each of
+    /// `targets` ([`RunContext::handoff`](crate::RunContext::handoff)). Repeated calls add
+    /// targets.
+    pub fn handoffs<I, S>(mut self, from: impl Into<String>, targets: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.handoffs
+            .push((from.into(), targets.into_iter().map(Into::into).collect()));
+        self
+    }
+    /// Sets what the agent `to` runs on when a run is handed off to it: `filter` gets the
+    /// user's message and the input the agent handing off gave (trim a history, drop what the
+    /// target must not see, summarise), and returns the target's input. Default: the input
+    /// given to the handoff.
+    pub fn handoff_filter(
+        mut self,
+        to: impl Into<String>,
+        filter: impl Fn(&HandoffInput<'_>) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.filters.push((to.into(), Arc::new(filter)));
+        self
+    }
+    /// Most handoffs one run may make (default [`DEFAULT_MAX_HANDOFFS`], 8); the next ends
+    /// the run `failed` with [`HandoffError::LimitReached`](crate::HandoffError::LimitReached).
+    pub fn max_handoffs(mut self, limit: u32) -> Self {
+        self.max_handoffs = Some(limit);
+        self
+    }
     /// Freezes the registry.
     ///
     /// # Errors
-    /// [`RegistryError`] for an empty or repeated name.
+    /// [`RegistryError`] for an empty or repeated name, or a guardrail or handoff naming an
+    /// agent that is not registered.
     pub fn build(self) -> Result<AgentRegistry, RegistryError> {
         fn collect<T>(
             kind: &'static str,
@@ -205,11 +325,71 @@ impl AgentRegistryBuilder {
             }
             Ok(map)
         }
+        let makers = collect("agent", self.agents)?;
+        let unknown = |used_by: String, name: &str| RegistryError::UnknownAgent {
+            used_by,
+            name: name.to_owned(),
+        };
+        for (agent, g) in &self.guardrails {
+            if let Some(agent) = agent.as_deref().filter(|a| !makers.contains_key(*a)) {
+                return Err(unknown(format!("guardrail `{}`", g.name()), agent));
+            }
+            if let Some(checker) = g.0.base.check.agent_name() {
+                if !makers.contains_key(checker) {
+                    return Err(unknown(format!("guardrail `{}`", g.name()), checker));
+                }
+            }
+        }
+        let global: Vec<&Arc<Def>> = self
+            .guardrails
+            .iter()
+            .filter(|(a, _)| a.is_none())
+            .map(|(_, g)| &g.0)
+            .collect();
+        let mut agents = BTreeMap::new();
+        for (name, maker) in makers.iter() {
+            let own = self
+                .guardrails
+                .iter()
+                .filter(|(a, _)| a.as_deref() == Some(&**name))
+                .map(|(_, g)| &g.0);
+            agents.insert(
+                Arc::clone(name),
+                RegisteredAgent {
+                    maker: Arc::clone(maker),
+                    guards: Guards::of(global.iter().copied().chain(own)),
+                    handoff_to: Vec::new(),
+                    filter: None,
+                },
+            );
+        }
+        for (from, targets) in self.handoffs {
+            for to in targets {
+                let Some((shared, _)) = makers.get_key_value(to.as_str()) else {
+                    return Err(unknown(format!("handoff from `{from}`"), &to));
+                };
+                let Some(a) = agents.get_mut(from.as_str()) else {
+                    return Err(unknown(format!("handoff to `{to}`"), &from));
+                };
+                if !a.handoff_to.contains(shared) {
+                    a.handoff_to.push(Arc::clone(shared));
+                    a.handoff_to.sort();
+                }
+            }
+        }
+        for (to, filter) in self.filters {
+            let Some(a) = agents.get_mut(to.as_str()) else {
+                return Err(unknown("handoff filter".into(), &to));
+            };
+            a.filter = Some(filter);
+        }
         Ok(AgentRegistry {
             inner: Arc::new(RegistryInner {
-                agents: collect("agent", self.agents)?,
+                agents,
                 tools: collect("tool", self.tools)?,
                 policy: self.policy,
+                global_guards: Guards::of(global.into_iter()),
+                max_handoffs: self.max_handoffs.unwrap_or(DEFAULT_MAX_HANDOFFS),
             }),
         })
     }

@@ -78,7 +78,8 @@ impl Future for Delivery<'_> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct RunEnding<'a> {
-    /// The agent (or pipeline) that ran.
+    /// The agent that answered (the terminal event's `agent_name`): the run's agent or
+    /// pipeline, or the last agent the run was handed off to.
     pub agent_name: &'a str,
     /// How it ended, with its answer or error.
     pub end: &'a RunEnd,

@@ -224,6 +224,8 @@ pub enum RunState {
     TimedOut,
     /// Cancelled.
     Cancelled,
+    /// A guardrail ended it (its `guardrail_tripped` event says which and why).
+    GuardrailTripped,
     /// Its process or node stopped while it ran.
     Interrupted,
 }
@@ -235,6 +237,7 @@ impl RunState {
             Some(RunStatus::Completed) => Self::Completed,
             Some(RunStatus::TimedOut) => Self::TimedOut,
             Some(RunStatus::Cancelled) => Self::Cancelled,
+            Some(RunStatus::GuardrailTripped) => Self::GuardrailTripped,
             Some(RunStatus::Interrupted) => Self::Interrupted,
             Some(_) => Self::Failed,
         }

@@ -1,11 +1,16 @@
 //! The demo agent registry the gateway serves by default: an `assistant` that thinks in
 //! steps, calls real tools (`calculator`, `clock`, `text_stats`, and `save_note`, which waits
-//! for the user's approval) and streams its answer word by word.
+//! for the user's approval) and streams its answer word by word; a `frontdesk` that hands
+//! billing questions to `billing` (and the rest to `assistant`); and two guardrails: every
+//! message that asks for a secret is refused before any agent runs (`no_secrets`, a blocking
+//! input guardrail), and `billing`'s answer is held back until it is checked for card numbers
+//! (`no_card_numbers`, an output guardrail in hold mode).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine_core::{
-    async_trait, Agent, AgentRegistry, BoxError, RunContext, SubAgentCall, Tool, ToolContext,
+    async_trait, Agent, AgentRegistry, BoxError, Check, Handoff, InputGuardrail, OutputGuardrail,
+    RunContext, SubAgentCall, Tool, ToolContext, Verdict,
 };
 use serde_json::{json, Value};
 
@@ -306,9 +311,106 @@ pub fn model_registry(kit: engine_llm::LlmAgentKit) -> AgentRegistry {
         .unwrap_or_else(|e| unreachable!("static demo registry is valid: {e}"))
 }
 
-/// Every demo agent but `assistant`, and the demo tools.
+/// Words that make a message ask for a secret (the `no_secrets` guardrail).
+const SECRET_WORDS: [&str; 5] = [
+    "password",
+    "secret",
+    "api key",
+    "credentials",
+    "private key",
+];
+
+/// The `no_secrets` check: trips on a message that asks for a secret.
+pub fn asks_for_a_secret(text: &str) -> Verdict {
+    let lower = text.to_lowercase();
+    match SECRET_WORDS.iter().find(|w| lower.contains(*w)) {
+        Some(word) => Verdict::trip(format!("the message asks for a secret ({word})")),
+        None => Verdict::Pass,
+    }
+}
+
+/// The `no_card_numbers` check: trips on an answer with 12 or more digits in a row (spaces
+/// and dashes between them allowed), a card number.
+pub fn shows_a_card_number(text: &str) -> Verdict {
+    let mut run = 0;
+    for c in text.chars() {
+        match c {
+            '0'..='9' => {
+                run += 1;
+                if run >= 12 {
+                    return Verdict::trip("the answer shows a card number");
+                }
+            }
+            ' ' | '-' if run > 0 => {}
+            _ => run = 0,
+        }
+    }
+    Verdict::Pass
+}
+
+/// Words that make a message a billing question (for `frontdesk`).
+const BILLING_WORDS: [&str; 6] = ["bill", "invoice", "refund", "charge", "payment", "card"];
+
+/// Says it is looking, then hands billing questions to `billing` and everything else to
+/// `assistant` (what it streamed is retracted by the handoff).
+#[derive(Debug, Default)]
+pub struct FrontDesk;
+
+#[async_trait]
+impl Agent for FrontDesk {
+    async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+        // Streamed, then taken back by the handoff (`answer_retracted`): the page removes it.
+        ctx.stream("One moment, let me find who can answer that.")
+            .await;
+        let lower = input.to_lowercase();
+        let handoff = if BILLING_WORDS.iter().any(|w| lower.contains(w)) {
+            Handoff::to("billing", input).reason("a billing question")
+        } else {
+            Handoff::to("assistant", input).reason("a general question")
+        };
+        Ok(ctx.handoff_with(handoff)?)
+    }
+}
+
+/// Answers billing questions from a (made-up) account, streaming word by word; asked for the
+/// card on file, it reads the whole number out, which its `no_card_numbers` guardrail stops.
+#[derive(Debug, Default)]
+pub struct Billing;
+
+#[async_trait]
+impl Agent for Billing {
+    async fn run(&mut self, ctx: &mut RunContext, input: &str) -> Result<String, BoxError> {
+        ctx.think("Looking up the account").await;
+        let lower = input.to_lowercase();
+        let answer = if lower.contains("card") {
+            "the card on file is 4242 4242 4242 4242, expiring 12/29".to_owned()
+        } else if lower.contains("refund") {
+            "your refund of 12.50 EUR was sent on 3 December".to_owned()
+        } else {
+            "your last invoice is 42.00 EUR, paid on 1 December".to_owned()
+        };
+        stream_words(ctx, &answer, WORD_DELAY).await;
+        Ok(answer)
+    }
+}
+
+/// Every demo agent but `assistant`, the demo tools, the guardrails and the handoffs.
 fn team_builder() -> engine_core::AgentRegistryBuilder {
     AgentRegistry::builder()
+        .agent("frontdesk", || FrontDesk)
+        .agent("billing", || Billing)
+        .handoffs("frontdesk", ["billing", "assistant"])
+        .guardrail(InputGuardrail::new(
+            "no_secrets",
+            Check::code(|input| asks_for_a_secret(&input.checked.text())),
+        ))
+        .guardrail_for(
+            "billing",
+            OutputGuardrail::new(
+                "no_card_numbers",
+                Check::code(|input| shows_a_card_number(&input.checked.text())),
+            ),
+        )
         .agent("supervisor", Supervisor::default)
         .agent("waiter", || Waiter)
         .agent("triage", || Specialist::new("triage", "text_stats"))
@@ -326,6 +428,16 @@ fn team_builder() -> engine_core::AgentRegistryBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_guardrails_trip_on_secrets_and_card_numbers() {
+        assert!(asks_for_a_secret("what is my PASSWORD?").is_trip());
+        assert!(!asks_for_a_secret("what is 6 * 7?").is_trip());
+        assert!(shows_a_card_number("card 4242 4242 4242 4242").is_trip());
+        assert!(
+            !shows_a_card_number("your last invoice is 42.00 EUR, paid on 1 December").is_trip()
+        );
+    }
 
     #[test]
     fn finds_arithmetic() {

@@ -300,6 +300,7 @@ fn status_of(name: &str) -> Option<RunStatus> {
         "failed" => RunStatus::Failed,
         "timed_out" => RunStatus::TimedOut,
         "cancelled" => RunStatus::Cancelled,
+        "guardrail_tripped" => RunStatus::GuardrailTripped,
         "interrupted" => RunStatus::Interrupted,
         _ => return None,
     })

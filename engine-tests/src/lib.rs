@@ -23,8 +23,8 @@
 mod script;
 
 pub use script::{
-    script_registry, script_registry_builder, EchoTool, FailTool, Observations, PanicTool,
-    ScriptAgent, SlowTool,
+    script_registry, script_registry_builder, trips_on, EchoTool, FailTool, Observations,
+    PanicTool, ScriptAgent, SlowTool,
 };
 
 use std::collections::BTreeMap;
@@ -44,7 +44,13 @@ pub use engine_gateway::demo::{
 /// open), and every sub-agent ends before the terminal event, after its own tool calls and
 /// sub-agents. Every `tool_executing` is paired with one `tool_completed` of the same call id;
 /// an `approval_requested` / `approval_decided` sits inside its open call, in that order; and
-/// for a completed run that streamed, the `answer_delta`s concatenated equal the result.
+/// for a completed run that streamed, the `answer_delta`s after the last `answer_retracted`
+/// concatenated equal the result. Guardrails and handoffs: a run ends `guardrail_tripped` only
+/// after a `guardrail_tripped` that ends the run, and a tool call denied by a guardrail
+/// (`deny_call`) is an open call of the run whose `tool_completed` says `guardrail_denied`;
+/// a `handoff` comes from the run's own request, names the agent answering until then as
+/// `from`, with none of that agent's tool calls open, and the terminal event names the
+/// agent that answered last.
 ///
 /// # Errors
 /// A description of the first violated invariant.
@@ -56,6 +62,9 @@ pub fn check_run(events: &[EventEnvelope]) -> Result<(), String> {
     let mut subs: Vec<(RequestId, RequestId)> = Vec::new();
     let mut asked: Vec<u32> = Vec::new();
     let mut streamed: Option<String> = None;
+    let mut answering: Option<std::sync::Arc<str>> = None;
+    let mut trip_ends_run = false;
+    let mut denied: Vec<u32> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let at = format!("event {i} (seq {}, {})", e.seq, e.event.kind());
         if e.user_id != first.user_id || e.run_id != first.run_id || e.thread_id != first.thread_id
@@ -75,7 +84,7 @@ pub fn check_run(events: &[EventEnvelope]) -> Result<(), String> {
             ));
         }
         match (&e.event, i) {
-            (AgentEvent::AgentStarted { .. }, 0) => {}
+            (AgentEvent::AgentStarted { agent_name }, 0) => answering = Some(agent_name.clone()),
             (AgentEvent::AgentStarted { .. }, _) => return Err(format!("{at}: second start")),
             (_, 0) => return Err(format!("{at}: first event is not agent_started")),
             (AgentEvent::AgentCompleted { .. }, n) if n + 1 != events.len() => {
@@ -87,14 +96,66 @@ pub fn check_run(events: &[EventEnvelope]) -> Result<(), String> {
                 }
                 calls.push((*call_id, from.clone()));
             }
-            (AgentEvent::ToolCompleted { call_id, .. }, _) => {
+            (
+                AgentEvent::ToolCompleted {
+                    call_id, status, ..
+                },
+                _,
+            ) => {
                 let Some(k) = calls.iter().position(|(c, o)| c == call_id && o == from) else {
                     return Err(format!("{at}: tool_completed without its tool_executing"));
                 };
                 calls.remove(k);
+                if let Some(d) = denied.iter().position(|c| c == call_id) {
+                    denied.remove(d);
+                    if *status != engine_core::ToolStatus::GuardrailDenied {
+                        return Err(format!(
+                            "{at}: a call denied by a guardrail ended {status:?}"
+                        ));
+                    }
+                }
             }
             (AgentEvent::AnswerDelta { delta }, _) => {
                 streamed.get_or_insert_with(String::new).push_str(delta);
+            }
+            (AgentEvent::AnswerRetracted { .. }, _) => streamed = None,
+            (
+                AgentEvent::GuardrailTripped {
+                    action, call_id, ..
+                },
+                _,
+            ) => match (action, call_id) {
+                (engine_core::TripAction::DenyCall, Some(c)) => {
+                    if !calls.iter().any(|(o, _)| o == c) {
+                        return Err(format!("{at}: denies call {c}, which is not open"));
+                    }
+                    denied.push(*c);
+                }
+                (engine_core::TripAction::DenyCall, None) => {
+                    return Err(format!("{at}: denies a call without naming it"))
+                }
+                (_, Some(c)) => {
+                    if !calls.iter().any(|(o, _)| o == c) {
+                        return Err(format!("{at}: names call {c}, which is not open"));
+                    }
+                    denied.push(*c);
+                    trip_ends_run = true;
+                }
+                (_, None) => trip_ends_run = true,
+            },
+            (AgentEvent::Handoff { from: old, to, .. }, _) => {
+                if from != root {
+                    return Err(format!("{at}: a handoff from a sub-agent"));
+                }
+                if answering.as_ref() != Some(old) {
+                    return Err(format!(
+                        "{at}: hands off from {old}, but {answering:?} was answering"
+                    ));
+                }
+                if calls.iter().any(|(_, o)| o == root) {
+                    return Err(format!("{at}: hands off with the agent's tool calls open"));
+                }
+                answering = Some(to.clone());
             }
             (AgentEvent::ApprovalRequested { call_id, .. }, _) => {
                 if !calls.iter().any(|(c, _)| c == call_id) || asked.contains(call_id) {
@@ -149,6 +210,19 @@ pub fn check_run(events: &[EventEnvelope]) -> Result<(), String> {
     }
     if !subs.is_empty() {
         return Err(format!("sub-agents {subs:?} never completed"));
+    }
+    if let Some(AgentEvent::AgentCompleted {
+        agent_name, status, ..
+    }) = events.last().map(|e| &e.event)
+    {
+        if answering.as_ref() != Some(agent_name) {
+            return Err(format!(
+                "the terminal event names {agent_name}, but {answering:?} answered"
+            ));
+        }
+        if *status == engine_core::RunStatus::GuardrailTripped && !trip_ends_run {
+            return Err("the run ended guardrail_tripped without a guardrail_tripped event".into());
+        }
     }
     match events.last().map(|e| &e.event) {
         Some(AgentEvent::AgentCompleted {

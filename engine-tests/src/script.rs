@@ -16,6 +16,14 @@
 //! | `sub:SCRIPT` | runs the script agent as a sub-agent on SCRIPT (`\|` stands for `;`); its answer or error is noted |
 //! | `fanout:N:SCRIPT` | runs N such sub-agents at once |
 //! | `cleanup:NAME` / `cleanup_fail:NAME` / `cleanup_panic:NAME` | registers a cleanup action that records NAME (and then fails or panics) |
+//! | `handoff:AGENT:SCRIPT` | hands the run off to AGENT on SCRIPT (`\|` stands for `;`) and returns; an error is returned |
+//! | `abandon:NAME` | calls tool NAME and gives up on it after 1 ms (its future dropped, as a `select!` would) |
+//!
+//! The script registry's guardrails, for every agent, trip only on marker words: an input
+//! guardrail (blocking) on `forbidden_input`, an output guardrail (stream mode) on
+//! `forbidden_output`, a tool-input guardrail that denies the call on `forbidden_arg` in the
+//! arguments. Its agents may hand off: `script` to `script` and `assistant`, `assistant` to
+//! `script`.
 //!
 //! The answer names the user and lists tool results, so a leak of one user's answer into
 //! another's stream is detectable. A script that streamed answers with the streamed text
@@ -27,8 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine_core::{
-    async_trait, Agent, AgentRegistry, AgentRegistryBuilder, BoxError, RunContext, SubAgentCall,
-    Tool, ToolContext,
+    async_trait, Agent, AgentRegistry, AgentRegistryBuilder, BoxError, Check, InputGuardrail,
+    OutputGuardrail, RunContext, SubAgentCall, Tool, ToolContext, ToolGuardrail, Verdict,
 };
 use serde_json::{json, Value};
 
@@ -49,6 +57,13 @@ pub struct Observations {
 #[derive(Debug)]
 pub struct ScriptAgent {
     observed: Arc<Observations>,
+}
+
+impl ScriptAgent {
+    /// A script agent reporting to `observed` (to register it under other names).
+    pub fn new(observed: Arc<Observations>) -> Self {
+        Self { observed }
+    }
 }
 
 #[async_trait]
@@ -99,6 +114,14 @@ impl Agent for ScriptAgent {
                     });
                 }
                 "answer" => answer = Some(arg.to_owned()),
+                "handoff" => {
+                    let (agent, script) = arg.split_once(':').unwrap_or((arg, ""));
+                    return Ok(ctx.handoff(agent, script.replace('|', ";"))?);
+                }
+                "abandon" => {
+                    let call = ctx.call_tool(arg, json!({}));
+                    let _ = tokio::time::timeout(Duration::from_millis(1), call).await;
+                }
                 "fail" => return Err(arg.to_owned().into()),
                 "panic" => panic!("{arg}"),
                 "wait_cancel" => {
@@ -176,9 +199,21 @@ impl Tool for SlowTool {
     }
 }
 
+/// A check that trips when the checked text contains `marker`.
+pub fn trips_on(marker: &'static str) -> Check {
+    Check::code(move |input| {
+        if input.checked.text().contains(marker) {
+            Verdict::trip(format!("the text contains {marker}"))
+        } else {
+            Verdict::Pass
+        }
+    })
+}
+
 /// The script registry builder: the script agent under the names `script` and `assistant`
 /// (the name the gateway runs), tools `echo`, `fail`, `panic`, `slow`, and `guarded` (an echo
-/// whose calls wait for approval).
+/// whose calls wait for approval), the marker-word guardrails and the handoffs of the module
+/// docs.
 pub fn script_registry_builder(observed: &Arc<Observations>) -> AgentRegistryBuilder {
     let for_agent = Arc::clone(observed);
     let for_assistant = Arc::clone(observed);
@@ -199,6 +234,16 @@ pub fn script_registry_builder(observed: &Arc<Observations>) -> AgentRegistryBui
                 observed: Arc::clone(observed),
             },
         )
+        .guardrail(InputGuardrail::new(
+            "no_forbidden_input",
+            trips_on("forbidden_input"),
+        ))
+        .guardrail(
+            OutputGuardrail::new("no_forbidden_output", trips_on("forbidden_output")).stream(),
+        )
+        .guardrail(ToolGuardrail::input("no_forbidden_arg", trips_on("forbidden_arg")).deny_call())
+        .handoffs("script", ["script", "assistant"])
+        .handoffs("assistant", ["script"])
 }
 
 /// The script registry and what its runs observe.

@@ -3,7 +3,9 @@
 //! test clicks Approve, watches the answer stream in, runs the supervisor and finds its four
 //! sub-agents nested in the run's card, then switches the tab to another user (the first user's
 //! runs vanish and their new events never show), and drops the socket to see the page reconnect
-//! and finish a run it was showing.
+//! and finish a run it was showing. Another test sends the demo's `frontdesk` a message that
+//! asks for a secret (the card shows the `no_secrets` trip) and a billing question (the card
+//! shows the handoff to `billing`, and frontdesk's retracted words vanish from the answer).
 //!
 //! Chromium is driven over the DevTools protocol (a WebSocket, with tokio-tungstenite). `.ci/run`
 //! installs Debian's `chromium` when missing; outside CI the test is skipped (with a message)
@@ -104,6 +106,105 @@ async fn the_page_streams_asks_for_approval_switches_users_and_reconnects() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_trip_and_a_handoff_and_removes_retracted_text() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium (.ci/run installs it)"
+        );
+        eprintln!("skipped: no Chromium found (install Debian's `chromium` or set CHROMIUM)");
+        return;
+    };
+    let gateway = Gateway::new(GatewayConfig::development(), demo_registry()).expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let g = gateway.clone();
+    let server = tokio::spawn(async move {
+        g.serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let (mut child, mut page, profile) =
+        open_browser(&browser, &format!("http://{addr}/?user=alice"), "g").await;
+    let result = guardrails_and_handoffs(&mut page).await;
+    let _ = child.kill().await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&profile);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The trip and the handoff of the demo's `frontdesk`, as the page shows them.
+async fn guardrails_and_handoffs(page: &mut Page) -> Result<(), String> {
+    page.wait(
+        "connected as alice",
+        "document.getElementById('status').textContent === 'connected as alice'",
+    )
+    .await?;
+    // Every state of every card's answer, to see retracted text come and go.
+    page.eval(
+        "window.snaps = []; new MutationObserver(() => { document.querySelectorAll('.run .answer')          .forEach((a) => window.snaps.push(a.textContent)); }).observe(document.getElementById('runs'),          { subtree: true, childList: true, characterData: true }); true",
+    )
+    .await;
+    page.eval(
+        "document.getElementById('agent').value = 'frontdesk';          document.getElementById('message').value = 'what is my password?';          document.getElementById('send').click(); true",
+    )
+    .await;
+    page.wait(
+        "the run is stopped by the guardrail",
+        "document.querySelectorAll('.run').length === 1 &&          document.querySelector('.run').dataset.status === 'guardrail_tripped'",
+    )
+    .await?;
+    let trip = page
+        .eval("document.querySelector('.run .guardrail').textContent")
+        .await;
+    let trip = trip.as_str().unwrap_or_default();
+    if !(trip.contains("no_secrets") && trip.contains("asks for a secret")) {
+        return Err(format!("the card does not show the trip: {trip:?}"));
+    }
+    page.eval(
+        "document.getElementById('message').value = 'how much was my last invoice?';          document.getElementById('send').click(); true",
+    )
+    .await;
+    page.wait(
+        "the handed-off run completes",
+        "document.querySelectorAll('.run').length === 2 &&          document.querySelectorAll('.run')[1].dataset.status === 'completed'",
+    )
+    .await?;
+    let card = page
+        .eval(
+            "(() => { const r = document.querySelectorAll('.run')[1]; return {              agent: r.querySelector('.agent').textContent,              handoff: r.querySelector('.handoff').textContent,              retracted: r.querySelectorAll('.retracted').length,              answer: r.querySelector('.answer').textContent }; })()",
+        )
+        .await;
+    if card["agent"] != json!("frontdesk \u{2192} billing") {
+        return Err(format!("the header does not show the handoff: {card}"));
+    }
+    if !card["handoff"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("frontdesk handed the run to billing")
+        || card["retracted"] != json!(1)
+    {
+        return Err(format!("the card does not show the handoff: {card}"));
+    }
+    if card["answer"] != json!("your last invoice is 42.00 EUR, paid on 1 December") {
+        return Err(format!(
+            "the answer keeps retracted text or lacks billing's: {card}"
+        ));
+    }
+    let snaps: Vec<String> =
+        serde_json::from_value(page.eval("window.snaps").await).unwrap_or_default();
+    if !snaps.iter().any(|s| s.starts_with("One moment")) {
+        return Err(format!("frontdesk's words were never shown: {snaps:?}"));
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

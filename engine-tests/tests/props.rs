@@ -1,6 +1,8 @@
 //! Property tests: random sequences of create / execute / spawn (under every multitask policy,
 //! with streamed text, tool calls that wait for approval, sub-agents fanned out or waiting,
-//! cleanup actions) / pipelines / approve / approve another user's run / cancel / close /
+//! cleanup actions, guardrails that trip (blocking input, streamed output retracted, a tool
+//! call denied) and handoffs (chains, a target waiting for approval or cancellation, a
+//! handoff while an approval is pending)) / pipelines / approve / approve another user's run / cancel / close /
 //! cleanup_user / shutdown over several users. Invariants: a user's live
 //! engines never exceed the limit and match what the caller holds; no event reaches another
 //! user; another user's approval is refused; every started run has exactly one terminal event,
@@ -43,8 +45,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..USERS).prop_map(Op::Create),
-        4 => (0..USERS, 0..LIMIT, 0..8u8).prop_map(|(u, e, s)| Op::Execute(u, e, s)),
-        4 => (0..USERS, 0..LIMIT, 0..8u8, 0..4u8).prop_map(|(u, e, s, p)| Op::Spawn(u, e, s, p)),
+        4 => (0..USERS, 0..LIMIT, 0..SCRIPTS).prop_map(|(u, e, s)| Op::Execute(u, e, s)),
+        4 => (0..USERS, 0..LIMIT, 0..SCRIPTS, 0..4u8).prop_map(|(u, e, s, p)| Op::Spawn(u, e, s, p)),
         2 => (0..USERS, 0..LIMIT, any::<bool>()).prop_map(|(u, e, c)| Op::Pipeline(u, e, c)),
         2 => (0..USERS, 0..8usize, any::<bool>()).prop_map(|(u, r, ok)| Op::Approve(u, r, ok)),
         1 => (0..USERS, 0..8usize).prop_map(|(u, r)| Op::ApproveOthers(u, r)),
@@ -55,8 +57,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// How many scripts [`script`] has.
+const SCRIPTS: u8 = 14;
+
 fn script(kind: u8) -> &'static str {
     match kind {
+        8 => "say:a ;think:forbidden_input",
+        9 => "say:leak ;say:forbidden_output",
+        10 => r#"tool:echo:{"a":"forbidden_arg"};tool:echo"#,
+        11 => "say:hold on ;handoff:assistant:tool:guarded|say:done",
+        12 => "handoff:script:handoff:assistant:wait_cancel",
+        13 => "abandon:guarded;handoff:script:think:after",
         0 => "think:a;tool:echo",
         1 => "fail:nope",
         2 => "sleep:2;think:b",
@@ -70,7 +81,7 @@ fn script(kind: u8) -> &'static str {
 
 /// Scripts that may wait indefinitely (for cancellation or for an approval).
 fn may_wait(kind: u8) -> bool {
-    matches!(kind, 3 | 4 | 7)
+    matches!(kind, 3 | 4 | 7 | 11 | 12)
 }
 
 fn policy(p: u8) -> MultitaskPolicy {

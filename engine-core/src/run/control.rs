@@ -16,6 +16,7 @@ use crate::agent::BoxError;
 use crate::ids::{RequestId, ThreadId};
 use crate::multitask::ApprovalDecision;
 use crate::outcome::StepOutcome;
+use crate::run::checks::Trip;
 use crate::sync::lock;
 
 /// A one-way flag that can be awaited: set once, never reset. Lives inside [`RunControl`], so
@@ -71,6 +72,8 @@ pub(crate) struct RunControl {
     pub(crate) steps: Mutex<Vec<StepOutcome>>,
     /// Model tokens reported by the run's agents: prompt, completion.
     pub(crate) usage: [std::sync::atomic::AtomicU64; 2],
+    /// The guardrail trip that ends the run, once one did (the first wins).
+    trip: std::sync::OnceLock<Box<Trip>>,
 }
 
 /// A cleanup action registered with `RunContext::on_cleanup`.
@@ -129,7 +132,21 @@ impl RunControl {
             cleanups: Mutex::default(),
             steps: Mutex::default(),
             usage: Default::default(),
+            trip: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A guardrail tripped and ends the run: recorded (the first trip wins) and the run is
+    /// cancelled, so that every agent, tool and sub-agent of the run stops and no tool call
+    /// passes its checks any more. The run's end is then the trip, not a cancellation.
+    pub(crate) fn record_trip(&self, trip: Trip) {
+        let _ = self.trip.set(Box::new(trip));
+        self.cancel.set();
+    }
+
+    /// The trip that ends the run, if one did.
+    pub(crate) fn trip(&self) -> Option<&Trip> {
+        self.trip.get().map(|t| &**t)
     }
 
     /// Adds reported model tokens.
@@ -213,6 +230,22 @@ impl RunControl {
         let mut taken = Vec::new();
         open.retain(|o| {
             let mine = owners.contains(&o.owner);
+            if mine {
+                taken.push(o.clone());
+            }
+            !mine
+        });
+        taken.reverse();
+        taken
+    }
+
+    /// Takes the tool calls `owner` itself started and never ended (an agent that returned
+    /// leaves only calls whose futures it dropped), newest first.
+    pub(crate) fn take_open_calls_of(&self, owner: &RequestId) -> Vec<Open> {
+        let mut open = lock(&self.open);
+        let mut taken = Vec::new();
+        open.retain(|o| {
+            let mine = o.owner == *owner && matches!(o.item, OpenItem::Tool { .. });
             if mine {
                 taken.push(o.clone());
             }

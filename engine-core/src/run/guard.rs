@@ -26,6 +26,17 @@ pub(crate) enum Guarded<T> {
     TimedOut,
 }
 
+impl<T> Guarded<T> {
+    /// The same ending, with the output mapped.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Guarded<U> {
+        match self {
+            Self::Done(out) => Guarded::Done(f(out)),
+            Self::Cancelled => Guarded::Cancelled,
+            Self::TimedOut => Guarded::TimedOut,
+        }
+    }
+}
+
 /// Polls `fut` until it returns, `cancel` is set, or `limit` (none: no limit) plus
 /// `extension()` has passed since it first waited. `extension` is read again when the time is up (a run's limit grows
 /// by the time its tool calls waited for the user's approval). Biased toward `fut`: a future

@@ -148,9 +148,10 @@ async fn run_one(
     call: SubAgentCall,
 ) -> Result<String, SubAgentError> {
     let agent = call.agent.clone();
-    let Some((agent_name, make)) = parent.kit.registry.agent_entry(&call.agent) else {
+    let Some(entry) = parent.kit.registry.agent_entry(&call.agent) else {
         return Err(SubAgentError::UnknownAgent { agent });
     };
+    let (agent_name, make) = (entry.name, entry.maker);
     let child = match parent.context.child(call.agent.as_str()) {
         Ok(c) => c,
         Err(source) => return Err(SubAgentError::TooDeep { agent, source }),
@@ -183,6 +184,7 @@ async fn run_one(
         Arc::clone(&parent.control),
         Arc::clone(&parent.kit),
         parent.depth + 1,
+        entry.guards,
     );
     let result = run_agent_in(&mut rc, &make, &call).await;
     // A sub-agent cut short (timeout, death, cancellation) may leave its own tool calls and

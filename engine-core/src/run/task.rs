@@ -15,12 +15,14 @@ use crate::agent::Agent;
 use crate::context::UserExecutionContext;
 use crate::engine::EngineInner;
 use crate::error::panic_message;
-use crate::event::{AgentEvent, RunStatus, ToolStatus};
+use crate::event::{AgentEvent, RetractCause, RunStatus, ToolStatus};
+use crate::guardrail::Guards;
 use crate::limits::QUEUED_NOTICE;
 use crate::outcome::StepOutcome;
 use crate::outcome::{RunEnd, RunOutcome};
 use crate::pipeline::{Pipeline, PipelineAgent};
 use crate::registry::AgentMaker;
+use crate::run::chain::{answered, cancelled, tripped, Answered};
 use crate::run::control::{Cleanup, RunControl};
 use crate::run::emit::{millis, within};
 use crate::run::guard::{guarded, Guarded};
@@ -44,14 +46,27 @@ pub(crate) struct Run {
     /// The thread's earlier runs this run waits for (multitask `enqueue` and `interrupt`);
     /// empty for `parallel` or an idle thread.
     pub(crate) after: Vec<Arc<RunControl>>,
+    /// The guardrails of the run's agent (a pipeline: those for every agent); `None` for most
+    /// runs.
+    pub(crate) guards: Option<Arc<Guards>>,
 }
 
-/// What a run runs.
+/// What a run runs, and the guardrails that apply to it.
 pub(crate) enum RunKind {
-    /// A registered agent, by its maker (looked up once, when the run was admitted).
-    Agent(AgentMaker),
-    /// A pipeline of agents.
-    Pipeline(Arc<Pipeline>),
+    /// A registered agent, by its maker and guardrails (looked up once, when the run was
+    /// admitted).
+    Agent(AgentMaker, Option<Arc<Guards>>),
+    /// A pipeline of agents (with the guardrails registered for every agent).
+    Pipeline(Arc<Pipeline>, Option<Arc<Guards>>),
+}
+
+impl RunKind {
+    /// Its guardrails, taken out (the run keeps them beside the kind).
+    pub(crate) fn take_guards(&mut self) -> Option<Arc<Guards>> {
+        match self {
+            Self::Agent(_, g) | Self::Pipeline(_, g) => g.take(),
+        }
+    }
 }
 
 /// Whatever way the run's task ends (even dropped with its runtime, before its first poll),
@@ -94,6 +109,7 @@ impl Run {
             Arc::clone(&engine.sink),
             Arc::clone(&self.control),
             Arc::clone(&engine.kit),
+            self.guards.clone(),
         );
         rc.emit(AgentEvent::AgentStarted {
             agent_name: Arc::clone(&self.agent_name),
@@ -112,7 +128,7 @@ impl Run {
                 None,
             ),
             Some(permit) => {
-                let ended = self.run_agent(&mut rc).await;
+                let ended = self.run_agent(&mut rc, started).await;
                 drop(permit);
                 ended
             }
@@ -137,13 +153,26 @@ impl Run {
             finished = Instant::now();
         }
         let status = end.status();
+        // The agent that answered (the last one the run was handed off to).
+        let answered_by = Arc::clone(&rc.agent_name);
+        let retract = status == RunStatus::GuardrailTripped && !rc.shown().is_empty();
         let mut emitter = rc.last_emitter().await;
-        if status != RunStatus::Completed && status != RunStatus::Cancelled {
+        if retract {
+            emitter
+                .emit(AgentEvent::AnswerRetracted {
+                    cause: RetractCause::GuardrailTripped,
+                })
+                .await;
+        }
+        if !matches!(
+            status,
+            RunStatus::Completed | RunStatus::Cancelled | RunStatus::GuardrailTripped
+        ) {
             tracing::warn!(status = status.as_str(), "run did not complete");
             if let Some(reason) = died {
                 emitter
                     .emit(AgentEvent::AgentDeath {
-                        agent_name: Arc::clone(&self.agent_name),
+                        agent_name: Arc::clone(&answered_by),
                         request_id: self.context.request_id().clone(),
                         reason,
                     })
@@ -162,7 +191,7 @@ impl Run {
         let duration_ms = millis(finished.saturating_duration_since(accepted));
         let ending = {
             let view = RunEnding {
-                agent_name: &self.agent_name,
+                agent_name: &answered_by,
                 end: &end,
                 seq: emitter.delivered + emitter.dropped + 1,
                 duration_ms,
@@ -174,7 +203,7 @@ impl Run {
         }
         emitter
             .emit(AgentEvent::AgentCompleted {
-                agent_name: Arc::clone(&self.agent_name),
+                agent_name: Arc::clone(&answered_by),
                 status,
                 success: status == RunStatus::Completed,
                 result: end.answer().map(str::to_owned),
@@ -183,7 +212,7 @@ impl Run {
             })
             .await;
         let mut steps = std::mem::take(&mut *lock(&self.control.steps));
-        if let RunKind::Pipeline(pipeline) = &self.kind {
+        if let RunKind::Pipeline(pipeline, _) = &self.kind {
             // Steps the run never reached (cancelled or timed out first).
             for step in pipeline.steps().iter().skip(steps.len()) {
                 steps.push(StepOutcome::new(Arc::from(step.agent()), None));
@@ -193,6 +222,7 @@ impl Run {
             run_id: self.context.run_id().clone(),
             thread_id: self.context.thread_id().clone(),
             agent_name: Arc::clone(&self.agent_name),
+            answered_by,
             end,
             queue_wait,
             execution_time,
@@ -252,69 +282,101 @@ impl Run {
         }
     }
 
-    /// Runs the agent (or the pipeline) to its end; the death reason when it panicked.
-    async fn run_agent(&self, rc: &mut RunContext) -> (RunEnd, Option<String>) {
+    /// Runs the agent (or the pipeline), and the agents it hands off to, to the end; the death
+    /// reason when one panicked.
+    async fn run_agent(&self, rc: &mut RunContext, started: Instant) -> (RunEnd, Option<String>) {
         let name = &self.agent_name;
         let mut agent: Box<dyn Agent> = match &self.kind {
-            RunKind::Pipeline(pipeline) => Box::new(PipelineAgent {
+            RunKind::Pipeline(pipeline, _) => Box::new(PipelineAgent {
                 pipeline: Arc::clone(pipeline),
                 control: Arc::clone(&self.control),
             }),
-            RunKind::Agent(make) => match std::panic::catch_unwind(AssertUnwindSafe(|| make())) {
-                Ok(agent) => agent,
-                Err(panic) => {
-                    let reason = format!(
-                        "agent `{name}` panicked while being created: {}",
-                        panic_message(&*panic)
-                    );
-                    return (
-                        RunEnd::Failed {
-                            error: reason.clone(),
-                        },
-                        Some(reason),
-                    );
+            RunKind::Agent(make, _) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| make())) {
+                    Ok(agent) => agent,
+                    Err(panic) => {
+                        let reason = format!(
+                            "agent `{name}` panicked while being created: {}",
+                            panic_message(&*panic)
+                        );
+                        return (
+                            RunEnd::Failed {
+                                error: reason.clone(),
+                            },
+                            Some(reason),
+                        );
+                    }
                 }
-            },
+            }
         };
         let timeout = self.engine.kit.config.run_timeout();
+        let control = &self.control;
         // The run timeout does not count time spent waiting for the user's approval of a tool
         // call (see `EngineConfig::approval_timeout`). Biased toward the agent: an agent that
         // watches for cancellation returns first.
-        let result = {
-            let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
-            let control = &self.control;
-            guarded(run, &control.cancel, Some(timeout), || {
-                control.approval_wait()
-            })
-            .await
-        };
-        let mut died = None;
-        let end = match result {
-            Guarded::Cancelled => RunEnd::Cancelled {
-                reason: "run cancelled".into(),
-            },
-            Guarded::TimedOut => RunEnd::TimedOut {
-                error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
-            },
-            Guarded::Done(Err(panic)) => {
-                let reason = panic_message(&*panic);
-                let error = format!("agent `{name}` panicked: {reason}");
-                died = Some(reason);
-                RunEnd::Failed { error }
+        let result = match self.guards.as_ref().filter(|g| g.on_input()) {
+            // The usual run: its agent alone, nothing boxed for guardrails or handoffs.
+            None => {
+                let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
+                let ran = guarded(run, &control.cancel, Some(timeout), || {
+                    control.approval_wait()
+                })
+                .await;
+                ran.map(|ran| answered(rc, ran))
             }
-            Guarded::Done(Ok(_)) if self.control.cancel.is_set() => RunEnd::Cancelled {
-                reason: "run cancelled".into(),
-            },
-            Guarded::Done(Ok(Err(e))) => RunEnd::Failed {
-                error: format!("agent `{name}` failed: {e}"),
-            },
-            Guarded::Done(Ok(Ok(answer))) => match rc.finish_stream(&answer).await {
-                Ok(()) => RunEnd::Completed { answer },
-                Err(error) => RunEnd::Failed { error },
-            },
+            Some(guards) => {
+                let chain = Box::pin(self.with_input_guards(rc, agent, Arc::clone(guards)));
+                guarded(chain, &control.cancel, Some(timeout), || {
+                    control.approval_wait()
+                })
+                .await
+            }
         };
-        // An abandoned agent (cancellation, timeout, panic) may leave tool calls and sub-agents
-        // open: each still gets its completion, innermost first.
+        // A handoff: the rest of the run, within what is left of the run's time.
+        let result = match result {
+            Guarded::Done(Answered::HandOff(request)) => {
+                let left = (timeout + control.approval_wait())
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
+                let rest = Box::pin(self.continue_after(rc, request));
+                guarded(rest, &control.cancel, Some(left), || {
+                    control.approval_wait()
+                })
+                .await
+            }
+            other => other,
+        };
+        let (mut end, mut died) = match result {
+            Guarded::Cancelled => (cancelled(), None),
+            Guarded::TimedOut => (
+                RunEnd::TimedOut {
+                    error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
+                },
+                None,
+            ),
+            Guarded::Done(Answered::Answer(answer)) => (self.answer(rc, answer).await, None),
+            Guarded::Done(Answered::Failed(error)) => (RunEnd::Failed { error }, None),
+            Guarded::Done(Answered::Died { error, reason }) => {
+                (RunEnd::Failed { error }, Some(reason))
+            }
+            Guarded::Done(Answered::Cancelled) => (cancelled(), None),
+            Guarded::Done(Answered::Tripped(trip)) => (tripped(rc, trip).await, None),
+            // `continue_after` makes every handoff asked for.
+            Guarded::Done(Answered::HandOff(_)) => (
+                RunEnd::Failed {
+                    error: "a handoff was asked for and never made".into(),
+                },
+                None,
+            ),
+        };
+        // A guardrail trip (of a tool guardrail inside an agent, say) ends the run as a trip,
+        // whatever the agents did after it.
+        if let Some(trip) = self.control.trip() {
+            end = trip.end();
+            died = None;
+        }
+        // An abandoned agent (cancellation, timeout, panic, trip) may leave tool calls and
+        // sub-agents open: each still gets its completion, innermost first.
         let (tool, run) = match &end {
             RunEnd::TimedOut { .. } => (ToolStatus::Timeout, RunStatus::TimedOut),
             RunEnd::Failed { .. } => (ToolStatus::Cancelled, RunStatus::Failed),

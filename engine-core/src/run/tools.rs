@@ -13,8 +13,10 @@ use crate::context::UserExecutionContext;
 use crate::error::{panic_message, ToolError};
 use crate::event::ApprovalOutcome;
 use crate::event::{AgentEvent, ToolStatus};
+use crate::guardrail::{Checked, Def, GuardrailInput, Guards, TripAction};
 use crate::limits::MAX_RESULT_CHARS;
 use crate::multitask::ApprovalDecision;
+use crate::run::checks::{self, Scope, Trip};
 use crate::run::control::{Open, OpenItem, RunControl};
 use crate::run::emit::{millis, EmitterSlot};
 use crate::run::guard::{guarded, Guarded};
@@ -37,6 +39,8 @@ pub struct ToolDispatcher {
     pub(super) context: UserExecutionContext,
     pub(super) control: Arc<RunControl>,
     pub(super) calls: u32,
+    /// The guardrails of the agent that calls (`None`: it has none, and calls pay nothing).
+    pub(super) guards: Option<Arc<Guards>>,
 }
 
 impl std::fmt::Debug for ToolDispatcher {
@@ -85,6 +89,7 @@ impl ToolDispatcher {
     pub(super) async fn dispatch(
         &mut self,
         emitter: &mut EmitterSlot,
+        caller: (&str, u32),
         name: &str,
         args: Value,
     ) -> Result<Value, ToolError> {
@@ -123,18 +128,27 @@ impl ToolDispatcher {
                 },
             )
             .await;
-        let outcome = match (checked, shown) {
+        let tool = entry.map(|(_, t, _)| t);
+        let outcome = match (checked, &self.guards) {
             (Err(e), _) => Err(e),
-            (Ok(()), Some(shown)) => {
-                match self
-                    .wait_for_approval(emitter, name, tool_name, call_id, shown)
+            (Ok(()), None) => {
+                self.approve_and_invoke(emitter, name, tool_name, call_id, shown, tool, args)
                     .await
-                {
-                    Ok(()) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
-                    Err(e) => Err(e),
-                }
             }
-            (Ok(()), None) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
+            // Only an agent with guardrails takes this way, boxed so that the others' calls
+            // do not carry its state.
+            (Ok(()), Some(guards)) => {
+                let guards = Arc::clone(guards);
+                let call = Call {
+                    name,
+                    tool_name,
+                    call_id,
+                    shown,
+                    tool,
+                    args,
+                };
+                Box::pin(self.guarded_call(emitter, caller, &guards, call)).await
+            }
         };
         let (status, result, error) = match &outcome {
             Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
@@ -145,6 +159,7 @@ impl ToolDispatcher {
                     ToolError::Cancelled { .. } => ToolStatus::Cancelled,
                     ToolError::Denied { .. } => ToolStatus::Denied,
                     ToolError::ApprovalTimeout { .. } => ToolStatus::Timeout,
+                    ToolError::GuardrailDenied { .. } => ToolStatus::GuardrailDenied,
                     _ => ToolStatus::Error,
                 };
                 (
@@ -159,6 +174,119 @@ impl ToolDispatcher {
             emitter.emit(self.context.request_id(), done).await;
         }
         outcome
+    }
+
+    /// Asks for approval when the call needs it, then runs the tool.
+    #[allow(clippy::too_many_arguments)]
+    async fn approve_and_invoke(
+        &self,
+        emitter: &mut EmitterSlot,
+        name: &str,
+        tool_name: Arc<str>,
+        call_id: u32,
+        shown: Option<Value>,
+        tool: Option<Arc<dyn Tool>>,
+        args: Value,
+    ) -> Result<Value, ToolError> {
+        if let Some(shown) = shown {
+            self.wait_for_approval(emitter, name, tool_name, call_id, shown)
+                .await?;
+        }
+        self.invoke(name, tool, args).await
+    }
+
+    /// A call of an agent with tool guardrails: on the arguments before the call (and before
+    /// any approval is asked), on the result before the agent sees it.
+    async fn guarded_call(
+        &self,
+        emitter: &mut EmitterSlot,
+        caller: (&str, u32),
+        guards: &Guards,
+        call: Call<'_>,
+    ) -> Result<Value, ToolError> {
+        let Call {
+            name,
+            tool_name,
+            call_id,
+            shown,
+            tool,
+            args,
+        } = call;
+        if !guards.tool_input.is_empty() {
+            let input = Checked::ToolCall {
+                tool: name,
+                arguments: &args,
+            };
+            self.guard(emitter, caller, &guards.tool_input, input, name, call_id)
+                .await?;
+        }
+        if guards.tool_output.is_empty() {
+            return self
+                .approve_and_invoke(emitter, name, tool_name, call_id, shown, tool, args)
+                .await;
+        }
+        // The tool takes its arguments by value; the output guardrail sees them too.
+        let kept = args.clone();
+        let result = self
+            .approve_and_invoke(emitter, name, tool_name, call_id, shown, tool, args)
+            .await?;
+        let input = Checked::ToolResult {
+            tool: name,
+            arguments: &kept,
+            result: &result,
+        };
+        self.guard(emitter, caller, &guards.tool_output, input, name, call_id)
+            .await?;
+        Ok(result)
+    }
+
+    /// Runs the tool guardrails `defs` on one call. A trip emits `guardrail_tripped` and
+    /// denies the call; a trip that ends the run is recorded in the run's control first, so
+    /// from then on no tool call of the run passes its checks.
+    async fn guard(
+        &self,
+        emitter: &mut EmitterSlot,
+        (agent, depth): (&str, u32),
+        defs: &[Arc<Def>],
+        checked: Checked<'_>,
+        name: &str,
+        call_id: u32,
+    ) -> Result<(), ToolError> {
+        let input = GuardrailInput {
+            context: &self.context,
+            agent,
+            checked,
+        };
+        let mut scope = Scope {
+            context: &self.context,
+            control: &self.control,
+            kit: &self.kit,
+            depth,
+            emitter,
+        };
+        let Some(trip) = checks::first_trip(defs, &input, &mut scope).await else {
+            // A run cancelled during the checks: the call does not run.
+            if self.control.cancel.is_set() {
+                return Err(ToolError::Cancelled { name: name.into() });
+            }
+            return Ok(());
+        };
+        let event = trip.event(Some(call_id));
+        let Trip {
+            guardrail,
+            reason,
+            action,
+            ..
+        } = trip.clone();
+        if action == TripAction::EndRun {
+            self.control.record_trip(trip);
+        }
+        emitter.emit(self.context.request_id(), event).await;
+        Err(ToolError::GuardrailDenied {
+            name: name.into(),
+            guardrail: guardrail.to_string(),
+            reason,
+        })
     }
 
     /// The checks before a call may run or ask for approval: the tool exists, the user may
@@ -271,6 +399,16 @@ impl ToolDispatcher {
             Guarded::Done(Ok(Ok(v))) => Ok(v),
         }
     }
+}
+
+/// One call on its way to the tool, as the guarded way takes it.
+struct Call<'a> {
+    name: &'a str,
+    tool_name: Arc<str>,
+    call_id: u32,
+    shown: Option<Value>,
+    tool: Option<Arc<dyn Tool>>,
+    args: Value,
 }
 
 /// The `tool_completed` event of an open call.
