@@ -2,7 +2,9 @@
 //! free loopback port; the benchmark is skipped where `redis-server` is not installed):
 //!
 //! * `redis_events`: 10 runs x 100 events of one user through the factory with the Redis
-//!   event bus (engine → XADD pipeline → XREAD → hub → subscriber) against the in-memory hub
+//!   event bus, run on one node and read on another (engine → XADD pipeline → XREAD on the
+//!   other node → its hub → subscriber; a node's own subscribers get their events from the
+//!   hub directly, without Redis) against the in-memory hub
 //!   (`in_memory`) and against raw redis-rs doing the same trip (`raw_xadd_xread`: pipelines
 //!   of 256 `XADD`s of the same JSON on one connection, a blocking `XREAD` reader on another
 //!   that decodes every entry);
@@ -40,6 +42,9 @@ struct Setup {
     url: String,
     cluster: RedisCluster,
     clustered: ExecutionEngineFactory,
+    /// A second node on the same Redis, whose subscribers get `clustered`'s runs through it.
+    remote_cluster: RedisCluster,
+    remote: ExecutionEngineFactory,
     local: ExecutionEngineFactory,
 }
 
@@ -60,6 +65,18 @@ fn setup() -> Option<Setup> {
         ExecutionEngineFactory::with_seams(bench_config(4096), bench_registry(), cluster.seams())
             .expect("factory");
     cluster.serve(&clustered);
+    let remote_cluster = rt
+        .block_on(RedisCluster::connect(
+            ClusterConfig::new(url.clone()).with_node_id("bench-b"),
+        ))
+        .expect("redis");
+    let remote = ExecutionEngineFactory::with_seams(
+        bench_config(4096),
+        bench_registry(),
+        remote_cluster.seams(),
+    )
+    .expect("factory");
+    remote_cluster.serve(&remote);
     let local =
         ExecutionEngineFactory::with_seams(bench_config(4096), bench_registry(), Seams::default())
             .expect("factory");
@@ -69,15 +86,22 @@ fn setup() -> Option<Setup> {
         url,
         cluster,
         clustered,
+        remote_cluster,
+        remote,
         local,
     })
 }
 
-/// Runs `RUNS` bursts of `EVENTS_PER_RUN` events for one user and waits for all of them at a
-/// subscriber.
-async fn through_factory(factory: &ExecutionEngineFactory, user: &str, round: u64) {
+/// Runs `RUNS` bursts of `EVENTS_PER_RUN` events for one user on `factory` and waits for all
+/// of them at a subscriber on `reader` (another node, or the same factory).
+async fn through_factory(
+    factory: &ExecutionEngineFactory,
+    reader: &ExecutionEngineFactory,
+    user: &str,
+    round: u64,
+) {
     let user_id = UserId::new(user).expect("id");
-    let mut sub = factory.subscribe(&user_id);
+    let mut sub = reader.subscribe(&user_id);
     sub.ready().await.expect("ready");
     let root = UserExecutionContext::new(user, "thread", format!("root-{round}")).expect("ctx");
     let engine = factory.create(&root).await.expect("engine");
@@ -214,13 +238,23 @@ fn events(c: &mut Criterion, s: &Setup) {
     g.bench_function("ours", |b| {
         b.iter(|| {
             round += 1;
-            s.rt.block_on(through_factory(&s.clustered, "bench-redis-user", round));
+            s.rt.block_on(through_factory(
+                &s.clustered,
+                &s.remote,
+                "bench-redis-user",
+                round,
+            ));
         });
     });
     g.bench_function("in_memory", |b| {
         b.iter(|| {
             round += 1;
-            s.rt.block_on(through_factory(&s.local, "bench-local-user", round));
+            s.rt.block_on(through_factory(
+                &s.local,
+                &s.local,
+                "bench-local-user",
+                round,
+            ));
         });
     });
     let client = redis::Client::open(s.url.as_str()).expect("client");
@@ -286,10 +320,16 @@ fn admission(c: &mut Criterion, s: &Setup) {
     g.finish();
 }
 
-/// Paced emit-to-receipt latency (µs) of `n` events: one run thinking once per ms.
-async fn paced_factory(factory: &ExecutionEngineFactory, user: &str, n: usize) -> Vec<u64> {
+/// Paced emit-to-receipt latency (µs) of `n` events: one run thinking once per ms on
+/// `factory`, read on `reader`.
+async fn paced_factory(
+    factory: &ExecutionEngineFactory,
+    reader: &ExecutionEngineFactory,
+    user: &str,
+    n: usize,
+) -> Vec<u64> {
     let user_id = UserId::new(user).expect("id");
-    let mut sub = factory.subscribe(&user_id);
+    let mut sub = reader.subscribe(&user_id);
     sub.ready().await.expect("ready");
     let root = UserExecutionContext::new(user, "thread", "root-paced").expect("ctx");
     let engine = factory.create(&root).await.expect("engine");
@@ -363,10 +403,14 @@ fn pct(mut v: Vec<u64>, p: f64) -> u64 {
 
 fn latency(s: &Setup) {
     let n = 2000;
-    let ours =
-        s.rt.block_on(paced_factory(&s.clustered, "bench-paced-redis", n));
+    let ours = s.rt.block_on(paced_factory(
+        &s.clustered,
+        &s.remote,
+        "bench-paced-redis",
+        n,
+    ));
     let local =
-        s.rt.block_on(paced_factory(&s.local, "bench-paced-local", n));
+        s.rt.block_on(paced_factory(&s.local, &s.local, "bench-paced-local", n));
     let client = redis::Client::open(s.url.as_str()).expect("client");
     let raw = s.rt.block_on(paced_raw(&client, n));
     for (name, base) in [("vs in-memory hub", &local), ("vs raw XADD/XREAD", &raw)] {
@@ -380,10 +424,10 @@ fn latency(s: &Setup) {
             o99 as f64 / b99.max(1) as f64
         );
     }
-    let m = s.cluster.metrics();
+    let (m, r) = (s.cluster.metrics(), s.remote_cluster.metrics());
     println!(
-        "redis counters: {} published, {} read, {} publish errors",
-        m.events_published, m.events_read, m.publish_errors
+        "redis counters: {} published, {} read by the other node, {} publish errors",
+        m.events_published, r.events_read, m.publish_errors
     );
 }
 

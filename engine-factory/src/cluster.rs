@@ -102,9 +102,11 @@ impl Replayed {
 /// A bus must keep the order of each run's events, and must only ever hand a feed the events of
 /// that feed's user ([`UserFeed::deliver`] refuses others).
 pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
-    /// Publishes one envelope to its user's log. A failed publish must still reach this node's
-    /// subscribers of the user (through the feed, if attached) so that no run loses its events
-    /// locally.
+    /// Publishes one envelope of a run on this node to its user's log, for the other nodes.
+    /// The hub hands the same envelope to this node's subscribers itself, so a bus must never
+    /// feed this node's own envelopes back into its feeds (they would arrive twice), and should
+    /// not make the run wait on the shared store: a store that is slow or down must cost the
+    /// other nodes' copies (a gap they can see in the sequence), never this node's.
     fn publish(&self, event: EventEnvelope) -> Delivery<'_>;
 
     /// Starts feeding `feed`'s user's events, published from now on, into `feed`. The returned
@@ -167,10 +169,18 @@ impl UserFeed {
     /// Hands one envelope to this user's subscribers on this node. An envelope of another
     /// user is refused (counted as dropped), never routed.
     pub async fn deliver(&self, event: EventEnvelope) -> Result<(), DeliveryError> {
-        let Some(channel) = self.channel.upgrade() else {
-            return Err(DeliveryError::Closed);
-        };
-        channel.deliver(event).await
+        self.offer(event).await
+    }
+
+    /// As [`deliver`](Self::deliver), but decided at once when every subscriber has room
+    /// (`Delivery::Ready`); otherwise the returned delivery waits on the full ones (up to the
+    /// backpressure deadline) without borrowing the feed, so a bus can hand it to a task of
+    /// its own and go on with other users.
+    pub fn offer(&self, event: EventEnvelope) -> Delivery<'static> {
+        match self.channel.upgrade() {
+            Some(channel) => channel.deliver(event),
+            None => Delivery::ready(Err(DeliveryError::Closed)),
+        }
     }
 }
 

@@ -104,8 +104,10 @@ impl Drop for UserChannel {
 }
 
 impl UserChannel {
-    /// Hands `event` to every subscriber of this user; refuses another user's envelope.
-    pub(crate) fn deliver(&self, event: EventEnvelope) -> Delivery<'_> {
+    /// Hands `event` to every subscriber of this user; refuses another user's envelope. The
+    /// delivery borrows nothing of the channel (a waiting one holds the hub), so a bus can
+    /// keep it while the channel goes.
+    pub(crate) fn deliver(&self, event: EventEnvelope) -> Delivery<'static> {
         let counters = &self.hub.counters;
         if event.user_id != self.user {
             // Unreachable through the engine (it stamps its own user); refuse rather than route.
@@ -140,7 +142,9 @@ impl UserChannel {
         }
         // Backpressure: wait on the full subscribers, all at once, up to the deadline.
         let deadline = self.hub.deadline;
+        let hub = Arc::clone(&self.hub);
         Delivery::pending(async move {
+            let counters = &hub.counters;
             let sends = waiting
                 .into_iter()
                 .map(|(queue, event)| async move { queue.push_within(event, deadline).await });
@@ -415,8 +419,10 @@ impl EventSink for UserChannel {
     }
 }
 
-/// The sink of one engine in a cluster: publishes its user's events to the bus, which feeds them
-/// back to the subscribers of every node (this one included).
+/// The sink of one engine in a cluster: hands its user's events to this node's subscribers at
+/// once, whatever the shared store does, and publishes them to the bus, which feeds them to
+/// the subscribers of every other node (a bus never feeds a node its own events back: each
+/// reaches each subscriber once).
 struct BusSink {
     /// Keeps the user's channel (and so the bus feed) alive while the engine lives.
     channel: Arc<UserChannel>,
@@ -440,7 +446,21 @@ impl EventSink for BusSink {
                 event.user_id, self.channel.user
             ))));
         }
-        self.bus.publish(event)
+        let published = self.bus.publish(event.clone());
+        let local = self.channel.deliver(event);
+        // What this node's subscribers got decides, unless there are none here: then whether
+        // the bus took the event for the other nodes.
+        match (local, published) {
+            (Delivery::Ready(Some(Err(DeliveryError::NoSubscriber(_)))), published) => published,
+            (Delivery::Ready(local), Delivery::Ready(_)) => Delivery::Ready(local),
+            (local, published) => Delivery::pending(async move {
+                let (local, published) = futures_util::join!(local, published);
+                match local {
+                    Err(DeliveryError::NoSubscriber(_)) => published,
+                    local => local,
+                }
+            }),
+        }
     }
 }
 

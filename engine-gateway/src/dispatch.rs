@@ -246,23 +246,7 @@ impl Gateway {
                 ));
             }
         };
-        let mut frames = Vec::with_capacity(replayed.events.len() + 1);
-        if let Some((from_seq, to_seq)) = replayed.gap {
-            frames.push(ServerFrame::Gap {
-                run_id: run.clone(),
-                from_seq,
-                to_seq,
-            });
-        }
-        frames.extend(
-            replayed
-                .events
-                .into_iter()
-                .map(|envelope| ServerFrame::Event {
-                    envelope: std::sync::Arc::new(envelope),
-                }),
-        );
-        Ok(frames)
+        Ok(bus_frames(run, after_seq, replayed))
     }
 
     /// Starts a run for a socket; answers `run_accepted` itself (before any event of the run
@@ -476,6 +460,36 @@ fn unknown_run(run: &RunId) -> ServerFrame {
     )
 }
 
+/// The frames of a replay from the cluster's streams: a `gap` frame for the retained window's
+/// start and one before each stretch of seqs the stream does not hold (a batch Redis never
+/// stored, or trimmed), so a client never sees a seq jump unannounced.
+fn bus_frames(run: &RunId, after_seq: u64, replayed: engine_factory::Replayed) -> Vec<ServerFrame> {
+    let mut frames = Vec::with_capacity(replayed.events.len() + 1);
+    let mut last = after_seq;
+    if let Some((from_seq, to_seq)) = replayed.gap {
+        frames.push(ServerFrame::Gap {
+            run_id: run.clone(),
+            from_seq,
+            to_seq,
+        });
+        last = last.max(to_seq);
+    }
+    for envelope in replayed.events {
+        if envelope.seq > last + 1 {
+            frames.push(ServerFrame::Gap {
+                run_id: run.clone(),
+                from_seq: last + 1,
+                to_seq: envelope.seq - 1,
+            });
+        }
+        last = last.max(envelope.seq);
+        frames.push(ServerFrame::Event {
+            envelope: std::sync::Arc::new(envelope),
+        });
+    }
+    frames
+}
+
 /// The frames of a replay that fit in `room` places of the connection's queue: when they do
 /// not all fit, the last place goes to a `gap` frame naming the events not sent (the client
 /// resumes again from the last seq it got), never a silent cut.
@@ -589,5 +603,76 @@ fn control_frame(run: &RunId, e: &ControlError) -> ServerFrame {
             )
         }
         _ => unknown_run(run),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use engine_core::{AgentEvent, EventEnvelope, RequestId, ThreadId, UserId};
+
+    use super::*;
+
+    fn event(seq: u64) -> EventEnvelope {
+        EventEnvelope {
+            user_id: UserId::new("u").unwrap(),
+            thread_id: ThreadId::new("t").unwrap(),
+            run_id: RunId::new("r").unwrap(),
+            request_id: RequestId::new("q").unwrap(),
+            seq,
+            timestamp_us: 1,
+            event: AgentEvent::AgentThinking {
+                reasoning: "x".into(),
+            },
+        }
+    }
+
+    fn shape(frames: &[ServerFrame]) -> Vec<(u64, u64)> {
+        frames
+            .iter()
+            .map(|f| match f {
+                ServerFrame::Event { envelope } => (envelope.seq, envelope.seq),
+                ServerFrame::Gap {
+                    from_seq, to_seq, ..
+                } => (*from_seq, *to_seq),
+                _ => (0, 0),
+            })
+            .collect()
+    }
+
+    /// After which seq, the window's gap, the seqs the stream held, the frames expected.
+    type Case = (
+        u64,
+        Option<(u64, u64)>,
+        &'static [u64],
+        &'static [(u64, u64)],
+    );
+
+    /// Table: what the stream held after the asked seq, and the frames a client gets (an
+    /// event as (seq, seq), a gap as (from, to)).
+    #[test]
+    fn a_replay_announces_every_stretch_the_stream_does_not_hold() {
+        let run = RunId::new("r").unwrap();
+        let cases: &[Case] = &[
+            (0, None, &[1, 2, 3], &[(1, 1), (2, 2), (3, 3)]),
+            (2, None, &[3, 4], &[(3, 3), (4, 4)]),
+            (0, Some((1, 4)), &[5, 6], &[(1, 4), (5, 5), (6, 6)]),
+            (
+                0,
+                None,
+                &[1, 2, 6, 7],
+                &[(1, 1), (2, 2), (3, 5), (6, 6), (7, 7)],
+            ),
+            (3, Some((4, 5)), &[6, 9], &[(4, 5), (6, 6), (7, 8), (9, 9)]),
+        ];
+        for (after, gap, seqs, want) in cases {
+            let replayed =
+                engine_factory::Replayed::new(*gap, seqs.iter().map(|s| event(*s)).collect());
+            let frames = bus_frames(&run, *after, replayed);
+            assert_eq!(
+                shape(&frames),
+                *want,
+                "after {after}, gap {gap:?}, {seqs:?}"
+            );
+        }
     }
 }

@@ -74,6 +74,9 @@ if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return {renewed, restored, lost}
 ";
 
+/// Users renewed by one pipeline of the heartbeat.
+const RENEW_CHUNK: usize = 1_024;
+
 /// Leases this node holds: user -> (member -> limit it was admitted under).
 type Held = HashMap<UserId, HashMap<String, usize>>;
 
@@ -134,7 +137,9 @@ impl RedisAdmission {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Renews every lease this node holds once. Returns how many were renewed.
+    /// Renews every lease this node holds once, all users in one pipeline (chunks of
+    /// [`RENEW_CHUNK`] users), so a heartbeat costs one round trip, not one per user. Returns
+    /// how many were renewed.
     pub(crate) async fn renew_all(&self) -> u64 {
         let snapshot: Vec<(UserId, Vec<String>, usize)> = held(&self.held)
             .iter()
@@ -144,28 +149,39 @@ impl RedisAdmission {
             })
             .collect();
         let mut total = 0;
-        for (user, members, limit) in snapshot {
-            let mut conn = self.conn.clone();
-            let mut inv = self.renew.key(self.keys.leases(&user));
-            inv.key(self.keys.released(&user));
-            inv.arg(self.ttl_ms()).arg(limit);
-            for m in &members {
-                inv.arg(m);
-            }
-            match inv.invoke_async::<(u64, u64, u64)>(&mut conn).await {
-                Ok((renewed, restored, lost)) => {
-                    self.health.ok();
-                    let h = &self.health;
-                    h.renewals
-                        .fetch_add(renewed + restored, std::sync::atomic::Ordering::Relaxed);
-                    if lost > 0 {
-                        h.leases_lost
-                            .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(user_id = %user, lost, "engine leases expired while Redis was unreachable and the user is at the limit elsewhere");
-                    }
-                    total += renewed + restored;
+        for chunk in snapshot.chunks(RENEW_CHUNK) {
+            let mut pipe = redis::pipe();
+            // Loaded first in the same pipeline (a Redis restarted since has no scripts), so
+            // the EVALSHAs behind it never meet NOSCRIPT.
+            pipe.load_script(&self.renew).ignore();
+            for (user, members, limit) in chunk {
+                let mut inv = self.renew.key(self.keys.leases(user));
+                inv.key(self.keys.released(user));
+                inv.arg(self.ttl_ms()).arg(*limit);
+                for m in members {
+                    inv.arg(m);
                 }
-                Err(e) => self.health.failed("renew leases", &e),
+                pipe.invoke_script(&inv);
+            }
+            let mut conn = self.conn.clone();
+            let answers = match pipe.query_async::<Vec<(u64, u64, u64)>>(&mut conn).await {
+                Ok(a) => a,
+                Err(e) => {
+                    self.health.failed("renew leases", &e);
+                    continue;
+                }
+            };
+            self.health.ok();
+            for ((user, _, _), (renewed, restored, lost)) in chunk.iter().zip(answers) {
+                let h = &self.health;
+                h.renewals
+                    .fetch_add(renewed + restored, std::sync::atomic::Ordering::Relaxed);
+                if lost > 0 {
+                    h.leases_lost
+                        .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(user_id = %user, lost, "engine leases expired while Redis was unreachable and the user is at the limit elsewhere");
+                }
+                total += renewed + restored;
             }
         }
         total
@@ -345,5 +361,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(held, 1);
+    }
+
+    /// Socket reads Redis has processed so far (`INFO stats`).
+    async fn io_events(conn: &mut ConnectionManager) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(conn)
+            .await
+            .unwrap();
+        info.lines()
+            .filter_map(|l| l.strip_prefix("total_reads_processed:"))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum()
+    }
+
+    /// One heartbeat renews every user's leases in one round trip: Redis reads the whole
+    /// renewal in a handful of socket reads, not one per user.
+    #[tokio::test]
+    async fn a_heartbeat_renews_all_users_in_one_round_trip() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let (admission, mut conn) = admission(&redis).await;
+        let users: Vec<UserId> = (0..300)
+            .map(|i| UserId::new(format!("user-{i}")).unwrap())
+            .collect();
+        for user in &users {
+            admission.reserve(user, "engine-1", 2).await.unwrap();
+        }
+        let before = io_events(&mut conn).await;
+        assert_eq!(admission.renew_all().await, 300);
+        let reads = io_events(&mut conn).await - before;
+        // The INFO calls themselves count one read each.
+        assert!(
+            reads < 30,
+            "{reads} socket reads for one heartbeat of 300 users"
+        );
+        // Renewed for real: every lease is held with a fresh expiry.
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(admission.keys.leases(&users[299]))
+            .arg(admission.member("engine-1"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(score.is_some());
+        // After a restart (no scripts, no leases) one heartbeat still restores them all.
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        assert_eq!(admission.renew_all().await, 300);
     }
 }

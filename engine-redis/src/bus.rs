@@ -1,9 +1,15 @@
 //! [`RedisBus`]: one Redis Stream per user. A publisher task batches this node's events into
-//! pipelines (`XADD ... MAXLEN ~`), one reader task follows every attached user's stream with a
-//! blocking `XREAD` and feeds what it reads into that user's hub channel.
+//! pipelines (`XADD ... MAXLEN ~`, each entry tagged with this process's origin), one reader
+//! task follows every attached user's stream with a blocking `XREAD` and hands what other
+//! nodes published to that user's [`FeedPipe`] on this node.
+//!
+//! The hub delivers this node's own events to its subscribers itself, at once: the reader
+//! skips entries of its own origin, so a slow, paused or dead Redis never delays, repeats or
+//! loses them locally. A batch Redis did not confirm is retried (a paused server may store it
+//! twice: every feed passes a run's seq once), and given up only after several attempts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -15,15 +21,21 @@ use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::feed::FeedPipe;
 use crate::health::Health;
 use crate::keys::Keys;
 
 /// Events taken into one pipeline at most.
 const BATCH: usize = 256;
-/// Events queued for publishing before `publish` waits.
-const QUEUE: usize = 16_384;
+/// Events accepted for publishing and not yet stored (or given up); past it an event is not
+/// queued for the stream (this node's subscribers have it; the other nodes see a gap).
+const QUEUE: u64 = 65_536;
 /// How long one `XREAD` blocks; a newly attached user is picked up within it at worst.
 const BLOCK: Duration = Duration::from_millis(1000);
+/// Attempts to store one batch before giving it up.
+const PUBLISH_ATTEMPTS: u32 = 8;
+/// Stream entries one `XRANGE` of a replay reads.
+const REPLAY_PAGE: usize = 512;
 
 /// A stream entry id, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,7 +52,7 @@ impl StreamPos {
 }
 
 struct Feed {
-    feed: UserFeed,
+    pipe: Arc<FeedPipe>,
     key: String,
     pos: StreamPos,
 }
@@ -50,7 +62,7 @@ struct Feeds {
     by_user: HashMap<UserId, Feed>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -59,15 +71,19 @@ pub(crate) struct BusInner {
     client: Client,
     keys: Keys,
     node: String,
+    /// Tags every entry this process stores (the node id and a random part, so a restarted
+    /// node or a misconfigured twin never mistakes another's entries for its own).
+    origin: String,
     maxlen: u64,
     retention_ms: u64,
     health: Arc<Health>,
     feeds: Mutex<Feeds>,
-    /// Last id this node published per user, for `flush`.
-    published: Mutex<HashMap<UserId, StreamPos>>,
-    /// Events handed to `publish` and not yet through a pipeline.
+    /// Events handed to `publish` and not yet stored or given up (released by a guard).
     in_flight: AtomicU64,
-    /// Woken when the reader advances or the publisher finishes a batch.
+    /// The last attempt to store a batch failed (cleared by the next that succeeds): `flush`
+    /// does not wait for a store that does not answer.
+    failing: AtomicBool,
+    /// Woken when the publisher finishes or fails a batch.
     progress: Notify,
     /// Woken when a user is attached while nobody was.
     wake_reader: Notify,
@@ -78,13 +94,13 @@ pub(crate) struct BusInner {
 /// The Redis event bus of one node.
 pub(crate) struct RedisBus {
     inner: Arc<BusInner>,
-    tx: mpsc::Sender<EventEnvelope>,
+    tx: mpsc::UnboundedSender<EventEnvelope>,
 }
 
 impl RedisBus {
-    /// See [`BusInner::tracked`].
-    pub(crate) fn tracked(&self) -> (usize, usize) {
-        self.inner.tracked()
+    /// Users this node follows (attached feeds).
+    pub(crate) fn tracked(&self) -> usize {
+        lock(&self.inner.feeds).by_user.len()
     }
 }
 
@@ -113,42 +129,101 @@ impl RedisBus {
         health: Arc<Health>,
         stop: &CancellationToken,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let short = uuid::Uuid::new_v4().simple().to_string();
         let inner = Arc::new(BusInner {
             conn,
             client,
             keys: settings.keys,
+            origin: format!("{}/{}", settings.node, &short[..12]),
             node: settings.node,
             maxlen: settings.maxlen,
             retention_ms: u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX),
             health,
             feeds: Mutex::new(Feeds::default()),
-            published: Mutex::new(HashMap::new()),
             in_flight: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             progress: Notify::new(),
             wake_reader: Notify::new(),
             reader_client: AtomicI64::new(-1),
         });
-        tokio::spawn(publisher(Arc::clone(&inner), rx));
+        tokio::spawn(publisher(Arc::clone(&inner), rx, stop.clone()));
         tokio::spawn(reader(Arc::clone(&inner), stop.clone()));
         Self { inner, tx }
     }
 }
 
-/// Takes queued events in batches and stores each batch with one pipeline.
-async fn publisher(inner: Arc<BusInner>, mut rx: mpsc::Receiver<EventEnvelope>) {
+/// Releases a batch's share of `in_flight` however the batch ends, also when the publisher
+/// is dropped mid-batch (its runtime shutting down), so `flush` never waits for events no
+/// task will store.
+struct InFlight<'a> {
+    inner: &'a BusInner,
+    events: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .in_flight
+            .fetch_sub(self.events, Ordering::AcqRel);
+        self.inner.progress.notify_waiters();
+    }
+}
+
+/// The wait before attempt `attempt + 1` of a batch: 100 ms doubling up to 2 s.
+fn retry_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(5)).min(2_000))
+}
+
+/// Takes queued events in batches and stores each batch with one pipeline, retrying a batch
+/// Redis did not confirm (in order: later batches wait behind it).
+async fn publisher(
+    inner: Arc<BusInner>,
+    mut rx: mpsc::UnboundedReceiver<EventEnvelope>,
+    stop: CancellationToken,
+) {
     let mut batch: Vec<EventEnvelope> = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        publish_batch(&inner, &batch).await;
-        inner
-            .in_flight
-            .fetch_sub(batch.len() as u64, Ordering::AcqRel);
-        inner.progress.notify_waiters();
+        let _in_flight = InFlight {
+            inner: &inner,
+            events: batch.len() as u64,
+        };
+        let mut attempt = 0;
+        loop {
+            let Err(err) = publish_batch(&inner, &batch).await else {
+                inner.failing.store(false, Ordering::Release);
+                break;
+            };
+            attempt += 1;
+            inner.failing.store(true, Ordering::Release);
+            inner.progress.notify_waiters();
+            inner
+                .health
+                .publish_errors
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if attempt >= PUBLISH_ATTEMPTS || stop.is_cancelled() {
+                inner
+                    .health
+                    .unstored
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    events = batch.len(),
+                    attempts = attempt,
+                    error = %err,
+                    "events not stored in the cluster's streams; other nodes see a gap in their runs"
+                );
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(retry_backoff(attempt)) => {}
+            }
+        }
         batch.clear();
     }
 }
 
-async fn publish_batch(inner: &BusInner, batch: &[EventEnvelope]) {
+async fn publish_batch(inner: &BusInner, batch: &[EventEnvelope]) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     let mut users: Vec<&UserId> = Vec::new();
     let mut last_of_run: HashMap<(&UserId, &RunId), u64> = HashMap::new();
@@ -170,8 +245,11 @@ async fn publish_batch(inner: &BusInner, batch: &[EventEnvelope]) {
             .arg(e.run_id.as_str())
             .arg("s")
             .arg(e.seq)
+            .arg("o")
+            .arg(&inner.origin)
             .arg("e")
-            .arg(json);
+            .arg(json)
+            .ignore();
         if !users.contains(&&e.user_id) {
             users.push(&e.user_id);
         }
@@ -192,48 +270,18 @@ async fn publish_batch(inner: &BusInner, batch: &[EventEnvelope]) {
             .ignore();
     }
     let mut conn = inner.conn.clone();
-    match pipe.query_async::<Vec<String>>(&mut conn).await {
-        Ok(ids) => {
+    match pipe.query_async::<()>(&mut conn).await {
+        Ok(()) => {
             inner.health.ok();
             inner
                 .health
                 .published
-                .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            // Only attached users are waited for by `flush`: track no one else, so the map
-            // stays as small as the node's subscribed users (lock order: published, feeds).
-            let mut published = lock(&inner.published);
-            let feeds = lock(&inner.feeds);
-            for (e, id) in batch.iter().zip(&ids) {
-                if !feeds.by_user.contains_key(&e.user_id) {
-                    continue;
-                }
-                if let Some(pos) = StreamPos::parse(id) {
-                    published.insert(e.user_id.clone(), pos);
-                }
-            }
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Ok(())
         }
         Err(err) => {
             inner.health.failed("publish events", &err);
-            inner
-                .health
-                .publish_errors
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            // Not stored: this node's own subscribers still get them, directly.
-            let feeds: Vec<(UserFeed, EventEnvelope)> = {
-                let feeds = lock(&inner.feeds);
-                batch
-                    .iter()
-                    .filter_map(|e| {
-                        feeds
-                            .by_user
-                            .get(&e.user_id)
-                            .map(|f| (f.feed.clone(), e.clone()))
-                    })
-                    .collect()
-            };
-            for (feed, e) in feeds {
-                let _ = feed.deliver(e).await;
-            }
+            Err(err)
         }
     }
 }
@@ -296,16 +344,16 @@ async fn read_loop(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> redis::RedisResult<()> {
     loop {
-        let (keys, ids, users): (Vec<String>, Vec<String>, HashMap<String, UserFeed>) = {
+        let (keys, ids, users): (Vec<String>, Vec<String>, HashMap<String, Arc<FeedPipe>>) = {
             let mut feeds = lock(&inner.feeds);
-            feeds.by_user.retain(|_, f| f.feed.is_open());
+            feeds.by_user.retain(|_, f| f.pipe.feed.is_open());
             let mut keys = Vec::new();
             let mut ids = Vec::new();
             let mut users = HashMap::new();
             for f in feeds.by_user.values() {
                 keys.push(f.key.clone());
                 ids.push(f.pos.id());
-                users.insert(f.key.clone(), f.feed.clone());
+                users.insert(f.key.clone(), Arc::clone(&f.pipe));
             }
             (keys, ids, users)
         };
@@ -325,43 +373,46 @@ async fn read_loop(
             .await?;
         inner.health.ok();
         let Some(reply) = reply else { continue };
-        feed_reply(inner, &users, reply).await;
-        inner.progress.notify_waiters();
+        feed_reply(inner, &users, reply);
     }
 }
 
 /// Hands what one `XREAD` returned to the feeds it was read for (`users`: each stream key's
-/// feed when the read was issued) and moves their positions on.
-async fn feed_reply(inner: &BusInner, users: &HashMap<String, UserFeed>, reply: StreamReadReply) {
+/// pipe when the read was issued) and moves their positions on. Never waits on a subscriber:
+/// each user's pipe buffers for that user alone.
+fn feed_reply(inner: &BusInner, users: &HashMap<String, Arc<FeedPipe>>, reply: StreamReadReply) {
     for stream in reply.keys {
-        let Some(feed) = users.get(&stream.key) else {
+        let Some(pipe) = users.get(&stream.key) else {
             continue;
         };
+        let user = pipe.feed.user_id();
         // The user's channel may have ended and a new one attached while this read waited
         // (the new feed starts at the stream's end as it was then, which may be before
         // these entries): they are the new feed's to read from its own position, not the
         // old feed's to drop.
         if !lock(&inner.feeds)
             .by_user
-            .get(feed.user_id())
-            .is_some_and(|f| f.feed.same_channel(feed))
+            .get(user)
+            .is_some_and(|f| Arc::ptr_eq(&f.pipe, pipe))
         {
             continue;
         }
         let mut last = None;
         for entry in stream.ids {
             last = StreamPos::parse(&entry.id).or(last);
+            if is_own(&entry.map, &inner.origin) {
+                continue; // the hub gave it to this node's subscribers when it was published
+            }
             let Some(event) = decode(&entry.map) else {
-                tracing::warn!(user_id = %feed.user_id(), id = %entry.id, "unreadable stream entry skipped");
+                tracing::warn!(user_id = %user, id = %entry.id, "unreadable stream entry skipped");
                 continue;
             };
             if !inner.keys.is_events_key_of(&stream.key, &event.user_id) {
                 // Never route an envelope by its label when the stream says otherwise.
-                tracing::error!(user_id = %feed.user_id(), "stream entry of another user refused");
+                tracing::error!(user_id = %user, "stream entry of another user refused");
                 continue;
             }
-            inner.health.read.fetch_add(1, Ordering::Relaxed);
-            let _ = feed.deliver(event).await;
+            pipe.offer(event, &inner.health);
         }
         if let Some(last) = last {
             let mut feeds = lock(&inner.feeds);
@@ -369,12 +420,21 @@ async fn feed_reply(inner: &BusInner, users: &HashMap<String, UserFeed>, reply: 
             // reads them from its own position.
             if let Some(f) = feeds
                 .by_user
-                .get_mut(feed.user_id())
-                .filter(|f| f.feed.same_channel(feed))
+                .get_mut(user)
+                .filter(|f| Arc::ptr_eq(&f.pipe, pipe))
             {
                 f.pos = f.pos.max(last);
             }
         }
+    }
+}
+
+/// Whether a stream entry was stored by this process.
+fn is_own(map: &HashMap<String, Value>, origin: &str) -> bool {
+    match map.get("o") {
+        Some(Value::BulkString(bytes)) => bytes == origin.as_bytes(),
+        Some(Value::SimpleString(s)) => s == origin,
+        _ => false,
     }
 }
 
@@ -395,13 +455,6 @@ fn field_str(map: &HashMap<String, Value>, name: &str) -> Option<String> {
 }
 
 impl BusInner {
-    /// Users this node follows (attached feeds) and users it tracks publish positions of.
-    pub(crate) fn tracked(&self) -> (usize, usize) {
-        let published = lock(&self.published).len();
-        let feeds = lock(&self.feeds).by_user.len();
-        (feeds, published)
-    }
-
     /// Interrupts the reader's blocking read so it picks up a new user now.
     async fn interrupt_reader(&self) {
         self.wake_reader.notify_one();
@@ -416,33 +469,42 @@ impl BusInner {
         }
     }
 
-    /// Whether every event this node published has been read back for attached users.
+    /// Whether every event handed to `publish` is stored or given up, or the store does not
+    /// answer now (what `flush` waits for: this node's own subscribers had every event at
+    /// once).
     fn caught_up(&self) -> bool {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return false;
-        }
-        let published = lock(&self.published);
-        let feeds = lock(&self.feeds);
-        feeds
-            .by_user
-            .iter()
-            .all(|(user, f)| !f.feed.is_open() || published.get(user).is_none_or(|p| f.pos >= *p))
+        self.in_flight.load(Ordering::Acquire) == 0 || self.failing.load(Ordering::Acquire)
     }
 }
 
 impl EventBus for RedisBus {
     fn publish(&self, event: EventEnvelope) -> Delivery<'_> {
-        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(event) {
+        let inner = &self.inner;
+        // Never waits: the hub gave this node's subscribers the event already, and a run
+        // must not slow down (nor its events time out) because Redis does.
+        if inner.in_flight.fetch_add(1, Ordering::AcqRel) >= QUEUE {
+            inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if inner
+                .health
+                .unstored
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
+            {
+                tracing::error!(
+                    user_id = %event.user_id,
+                    run_id = %event.run_id,
+                    seq = event.seq,
+                    "the cluster's event queue is full; events not stored, other nodes see a gap"
+                );
+            }
+            return Delivery::ready(Err(DeliveryError::Failed(
+                "the cluster's event queue is full (Redis slow or down)".into(),
+            )));
+        }
+        match self.tx.send(event) {
             Ok(()) => Delivery::ready(Ok(())),
-            Err(mpsc::error::TrySendError::Full(event)) => Delivery::pending(async move {
-                self.tx.send(event).await.map_err(|_| {
-                    self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    DeliveryError::Closed
-                })
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            Err(_) => {
+                inner.in_flight.fetch_sub(1, Ordering::AcqRel);
                 Delivery::ready(Err(DeliveryError::Closed))
             }
         }
@@ -472,26 +534,24 @@ impl EventBus for RedisBus {
                 .first()
                 .and_then(|e| StreamPos::parse(&e.id))
                 .unwrap_or_default();
+            let pipe = FeedPipe::new(feed);
             lock(&inner.feeds)
                 .by_user
-                .insert(feed.user_id().clone(), Feed { feed, key, pos });
+                .insert(pipe.feed.user_id().clone(), Feed { pipe, key, pos });
             inner.interrupt_reader().await;
             Ok(())
         })
     }
 
     fn detach(&self, user: &UserId) {
-        let removed = {
-            let mut feeds = lock(&self.inner.feeds);
-            // A newer channel of the same user may already have attached: keep an open feed.
-            let gone = feeds.by_user.get(user).is_some_and(|f| !f.feed.is_open());
-            if gone {
-                feeds.by_user.remove(user);
-            }
-            gone
-        };
-        if removed {
-            lock(&self.inner.published).remove(user);
+        let mut feeds = lock(&self.inner.feeds);
+        // A newer channel of the same user may already have attached: keep an open feed.
+        if feeds
+            .by_user
+            .get(user)
+            .is_some_and(|f| !f.pipe.feed.is_open())
+        {
+            feeds.by_user.remove(user);
         }
     }
 
@@ -521,33 +581,54 @@ impl EventBus for RedisBus {
                 .next()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            let range: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(inner.keys.events(user))
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(inner.maxlen.saturating_mul(2))
-                .query_async(&mut conn)
-                .await
-                .map_err(failed)?;
-            inner.health.ok();
+            // Page by page from the oldest retained entry, up to the run's terminal event:
+            // a replay holds one page of the user's stream at a time, never all of it.
+            let key = inner.keys.events(user);
             let wanted = run.as_str();
-            let mut events = Vec::new();
-            for entry in &range.ids {
-                if field_str(&entry.map, "r").as_deref() != Some(wanted) {
-                    continue;
+            let mut events: Vec<EventEnvelope> = Vec::new();
+            let mut start = "-".to_owned();
+            let pages = inner.maxlen.saturating_mul(2) / REPLAY_PAGE as u64 + 2;
+            'pages: for _ in 0..pages {
+                let page: StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(REPLAY_PAGE)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(failed)?;
+                for entry in &page.ids {
+                    if field_str(&entry.map, "r").as_deref() != Some(wanted) {
+                        continue;
+                    }
+                    let seq: u64 = field_str(&entry.map, "s")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    // After the position asked for, and each seq once (a retried batch may
+                    // be stored twice).
+                    if seq <= events.last().map_or(after_seq, |e| e.seq) {
+                        continue;
+                    }
+                    match decode(&entry.map) {
+                        Some(e) if &e.user_id == user && &e.run_id == run => {
+                            let terminal = e.event.is_terminal();
+                            events.push(e);
+                            if terminal {
+                                break 'pages;
+                            }
+                        }
+                        _ => {}
+                    }
                 }
-                let seq: u64 = field_str(&entry.map, "s")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                if seq <= after_seq {
-                    continue;
-                }
-                match decode(&entry.map) {
-                    Some(e) if &e.user_id == user && &e.run_id == run => events.push(e),
-                    _ => {}
+                match page.ids.last() {
+                    Some(last) if page.ids.len() == REPLAY_PAGE => {
+                        start = format!("({}", last.id);
+                    }
+                    _ => break,
                 }
             }
+            inner.health.ok();
             let first = events.first().map_or(last_seq + 1, |e| e.seq);
             let gap = (first > after_seq + 1).then(|| (after_seq + 1, first - 1));
             Ok(Some(Replayed::new(gap, events)))
@@ -608,13 +689,13 @@ mod tests {
 
         let old = factory.subscribe(&user);
         old.ready().await.unwrap();
-        let (old_feed, key) = {
+        let (old_pipe, key) = {
             let feeds = lock(&inner.feeds);
             let f = &feeds.by_user[&user];
-            (f.feed.clone(), f.key.clone())
+            (Arc::clone(&f.pipe), f.key.clone())
         };
         drop(old);
-        assert!(!old_feed.is_open(), "the user's first channel ended");
+        assert!(!old_pipe.feed.is_open(), "the user's first channel ended");
         let mut new = factory.subscribe(&user);
         new.ready().await.unwrap();
         let attached_at = lock(&inner.feeds).by_user[&user].pos;
@@ -645,8 +726,8 @@ mod tests {
             }],
         };
         // What the reader read with the feeds as they were when it issued the read.
-        let users = HashMap::from([(key, old_feed)]);
-        feed_reply(inner, &users, reply).await;
+        let users = HashMap::from([(key, old_pipe)]);
+        feed_reply(inner, &users, reply);
 
         assert_eq!(
             lock(&inner.feeds).by_user[&user].pos,

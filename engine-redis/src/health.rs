@@ -12,8 +12,18 @@ pub struct ClusterMetrics {
     pub redis_up: bool,
     /// Events stored in users' streams.
     pub events_published: u64,
-    /// Events whose publish failed (they still reached this node's own subscribers).
+    /// Events of publish attempts that failed (retried; this node's own subscribers had them
+    /// already).
     pub publish_errors: u64,
+    /// Events never stored in their user's stream: the publish queue was full, or every retry
+    /// failed. This node's subscribers had them; other nodes see a gap in the run's sequence.
+    pub events_unstored: u64,
+    /// Events read back that a feed had delivered already (a batch stored twice by a retry),
+    /// skipped.
+    pub duplicates_skipped: u64,
+    /// Events read for a user whose subscribers on this node fell so far behind that the
+    /// user's backlog was full: dropped for that user only, who sees a gap.
+    pub feed_overflow: u64,
     /// Events read from the streams and handed to this node's subscribers.
     pub events_read: u64,
     /// Failed stream reads (the reader retries from its position).
@@ -34,6 +44,9 @@ pub(crate) struct Health {
     tx: watch::Sender<bool>,
     pub(crate) published: AtomicU64,
     pub(crate) publish_errors: AtomicU64,
+    pub(crate) unstored: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) overflow: AtomicU64,
     pub(crate) read: AtomicU64,
     pub(crate) read_errors: AtomicU64,
     reconnects: AtomicU64,
@@ -49,6 +62,9 @@ impl Health {
             tx: watch::Sender::new(true),
             published: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
+            unstored: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            overflow: AtomicU64::new(0),
             read: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -85,6 +101,9 @@ impl Health {
             redis_up: self.up.load(Ordering::Acquire),
             events_published: r(&self.published),
             publish_errors: r(&self.publish_errors),
+            events_unstored: r(&self.unstored),
+            duplicates_skipped: r(&self.duplicates),
+            feed_overflow: r(&self.overflow),
             events_read: r(&self.read),
             read_errors: r(&self.read_errors),
             reconnects: r(&self.reconnects),

@@ -39,6 +39,7 @@ mod admission;
 mod bus;
 mod config;
 mod control;
+mod feed;
 mod health;
 mod keys;
 #[cfg(feature = "testing")]
@@ -279,11 +280,10 @@ impl RedisCluster {
         self.health.snapshot()
     }
 
-    /// Users this node keeps per-user bus state for (attached feeds, tracked publish
-    /// positions): only users with a subscriber on this node, so it returns to 0 when they go.
+    /// Users this node keeps per-user bus state for (attached feeds): only users with a
+    /// subscriber on this node, so it returns to 0 when they go.
     pub fn tracked_users(&self) -> usize {
-        let (feeds, published) = self.bus.tracked();
-        feeds.max(published)
+        self.bus.tracked()
     }
 
     /// Engine leases this node holds now.

@@ -90,8 +90,42 @@ impl RedisServer {
     /// Kills the server (SIGKILL): everything it held is gone, as after a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused server would not die of SIGKILL any later, but resume it anyway so the
+            // port is freed at once.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Pauses the server (SIGSTOP): connections stay open and commands queue unanswered, as
+    /// with a server stalled by a long fork or a full disk, until [`resume`](Self::resume).
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused server (SIGCONT): it answers everything queued meanwhile.
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        if let Some(child) = &self.child {
+            let sent = Command::new("kill")
+                .arg(which)
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(sent.success(), "kill {which} {} failed", child.id());
         }
     }
 
