@@ -514,6 +514,7 @@ impl GuardrailCheck for Delayed {
 /// records it for the run, just before it returns: the moment the trip becomes known.
 struct Randomised {
     clock: Arc<AtomicU64>,
+    // ssot-allow: shared-state the test's own record of when each of its runs tripped (one user; read only by the test's assertions)
     trips: Arc<Mutex<HashMap<RunId, u64>>>,
 }
 
@@ -555,6 +556,7 @@ impl GuardrailCheck for Randomised {
 #[derive(Clone, Default)]
 struct Counter {
     clock: Arc<AtomicU64>,
+    // ssot-allow: shared-state the test's own record of when each of its runs' tool calls started (one user; read only by the test's assertions)
     starts: Arc<Mutex<HashMap<RunId, Vec<u64>>>>,
     total: Arc<AtomicUsize>,
 }
