@@ -346,6 +346,9 @@ async fn pipelines_run_step_by_step_and_stop_or_go_on_after_a_failure() {
             "progress_update",
             "sub_agent_started",
             "sub_agent_completed",
+            // A completed pipeline streams its answer (the last step's), so its deltas add
+            // up to its result like any completed run's.
+            "answer_delta",
             "agent_completed"
         ]
     );
