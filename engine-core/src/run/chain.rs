@@ -100,14 +100,11 @@ pub(crate) enum Answered {
     Answer(String),
     Failed(String),
     /// A panic: the run's error and the panic message.
-    Died {
-        error: String,
-        reason: String,
-    },
+    Died(Box<(String, String)>),
     Cancelled,
-    Tripped(Trip),
+    Tripped(Box<Trip>),
     /// The agent asked for a handoff (not made yet).
-    HandOff(Request),
+    HandOff(Box<Request>),
 }
 
 /// What an agent's `run` gave (or its panic).
@@ -120,7 +117,7 @@ pub(crate) fn answered(rc: &mut RunContext, ran: Ran) -> Answered {
         Err(panic) => {
             let reason = panic_message(&*panic);
             let error = format!("agent `{name}` panicked: {reason}");
-            return Answered::Died { error, reason };
+            return Answered::Died(Box::new((error, reason)));
         }
         Ok(_) if rc.is_cancelled() => return Answered::Cancelled,
         Ok(Err(e)) => return Answered::Failed(format!("agent `{name}` failed: {e}")),
@@ -129,15 +126,19 @@ pub(crate) fn answered(rc: &mut RunContext, ran: Ran) -> Answered {
     match rc.handoffs.as_mut().and_then(|h| h.pending.take()) {
         None => Answered::Answer(answer),
         Some(Err(e)) => Answered::Failed(e.to_string()),
-        Some(Ok(request)) => Answered::HandOff(request),
+        Some(Ok(request)) => Answered::HandOff(Box::new(request)),
     }
 }
 
 impl Run {
     /// The rest of the run after its first agent asked for a handoff: the handoff, then the
     /// agents until one answers.
-    pub(crate) async fn continue_after(&self, rc: &mut RunContext, request: Request) -> Answered {
-        match self.hand_over(rc, request).await {
+    pub(crate) async fn continue_after(
+        &self,
+        rc: &mut RunContext,
+        request: Box<Request>,
+    ) -> Answered {
+        match self.hand_over(rc, *request).await {
             Ok((next, input)) => self.agents(rc, next, Cow::Owned(input)).await,
             Err(ended) => ended,
         }
@@ -166,7 +167,7 @@ impl Run {
             };
             if let Some(trip) = checks::first_trip(&guards.input_blocking, &input, &mut scope).await
             {
-                return Answered::Tripped(trip);
+                return Answered::Tripped(Box::new(trip));
             }
             if rc.is_cancelled() {
                 return Answered::Cancelled;
@@ -206,7 +207,7 @@ impl Run {
         rc.emitter.reclaim();
         match raced {
             Raced::Done(answered) => answered,
-            Raced::Tripped(trip) => Answered::Tripped(trip),
+            Raced::Tripped(trip) => Answered::Tripped(Box::new(trip)),
         }
     }
 
@@ -220,7 +221,7 @@ impl Run {
         loop {
             let ran = AssertUnwindSafe(agent.run(rc, &input)).catch_unwind().await;
             match answered(rc, ran) {
-                Answered::HandOff(request) => match Box::pin(self.hand_over(rc, request)).await {
+                Answered::HandOff(request) => match Box::pin(self.hand_over(rc, *request)).await {
                     Ok((next, next_input)) => {
                         agent = next;
                         input = Cow::Owned(next_input);
@@ -287,10 +288,7 @@ impl Run {
                     "agent `{to}` panicked while being created: {}",
                     panic_message(&*panic)
                 );
-                return Err(Answered::Died {
-                    error: reason.clone(),
-                    reason,
-                });
+                return Err(Answered::Died(Box::new((reason.clone(), reason))));
             }
         };
         let state = rc.handoffs.get_or_insert_with(Default::default);

@@ -111,6 +111,7 @@ impl RunContext {
                 control,
                 calls: 0,
                 guards,
+                depth,
             },
             streamed: String::new(),
             depth,
@@ -167,9 +168,8 @@ impl RunContext {
         if self.tripped() {
             return Err(ToolError::Cancelled { name: name.into() });
         }
-        let caller = (&*self.agent_name, self.depth);
         self.tools
-            .dispatch(&mut self.emitter, caller, name, args)
+            .dispatch(&mut self.emitter, &self.agent_name, name, args)
             .await
     }
 

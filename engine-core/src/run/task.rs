@@ -128,7 +128,7 @@ impl Run {
                 None,
             ),
             Some(permit) => {
-                let ended = self.run_agent(&mut rc, started).await;
+                let ended = self.run_agent(&mut rc, &started).await;
                 drop(permit);
                 ended
             }
@@ -284,7 +284,7 @@ impl Run {
 
     /// Runs the agent (or the pipeline), and the agents it hands off to, to the end; the death
     /// reason when one panicked.
-    async fn run_agent(&self, rc: &mut RunContext, started: Instant) -> (RunEnd, Option<String>) {
+    async fn run_agent(&self, rc: &mut RunContext, started: &Instant) -> (RunEnd, Option<String>) {
         let name = &self.agent_name;
         let mut agent: Box<dyn Agent> = match &self.kind {
             RunKind::Pipeline(pipeline, _) => Box::new(PipelineAgent {
@@ -309,65 +309,37 @@ impl Run {
                 }
             }
         };
-        let timeout = self.engine.kit.config.run_timeout();
-        let control = &self.control;
         // The run timeout does not count time spent waiting for the user's approval of a tool
         // call (see `EngineConfig::approval_timeout`). Biased toward the agent: an agent that
-        // watches for cancellation returns first.
+        // watches for cancellation returns first. Nothing is kept across the awaits but what
+        // the usual run needs: its future is moved (copied) whole and sized by all its states.
         let result = match self.guards.as_ref().filter(|g| g.on_input()) {
             // The usual run: its agent alone, nothing boxed for guardrails or handoffs.
             None => {
                 let run = AssertUnwindSafe(agent.run(rc, &self.input)).catch_unwind();
-                let ran = guarded(run, &control.cancel, Some(timeout), || {
-                    control.approval_wait()
+                let limit = Some(self.engine.kit.config.run_timeout());
+                let ran = guarded(run, &self.control.cancel, limit, || {
+                    self.control.approval_wait()
                 })
                 .await;
                 ran.map(|ran| answered(rc, ran))
             }
             Some(guards) => {
-                let chain = Box::pin(self.with_input_guards(rc, agent, Arc::clone(guards)));
-                guarded(chain, &control.cancel, Some(timeout), || {
-                    control.approval_wait()
-                })
+                let chain = self.with_input_guards(rc, agent, Arc::clone(guards));
+                let limit = Some(self.engine.kit.config.run_timeout());
+                Box::pin(guarded(chain, &self.control.cancel, limit, || {
+                    self.control.approval_wait()
+                }))
                 .await
             }
-        };
-        // A handoff: the rest of the run, within what is left of the run's time.
-        let result = match result {
-            Guarded::Done(Answered::HandOff(request)) => {
-                let left = (timeout + control.approval_wait())
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1));
-                let rest = Box::pin(self.continue_after(rc, request));
-                guarded(rest, &control.cancel, Some(left), || {
-                    control.approval_wait()
-                })
-                .await
-            }
-            other => other,
         };
         let (mut end, mut died) = match result {
-            Guarded::Cancelled => (cancelled(), None),
-            Guarded::TimedOut => (
-                RunEnd::TimedOut {
-                    error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
-                },
-                None,
-            ),
             Guarded::Done(Answered::Answer(answer)) => (self.answer(rc, answer).await, None),
-            Guarded::Done(Answered::Failed(error)) => (RunEnd::Failed { error }, None),
-            Guarded::Done(Answered::Died { error, reason }) => {
-                (RunEnd::Failed { error }, Some(reason))
+            // A handoff or a trip: boxed, so that the usual run does not carry their state.
+            Guarded::Done(rare @ (Answered::HandOff(_) | Answered::Tripped(_))) => {
+                Box::pin(self.rare_end(rc, rare, started)).await
             }
-            Guarded::Done(Answered::Cancelled) => (cancelled(), None),
-            Guarded::Done(Answered::Tripped(trip)) => (tripped(rc, trip).await, None),
-            // `continue_after` makes every handoff asked for.
-            Guarded::Done(Answered::HandOff(_)) => (
-                RunEnd::Failed {
-                    error: "a handoff was asked for and never made".into(),
-                },
-                None,
-            ),
+            other => ended(other, self.engine.kit.config.run_timeout()),
         };
         // A guardrail trip (of a tool guardrail inside an agent, say) ends the run as a trip,
         // whatever the agents did after it.
@@ -387,6 +359,36 @@ impl Run {
         (end, died)
     }
 
+    /// The end of a run whose agent asked for a handoff (the rest of the run, within what is
+    /// left of its time) or was stopped by a guardrail.
+    async fn rare_end(
+        &self,
+        rc: &mut RunContext,
+        answered: Answered,
+        started: &Instant,
+    ) -> (RunEnd, Option<String>) {
+        let timeout = self.engine.kit.config.run_timeout();
+        let control = &self.control;
+        let result = match answered {
+            Answered::HandOff(request) => {
+                let left = (timeout + control.approval_wait())
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
+                let rest = self.continue_after(rc, request);
+                guarded(rest, &control.cancel, Some(left), || {
+                    control.approval_wait()
+                })
+                .await
+            }
+            other => Guarded::Done(other),
+        };
+        match result {
+            Guarded::Done(Answered::Answer(answer)) => (self.answer(rc, answer).await, None),
+            Guarded::Done(Answered::Tripped(trip)) => (tripped(rc, *trip).await, None),
+            other => ended(other, timeout),
+        }
+    }
+
     /// Records the outcome in history and stats and releases the run id, under one lock.
     fn finish(&self, outcome: &RunOutcome, finished: Instant) {
         let engine = &self.engine;
@@ -398,6 +400,34 @@ impl Run {
         }
         state.last_activity = finished;
         state.runs.remove(&outcome.run_id);
+    }
+}
+
+/// The run's end for every way its agents can end but an answer and a trip.
+fn ended(result: Guarded<Answered>, timeout: Duration) -> (RunEnd, Option<String>) {
+    match result {
+        Guarded::Cancelled | Guarded::Done(Answered::Cancelled) => (cancelled(), None),
+        Guarded::TimedOut => (
+            RunEnd::TimedOut {
+                error: format!("run timed out after {:.1}s", timeout.as_secs_f64()),
+            },
+            None,
+        ),
+        Guarded::Done(Answered::Failed(error)) => (RunEnd::Failed { error }, None),
+        Guarded::Done(Answered::Died(death)) => {
+            let (error, reason) = *death;
+            (RunEnd::Failed { error }, Some(reason))
+        }
+        // A trip is recorded in the run's control (the caller maps it), and every handoff asked
+        // for is made before this.
+        Guarded::Done(Answered::Tripped(trip)) => (trip.end(), None),
+        Guarded::Done(Answered::HandOff(_)) => (
+            RunEnd::Failed {
+                error: "a handoff was asked for and never made".into(),
+            },
+            None,
+        ),
+        Guarded::Done(Answered::Answer(answer)) => (RunEnd::Completed { answer }, None),
     }
 }
 

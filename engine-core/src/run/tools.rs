@@ -41,6 +41,8 @@ pub struct ToolDispatcher {
     pub(super) calls: u32,
     /// The guardrails of the agent that calls (`None`: it has none, and calls pay nothing).
     pub(super) guards: Option<Arc<Guards>>,
+    /// The calling agent's depth (0: the run's top-level agent).
+    pub(super) depth: u32,
 }
 
 impl std::fmt::Debug for ToolDispatcher {
@@ -89,7 +91,7 @@ impl ToolDispatcher {
     pub(super) async fn dispatch(
         &mut self,
         emitter: &mut EmitterSlot,
-        caller: (&str, u32),
+        caller: &Arc<str>,
         name: &str,
         args: Value,
     ) -> Result<Value, ToolError> {
@@ -128,17 +130,13 @@ impl ToolDispatcher {
                 },
             )
             .await;
-        let tool = entry.map(|(_, t, _)| t);
-        let outcome = match (checked, &self.guards) {
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => {
-                self.approve_and_invoke(emitter, name, tool_name, call_id, shown, tool, args)
-                    .await
-            }
+        let outcome = match (checked, shown, &self.guards) {
+            (Err(e), _, _) => Err(e),
             // Only an agent with guardrails takes this way, boxed so that the others' calls
             // do not carry its state.
-            (Ok(()), Some(guards)) => {
+            (Ok(()), shown, Some(guards)) => {
                 let guards = Arc::clone(guards);
+                let tool = entry.map(|(_, t, _)| t);
                 let call = Call {
                     name,
                     tool_name,
@@ -149,6 +147,16 @@ impl ToolDispatcher {
                 };
                 Box::pin(self.guarded_call(emitter, caller, &guards, call)).await
             }
+            (Ok(()), Some(shown), None) => {
+                match self
+                    .wait_for_approval(emitter, name, tool_name, call_id, shown)
+                    .await
+                {
+                    Ok(()) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
+                    Err(e) => Err(e),
+                }
+            }
+            (Ok(()), None, None) => self.invoke(name, entry.map(|(_, t, _)| t), args).await,
         };
         let (status, result, error) = match &outcome {
             Ok(v) => (ToolStatus::Success, Some(sanitize_result(v)), None),
@@ -200,7 +208,7 @@ impl ToolDispatcher {
     async fn guarded_call(
         &self,
         emitter: &mut EmitterSlot,
-        caller: (&str, u32),
+        caller: &str,
         guards: &Guards,
         call: Call<'_>,
     ) -> Result<Value, ToolError> {
@@ -246,7 +254,7 @@ impl ToolDispatcher {
     async fn guard(
         &self,
         emitter: &mut EmitterSlot,
-        (agent, depth): (&str, u32),
+        agent: &str,
         defs: &[Arc<Def>],
         checked: Checked<'_>,
         name: &str,
@@ -261,7 +269,7 @@ impl ToolDispatcher {
             context: &self.context,
             control: &self.control,
             kit: &self.kit,
-            depth,
+            depth: self.depth,
             emitter,
         };
         let Some(trip) = checks::first_trip(defs, &input, &mut scope).await else {
