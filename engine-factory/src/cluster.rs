@@ -3,9 +3,11 @@
 //! behaviour; `engine-redis` implements both on Redis. [`Seams`] also carries the third seam,
 //! the [`RunStore`](crate::RunStore) (`engine-store`).
 //!
-//! The hub stays the one path events take on a node: with a bus, an engine's sink publishes to
-//! the bus, and the bus feeds what it reads back into the hub through a [`UserFeed`], which
-//! delivers to one user's subscribers only.
+//! The hub stays the one path events take on a node: with a bus, an engine's sink hands each
+//! event to its user's subscribers on this node and publishes it to the bus, and the bus feeds
+//! what other nodes published into the hub through a [`UserFeed`], which delivers to one
+//! user's subscribers only. So a node's own runs reach its own subscribers whatever the
+//! shared store does.
 
 use std::future::Future;
 use std::pin::Pin;

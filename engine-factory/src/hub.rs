@@ -446,6 +446,11 @@ impl EventSink for BusSink {
                 event.user_id, self.channel.user
             ))));
         }
+        // No subscriber of the user on this node (they are on others): nothing to hand over
+        // here, and nothing missed.
+        if read(&self.channel.subscribers).is_empty() {
+            return self.bus.publish(event);
+        }
         let published = self.bus.publish(event.clone());
         let local = self.channel.deliver(event);
         // What this node's subscribers got decides, unless there are none here: then whether
