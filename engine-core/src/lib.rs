@@ -141,4 +141,4 @@ pub use pipeline::{Pipeline, PipelineStep, StepInput};
 pub use registry::{AgentRegistry, AgentRegistryBuilder, RegistryError};
 pub use run::{RunContext, SubAgentCall, SubAgentError, ToolDispatcher};
 pub use sink::{Delivery, DeliveryError, EventSink, RunEnding};
-pub use tool::{Tool, ToolContext, ToolPermissionPolicy, ToolSpec};
+pub use tool::{SourcedTool, Tool, ToolContext, ToolPermissionPolicy, ToolSource, ToolSpec};

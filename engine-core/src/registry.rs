@@ -10,7 +10,7 @@ use crate::agent::Agent;
 use crate::guardrail::{Def, Guardrail, Guards};
 use crate::handoff::{HandoffInput, DEFAULT_MAX_HANDOFFS};
 use crate::ids::UserId;
-use crate::tool::{Tool, ToolPermissionPolicy};
+use crate::tool::{Tool, ToolPermissionPolicy, ToolSource};
 
 /// The registry could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +82,7 @@ pub struct AgentRegistry {
 struct RegistryInner {
     agents: BTreeMap<Arc<str>, RegisteredAgent>,
     tools: BTreeMap<Arc<str>, RegisteredTool>,
+    sources: Vec<Arc<dyn ToolSource>>,
     policy: Option<Arc<dyn ToolPermissionPolicy>>,
     /// The guardrails registered for every agent (a pipeline run's own).
     global_guards: Option<Arc<Guards>>,
@@ -105,12 +106,23 @@ impl AgentRegistry {
     pub fn has_agent(&self, name: &str) -> bool {
         self.inner.agents.contains_key(name)
     }
-    /// Every tool with its name, sorted by name.
-    pub(crate) fn tools(&self) -> impl Iterator<Item = (&str, &Arc<dyn Tool>)> {
-        self.inner.tools.iter().map(|(n, t)| (&**n, &t.tool))
-    }
-    pub(crate) fn tool(&self, name: &str) -> Option<&Arc<dyn Tool>> {
-        self.inner.tools.get(name).map(|t| &t.tool)
+    /// Every tool with its name: the registered ones sorted by name, then those of the tool
+    /// sources (in the order the sources were added) whose names no registered tool has.
+    pub(crate) fn tools(&self) -> Vec<(Arc<str>, Arc<dyn Tool>)> {
+        let mut all: Vec<(Arc<str>, Arc<dyn Tool>)> = self
+            .inner
+            .tools
+            .iter()
+            .map(|(n, t)| (Arc::clone(n), Arc::clone(&t.tool)))
+            .collect();
+        for source in &self.inner.sources {
+            for t in source.tools() {
+                if !self.inner.tools.contains_key(&**t.name()) {
+                    all.push((Arc::clone(t.name()), Arc::clone(t.tool())));
+                }
+            }
+        }
+        all
     }
     /// The registered (shared) name of an agent, its maker and guardrails: one look-up for a
     /// run or a sub-agent.
@@ -151,11 +163,17 @@ impl AgentRegistry {
     }
     /// The registered (shared) name of a tool, the tool, and whether it was registered as
     /// needing approval: one look-up for everything a call needs.
+    /// A registered tool wins over a tool source's of the same name.
     pub(crate) fn tool_entry(&self, name: &str) -> Option<(Arc<str>, Arc<dyn Tool>, bool)> {
-        self.inner
-            .tools
-            .get_key_value(name)
-            .map(|(k, t)| (Arc::clone(k), Arc::clone(&t.tool), t.approval))
+        if let Some((k, t)) = self.inner.tools.get_key_value(name) {
+            return Some((Arc::clone(k), Arc::clone(&t.tool), t.approval));
+        }
+        self.inner.sources.iter().find_map(|s| {
+            s.tool(name).map(|t| {
+                let approval = t.requires_approval();
+                (Arc::clone(t.name()), Arc::clone(t.tool()), approval)
+            })
+        })
     }
     /// Whether the policy says `user`'s call of the (allowed) tool `name` with `args` must
     /// wait for approval (a tool registered as needing it always waits: see
@@ -179,6 +197,7 @@ impl std::fmt::Debug for AgentRegistry {
         f.debug_struct("AgentRegistry")
             .field("agents", &self.inner.agents.keys().collect::<Vec<_>>())
             .field("tools", &self.inner.tools.keys().collect::<Vec<_>>())
+            .field("tool_sources", &self.inner.sources.len())
             .field("policy", &self.inner.policy.is_some())
             .field("max_handoffs", &self.inner.max_handoffs)
             .finish_non_exhaustive()
@@ -191,6 +210,7 @@ impl std::fmt::Debug for AgentRegistry {
 pub struct AgentRegistryBuilder {
     agents: Vec<(String, AgentMaker)>,
     tools: Vec<(String, RegisteredTool)>,
+    sources: Vec<Arc<dyn ToolSource>>,
     policy: Option<Arc<dyn ToolPermissionPolicy>>,
     /// Guardrails, each for one agent or (`None`) for every agent, in registration order.
     guardrails: Vec<(Option<String>, Guardrail)>,
@@ -207,6 +227,7 @@ impl std::fmt::Debug for AgentRegistryBuilder {
         f.debug_struct("AgentRegistryBuilder")
             .field("agents", &names(&self.agents))
             .field("tools", &names(&self.tools))
+            .field("tool_sources", &self.sources.len())
             .field("policy", &self.policy.is_some())
             .field("guardrails", &self.guardrails.len())
             .finish_non_exhaustive()
@@ -248,6 +269,12 @@ impl AgentRegistryBuilder {
                 approval: true,
             },
         ));
+        self
+    }
+    /// Adds a source of tools known only at run time (an MCP server's tools, for one), consulted
+    /// after the registered tools; see [`ToolSource`].
+    pub fn tool_source(mut self, source: Arc<dyn ToolSource>) -> Self {
+        self.sources.push(source);
         self
     }
     /// Sets the permission policy (default: every user may call every tool).
@@ -387,6 +414,7 @@ impl AgentRegistryBuilder {
             inner: Arc::new(RegistryInner {
                 agents,
                 tools: collect("tool", self.tools)?,
+                sources: self.sources,
                 policy: self.policy,
                 global_guards: Guards::of(global.into_iter()),
                 max_handoffs: self.max_handoffs.unwrap_or(DEFAULT_MAX_HANDOFFS),

@@ -1,5 +1,6 @@
-//! The [`Tool`] trait, what a tool sees of its run ([`ToolContext`]), and the optional
-//! [`ToolPermissionPolicy`].
+//! The [`Tool`] trait, what a tool sees of its run ([`ToolContext`]), the optional
+//! [`ToolPermissionPolicy`], and [`ToolSource`] (tools known only at run time, such as an MCP
+//! server's).
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -158,4 +159,94 @@ where
     fn is_allowed(&self, user: &UserId, tool: &str) -> bool {
         self(user, tool)
     }
+}
+
+/// A tool offered by a [`ToolSource`]: its name, the tool, and whether its calls wait for the
+/// user's approval.
+#[derive(Clone)]
+pub struct SourcedTool {
+    name: Arc<str>,
+    tool: Arc<dyn Tool>,
+    requires_approval: bool,
+}
+
+impl SourcedTool {
+    /// A tool named `name` whose calls run without approval.
+    pub fn new(name: impl Into<Arc<str>>, tool: Arc<dyn Tool>) -> Self {
+        Self {
+            name: name.into(),
+            tool,
+            requires_approval: false,
+        }
+    }
+    /// Sets whether every call waits for the user's approval (as
+    /// [`AgentRegistryBuilder::tool_requiring_approval`](crate::AgentRegistryBuilder::tool_requiring_approval)).
+    #[must_use]
+    pub fn requiring_approval(mut self, requires: bool) -> Self {
+        self.requires_approval = requires;
+        self
+    }
+    /// The name calls use.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+    /// The tool.
+    pub fn tool(&self) -> &Arc<dyn Tool> {
+        &self.tool
+    }
+    /// Whether every call waits for the user's approval.
+    pub fn requires_approval(&self) -> bool {
+        self.requires_approval
+    }
+}
+
+impl std::fmt::Debug for SourcedTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourcedTool")
+            .field("name", &self.name)
+            .field("requires_approval", &self.requires_approval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tools known only at run time (an MCP server's, listed when it connects and again when its
+/// list changes), consulted after the registry's own tools: a registered tool of the same name
+/// wins. Calls of a sourced tool go through the same dispatcher as any tool (permission policy,
+/// approvals, timeout, cancellation, redaction, events).
+///
+/// Both methods are called on the run's path (a look-up per call, a listing per
+/// [`ToolDispatcher::specs`](crate::ToolDispatcher::specs)): they must answer from memory,
+/// never wait on the network.
+///
+/// ```
+/// use std::sync::Arc;
+/// use engine_core::{async_trait, AgentRegistry, BoxError, SourcedTool, Tool, ToolContext, ToolSource};
+/// use serde_json::Value;
+///
+/// struct Echo;
+/// #[async_trait]
+/// impl Tool for Echo {
+///     async fn call(&self, args: Value, _ctx: &ToolContext) -> Result<Value, BoxError> {
+///         Ok(args)
+///     }
+/// }
+///
+/// struct OneTool;
+/// impl ToolSource for OneTool {
+///     fn tool(&self, name: &str) -> Option<SourcedTool> {
+///         (name == "remote.echo").then(|| SourcedTool::new("remote.echo", Arc::new(Echo)))
+///     }
+///     fn tools(&self) -> Vec<SourcedTool> {
+///         self.tool("remote.echo").into_iter().collect()
+///     }
+/// }
+///
+/// let registry = AgentRegistry::builder().tool_source(Arc::new(OneTool)).build()?;
+/// # Ok::<(), engine_core::RegistryError>(())
+/// ```
+pub trait ToolSource: Send + Sync + 'static {
+    /// The tool called `name`, if this source offers it now.
+    fn tool(&self, name: &str) -> Option<SourcedTool>;
+    /// Every tool this source offers now.
+    fn tools(&self) -> Vec<SourcedTool>;
 }

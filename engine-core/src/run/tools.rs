@@ -55,29 +55,32 @@ impl std::fmt::Debug for ToolDispatcher {
 }
 
 impl ToolDispatcher {
-    /// Names of the tools this run may see (registered tools, sorted; the permission policy is
-    /// applied per call).
+    /// Names of the tools registered in the registry, sorted (the permission policy is applied
+    /// per call; tools of a [`ToolSource`](crate::ToolSource) are listed by
+    /// [`specs`](Self::specs)).
     pub fn tool_names(&self) -> Vec<&str> {
         self.kit.registry.tool_names().collect()
     }
-    /// Whether a tool of this name is registered.
+    /// Whether a tool of this name is registered or offered by a tool source.
     pub fn has_tool(&self, name: &str) -> bool {
-        self.kit.registry.tool(name).is_some()
+        self.kit.registry.tool_entry(name).is_some()
     }
     /// Whether the run's user may call this tool under the permission policy.
     pub fn is_allowed(&self, name: &str) -> bool {
         self.kit.registry.is_allowed(self.context.user_id(), name)
     }
     /// The tools this run's user may call, described for a model: name, description and
-    /// argument schema, sorted by name (tools the permission policy denies are left out).
+    /// argument schema; the registered tools sorted by name, then those of the tool sources
+    /// (tools the permission policy denies are left out).
     pub fn specs(&self) -> Vec<ToolSpec> {
         let user = self.context.user_id();
         self.kit
             .registry
             .tools()
+            .into_iter()
             .filter(|(name, _)| self.kit.registry.is_allowed(user, name))
             .map(|(name, tool)| ToolSpec {
-                name: name.to_owned(),
+                name: (*name).to_owned(),
                 description: tool.description().map(str::to_owned),
                 parameters: tool.parameters(),
             })
