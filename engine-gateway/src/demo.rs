@@ -305,10 +305,14 @@ pub fn demo_registry_builder() -> engine_core::AgentRegistryBuilder {
 /// The demo registry with the `assistant` answered by a model (`engine-llm`) that may call
 /// the demo tools (`save_note` still needs the user's approval); the other demo agents stay.
 pub fn model_registry(kit: engine_llm::LlmAgentKit) -> AgentRegistry {
-    team_builder()
-        .agent("assistant", move || kit.agent())
+    model_registry_builder(kit)
         .build()
         .unwrap_or_else(|e| unreachable!("static demo registry is valid: {e}"))
+}
+
+/// [`model_registry`]'s builder, to add tool sources (MCP servers) or a policy on top.
+pub fn model_registry_builder(kit: engine_llm::LlmAgentKit) -> engine_core::AgentRegistryBuilder {
+    team_builder().agent("assistant", move || kit.agent())
 }
 
 /// Words that make a message ask for a secret (the `no_secrets` guardrail).

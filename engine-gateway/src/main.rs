@@ -11,11 +11,12 @@ use clap::{Parser, ValueEnum};
 use engine_core::{EngineConfig, UserId};
 use engine_factory::Durability;
 use engine_factory::FactoryConfig;
-use engine_gateway::demo::{demo_registry, model_registry};
+use engine_gateway::demo::{demo_registry_builder, model_registry_builder};
 use engine_gateway::{Backends, Gateway, GatewayConfig, WebhookConfig};
 use engine_llm::{
     ApiKey, HistoryStore, InMemoryHistory, LlmAgentKit, LlmConfig, RedisHistory, StoreHistory,
 };
+use engine_mcp::{McpConfig, McpTools};
 use engine_redis::{ClusterConfig, RedisCluster};
 use engine_store::{SqlStore, StoreConfig};
 
@@ -196,6 +197,12 @@ struct Args {
         default_value = "You are a helpful assistant in a chat. Use the tools when they help. Answer briefly."
     )]
     llm_system_prompt: String,
+    /// A file of MCP servers (the `mcpServers` JSON format, with engine-mcp's keys) whose
+    /// tools the agents may call as `<server>.<tool>`. An invalid file stops the start, naming
+    /// the file, the server and the field; a server that cannot be reached is reported and
+    /// retried while the others work.
+    #[arg(long, env = "GATEWAY_MCP_CONFIG")]
+    mcp_config: Option<std::path::PathBuf>,
     /// Export tracing spans (HTTP requests, runs) over OTLP/HTTP to this collector base URL,
     /// for example `http://127.0.0.1:4318` (built with the `otel` feature).
     #[cfg(feature = "otel")]
@@ -377,9 +384,16 @@ fn registry(
     args: &Args,
     cluster: Option<&RedisCluster>,
     store: Option<&SqlStore>,
+    mcp: Option<&Arc<McpTools>>,
 ) -> Result<engine_core::AgentRegistry, String> {
+    let with_mcp = |b: engine_core::AgentRegistryBuilder| match mcp {
+        Some(tools) => b.tool_source(Arc::clone(tools) as Arc<dyn engine_core::ToolSource>),
+        None => b,
+    };
     let (Some(url), Some(model)) = (&args.llm_base_url, &args.llm_model) else {
-        return Ok(demo_registry());
+        return with_mcp(demo_registry_builder())
+            .build()
+            .map_err(|e| e.to_string());
     };
     let mut llm = LlmConfig::new(url.clone(), model.clone())
         .with_system_prompt(args.llm_system_prompt.clone());
@@ -398,7 +412,9 @@ fn registry(
     };
     let kit =
         LlmAgentKit::with_history(llm, history).map_err(|e| format!("--llm-base-url: {e}"))?;
-    Ok(model_registry(kit))
+    with_mcp(model_registry_builder(kit))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 const SQLITE_CLUSTER: &str = "a cluster (--redis-url) needs a database every node shares: use --database-url postgres://... (an SQLite file belongs to one process)";
@@ -476,6 +492,23 @@ async fn run(args: Args) -> Result<(), String> {
         config.max_connections,
         config.max_connections_per_ip,
     );
+    // An invalid MCP file stops the start before anything connects; the servers are then
+    // started (one that cannot be reached is logged and retried by its upkeep).
+    let mcp = match &args.mcp_config {
+        None => None,
+        Some(path) => {
+            let mcp = McpConfig::from_file(path).map_err(|e| e.to_string())?;
+            let tools = McpTools::start(mcp).await;
+            for s in tools.status() {
+                if s.listed {
+                    tracing::info!(server = %s.name, tools = s.tools, "MCP server ready");
+                } else {
+                    tracing::warn!(server = %s.name, "MCP server unavailable; retrying in the background");
+                }
+            }
+            Some(tools)
+        }
+    };
     // Refused before anything connects: a cluster needs a database every node shares.
     if args.redis_url.is_some()
         && args
@@ -505,7 +538,7 @@ async fn run(args: Args) -> Result<(), String> {
     // Bad flags are reported before any file is created: the registry is checked first with
     // in-memory history, then built again on the store's thread messages once it is open.
     config
-        .validate(&registry(&args, cluster.as_ref(), None)?)
+        .validate(&registry(&args, cluster.as_ref(), None, mcp.as_ref())?)
         .map_err(|e| format!("invalid configuration: {e}"))?;
     let hooks = match (&args.webhook_url, &args.webhook_secret) {
         (Some(url), Some(secret)) => {
@@ -530,7 +563,7 @@ async fn run(args: Args) -> Result<(), String> {
         _ => None,
     };
     let store = open_store(&args, cluster.as_ref()).await?;
-    let registry = registry(&args, cluster.as_ref(), store.as_ref())?;
+    let registry = registry(&args, cluster.as_ref(), store.as_ref(), mcp.as_ref())?;
     if args.llm_base_url.is_some() {
         tracing::info!(base_url = ?args.llm_base_url, model = ?args.llm_model, "the assistant is answered by a model");
     }

@@ -256,3 +256,25 @@ async fn sigterm_closes_every_socket_after_its_terminal_events() {
         round(r).await;
     }
 }
+
+#[test]
+fn an_invalid_mcp_config_stops_the_start_naming_file_server_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mcp.json");
+    std::fs::write(
+        &file,
+        r#"{"mcpServers": {"files": {"command": "x", "perUser": "yes"}}}"#,
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    for (args, env) in [
+        (vec!["--mcp-config", path], vec![]),
+        (vec![], vec![("GATEWAY_MCP_CONFIG", path)]),
+    ] {
+        let (code, out, err) = run_cli(&args, &env);
+        assert_eq!(code, 2, "{out}{err}");
+        for w in [path, "`files`", "`perUser`", "true or false"] {
+            assert!(err.contains(w), "{w:?} missing from:\n{err}");
+        }
+    }
+}
