@@ -75,70 +75,34 @@ impl Cdp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_streams_asks_for_approval_switches_users_and_reconnects() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have Chromium (.ci/run installs it)"
-        );
-        eprintln!("skipped: no Chromium found (install Debian's `chromium` or set CHROMIUM)");
+    let Some(browser) = browser_or_skip() else {
         return;
     };
     let gateway = Gateway::new(GatewayConfig::development(), demo_registry()).expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let g = gateway.clone();
-    let server = tokio::spawn(async move {
-        g.serve(listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let served = Served::start(&gateway).await;
+    let addr = served.addr;
 
     let page =
         format!("http://{addr}/?user=alice&send=please%20remember%3A%20what%20is%206%20*%207");
-    let (mut child, mut page, profile) = open_browser(&browser, &page, "a").await;
-    let result = scenario(&mut page, &gateway, addr).await;
-    let _ = child.kill().await;
-    let _ = stop.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&profile);
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    drive(&browser, &page, "a", served, async |page: &mut Page| {
+        scenario(page, &gateway, addr).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_a_trip_and_a_handoff_and_removes_retracted_text() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have Chromium (.ci/run installs it)"
-        );
-        eprintln!("skipped: no Chromium found (install Debian's `chromium` or set CHROMIUM)");
+    let Some(browser) = browser_or_skip() else {
         return;
     };
     let gateway = Gateway::new(GatewayConfig::development(), demo_registry()).expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let g = gateway.clone();
-    let server = tokio::spawn(async move {
-        g.serve(listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    let (mut child, mut page, profile) =
-        open_browser(&browser, &format!("http://{addr}/?user=alice"), "g").await;
-    let result = guardrails_and_handoffs(&mut page).await;
-    let _ = child.kill().await;
-    let _ = stop.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&profile);
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    let served = Served::start(&gateway).await;
+    let addr = served.addr;
+    let url = format!("http://{addr}/?user=alice");
+    drive(&browser, &url, "g", served, async |page: &mut Page| {
+        guardrails_and_handoffs(page).await
+    })
+    .await;
 }
 
 /// The trip and the handoff of the demo's `frontdesk`, as the page shows them.
@@ -209,12 +173,7 @@ async fn guardrails_and_handoffs(page: &mut Page) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_remembers_threads_and_a_running_run_across_a_reload() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have Chromium (.ci/run installs it)"
-        );
-        eprintln!("skipped: no Chromium found (install Debian's `chromium` or set CHROMIUM)");
+    let Some(browser) = browser_or_skip() else {
         return;
     };
     let data = tempfile::tempdir().unwrap();
@@ -230,26 +189,17 @@ async fn the_page_remembers_threads_and_a_running_run_across_a_reload() {
         engine_gateway::Backends::default().with_store(store),
     )
     .expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let g = gateway.clone();
-    let server = tokio::spawn(async move {
-        g.serve(listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    let (mut child, mut page, profile) =
-        open_browser(&browser, &format!("http://{addr}/?user=alice"), "remembers").await;
-    let result = remembers(&mut page).await;
-    let _ = child.kill().await;
-    let _ = stop.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&profile);
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    let served = Served::start(&gateway).await;
+    let addr = served.addr;
+    let url = format!("http://{addr}/?user=alice");
+    drive(
+        &browser,
+        &url,
+        "remembers",
+        served,
+        async |page: &mut Page| remembers(page).await,
+    )
+    .await;
 }
 
 /// Sends on two threads (the second a run of 2.5 s), reloads mid-run, finds both threads in
@@ -348,6 +298,62 @@ async fn remembers(page: &mut Page) -> Result<(), String> {
     page.wait("the API answers 404", "window.deleted === 404")
         .await?;
     Ok(())
+}
+
+/// Chromium, or `None` outside CI when none is found (the test is skipped, with a message).
+fn browser_or_skip() -> Option<String> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium (.ci/run installs it)"
+        );
+        eprintln!("skipped: no Chromium found (install Debian's `chromium` or set CHROMIUM)");
+    }
+    found
+}
+
+/// A gateway serving on a free loopback port until [`drive`] stops it.
+struct Served {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(gateway: &Gateway) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let g = gateway.clone();
+        let server = tokio::spawn(async move {
+            g.serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self { addr, stop, server }
+    }
+}
+
+/// Opens Chromium (profile `name`) on `url`, runs `scenario` on its page, then stops the
+/// browser and the server, and fails the test with the scenario's error if it had one.
+async fn drive(
+    browser: &str,
+    url: &str,
+    name: &str,
+    served: Served,
+    scenario: impl AsyncFnOnce(&mut Page) -> Result<(), String>,
+) {
+    let (mut child, mut page, profile) = open_browser(browser, url, name).await;
+    let result = scenario(&mut page).await;
+    let _ = child.kill().await;
+    let _ = served.stop.send(());
+    let _ = served.server.await;
+    let _ = std::fs::remove_dir_all(&profile);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
 
 /// Starts headless Chromium on `url` with a fresh profile named `name`, attached over the
