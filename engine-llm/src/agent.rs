@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use engine_core::{async_trait, Agent, BoxError, RunContext, TokenUsage, ToolError};
+use engine_core::{async_trait, Agent, BoxError, Handoff, RunContext, TokenUsage, ToolError};
 use serde_json::{json, Value};
 
 use crate::client::ModelClient;
@@ -125,6 +125,19 @@ impl LlmAgent {
                         .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
                 },
             })
+            .chain(ctx.handoff_targets().into_iter().map(|target| ToolDef {
+                kind: "function",
+                function: FunctionDef {
+                    name: format!("{HANDOFF_PREFIX}{target}"),
+                    description: Some(format!(
+                        "Hand the conversation over to the `{target}` agent, which answers the user from here on."
+                    )),
+                    parameters: json!({
+                        "type": "object",
+                        "properties": {"reason": {"type": "string", "description": "Why, in a few words."}}
+                    }),
+                },
+            }))
             .collect()
     }
 
@@ -310,6 +323,25 @@ impl Agent for LlmAgent {
                     })
                     .collect(),
             });
+            // A `transfer_to_<agent>` call hands the run over (the rest of the turn's calls are
+            // not made): the target answers the user's message in the same run.
+            let targets = ctx.handoff_targets();
+            let transfer = out.calls.iter().find_map(|c| {
+                let target = c.name.strip_prefix(HANDOFF_PREFIX)?;
+                targets
+                    .contains(&target)
+                    .then(|| (target.to_owned(), c.arguments.clone()))
+            });
+            if let Some((target, arguments)) = transfer {
+                let reason = serde_json::from_str::<Value>(&arguments)
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_owned));
+                let mut handoff = Handoff::to(target, input);
+                if let Some(reason) = reason {
+                    handoff = handoff.reason(reason);
+                }
+                return Ok(ctx.handoff_with(handoff)?);
+            }
             let mut round_left = config.tool_result_bytes_per_round;
             for call in &out.calls {
                 let content = Self::call(ctx, call).await;
@@ -323,6 +355,9 @@ impl Agent for LlmAgent {
         Err(failure(ctx, LlmError::TooManyToolRounds { rounds }))
     }
 }
+
+/// The name prefix of the tools a model calls to hand the run over to another agent.
+const HANDOFF_PREFIX: &str = "transfer_to_";
 
 /// The error a failed run ends with: the user's short message ([`ModelFailure`]); the full
 /// error (URL, status, the server's text, causes) goes to the operator's log, with the run's

@@ -822,3 +822,81 @@ async fn a_hundred_users_stream_at_once_and_each_gets_only_their_tokens() {
         t.await.unwrap();
     }
 }
+
+/// Answers for the billing desk.
+struct Billing;
+
+#[async_trait]
+impl engine_core::Agent for Billing {
+    async fn run(
+        &mut self,
+        _ctx: &mut engine_core::RunContext,
+        input: &str,
+    ) -> Result<String, BoxError> {
+        Ok(format!("billing here: {input}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_hands_the_run_to_another_agent_with_a_transfer_tool() {
+    let server = ServerBuilder::new()
+        .fixtures(vec![Fixture::new()
+            .match_user_message("invoice")
+            .respond_with_tool_calls(vec![call(
+                "transfer_to_billing",
+                json!({"reason": "a billing question"}),
+            )])])
+        .build()
+        .await
+        .expect("llmposter starts");
+    let kit =
+        LlmAgentKit::with_history(config(&server), Arc::new(InMemoryHistory::default())).unwrap();
+    let registry = AgentRegistry::builder()
+        .agent("assistant", move || kit.agent())
+        .agent("billing", || Billing)
+        .handoffs("assistant", ["billing"])
+        .build()
+        .unwrap();
+    let factory = ExecutionEngineFactory::new(FactoryConfig::default(), registry).unwrap();
+    let s = Setup { server, factory };
+    let events = run(&s, "uma", "thread-1", "where is my invoice?").await;
+    let handoff = events
+        .iter()
+        .find_map(|e| match &e.event {
+            AgentEvent::Handoff { from, to, reason } => {
+                Some((from.to_string(), to.to_string(), reason.clone()))
+            }
+            _ => None,
+        })
+        .expect("a handoff event");
+    assert_eq!(
+        handoff,
+        (
+            "assistant".to_owned(),
+            "billing".to_owned(),
+            Some("a billing question".to_owned())
+        )
+    );
+    match &events.last().unwrap().event {
+        AgentEvent::AgentCompleted {
+            agent_name, result, ..
+        } => {
+            assert_eq!(&**agent_name, "billing", "the agent that answered");
+            assert_eq!(
+                result.as_deref(),
+                Some("billing here: where is my invoice?")
+            );
+        }
+        other => panic!("not terminal: {other:?}"),
+    }
+    // The model was offered the transfer, and was asked once (the handoff ends its turn).
+    let sent = bodies(&s.server);
+    assert_eq!(sent.len(), 1);
+    let offered: Vec<&str> = sent[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"transfer_to_billing"), "{offered:?}");
+}
