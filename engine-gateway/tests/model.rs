@@ -138,19 +138,12 @@ async fn the_assistant_calls_a_per_user_mcp_tool_through_the_gateway() {
         file.to_str().unwrap(),
     ])
     .await;
-    let token = TokenKeys::new(common::SECRET.as_bytes())
-        .issue(&UserId::new("alice").unwrap(), 600)
-        .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(common::ws_request(&gw.addr, &token))
-        .await
-        .unwrap();
-    ws.send(Message::Text(
-        json!({"type":"user_message","thread_id":"t1","text":"who am I?"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    let mut ws = common::connect(&gw.addr, "alice").await;
+    common::send(
+        &mut ws,
+        json!({"type":"user_message","thread_id":"t1","text":"who am I?"}),
+    )
+    .await;
     let mut tools = Vec::new();
     let result = loop {
         let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
