@@ -200,6 +200,17 @@ async fn a_sigkilled_nodes_leases_expire_and_its_clients_resume_elsewhere() {
     let mut carol_a = connect(&a.addr, "carol").await;
     let run = start_run(&mut carol_a, "assistant", "before the crash").await;
     let seen = until_terminal(&mut carol_a, &run).await;
+    // A node hands its own events to its clients before Redis has them (issue 27): wait until
+    // A's publisher has written the run's events, so the stream B replays holds the run.
+    let published = Instant::now() + Duration::from_secs(10);
+    while json_of(&a.addr, "/metrics.json").await["cluster"]["events_published"]
+        .as_u64()
+        .unwrap_or(0)
+        < seen.len() as u64
+    {
+        assert!(Instant::now() < published, "node A never published the run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.child.start_kill().unwrap();
     let _ = a.child.wait().await;
     let killed = Instant::now();
